@@ -1,0 +1,100 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+/// Settings every caid target shares: Swift 6 mode, strict concurrency, no warnings.
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .treatAllWarnings(as: .error),
+]
+
+let package = Package(
+    name: "caid",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "caid", targets: ["caid"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+    ],
+    targets: [
+        // C libraries, through small shims.
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+
+        // Configuration, supervision and the health registry: no I/O beyond reading cai.env.
+        .target(
+            name: "CaidCore",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        // sd_notify, the watchdog and the journald log handler.
+        .target(
+            name: "CaidSystemd",
+            dependencies: [
+                "CaidCore", "CSystemd",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        // The health socket (server and client) and metrics.
+        .target(
+            name: "CaidControl",
+            dependencies: [
+                "CaidCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: strict
+        ),
+        // The gocryptfs v2 format, pure: config, key derivation, content, names, encryptor.
+        .target(
+            name: "Gocryptfs",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        // The command line: a thin layer over the modules above.
+        .executableTarget(
+            name: "caid",
+            dependencies: [
+                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        // Test services and helpers shared by the test targets.
+        .target(
+            name: "CaidTestSupport",
+            dependencies: [
+                "CaidCore",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+
+        .testTarget(name: "CaidCoreTests", dependencies: ["CaidCore", "CaidTestSupport"], swiftSettings: strict),
+        .testTarget(name: "CaidSystemdTests", dependencies: ["CaidSystemd", "CaidTestSupport"], swiftSettings: strict),
+        .testTarget(name: "CaidControlTests", dependencies: ["CaidControl", "CaidTestSupport"], swiftSettings: strict),
+        .testTarget(name: "GocryptfsTests", dependencies: ["Gocryptfs", "CaidTestSupport"], swiftSettings: strict),
+        .testTarget(name: "CaidCLITests", dependencies: ["caid", "CaidTestSupport"], swiftSettings: strict),
+    ]
+)

@@ -1,0 +1,323 @@
+import Foundation
+import Logging
+
+/// The typed configuration of a caid host, read from the `cai.env` file operators already have.
+///
+/// Keys of the CAI stack keep their names and meaning; settings only caid has start with `CAID_`.
+/// Load one with ``load(path:)`` or ``decode(_:file:)``.
+public struct CaidConfig: Sendable {
+    /// How the model ciphertext was made. Only gocryptfs is open; Alibaba's Sam format is not.
+    public enum EncryptionMethod: String, Sendable {
+        case gocryptfs
+    }
+
+    /// Which evidence caid produces. `auto` takes TDX when the TSM provider is there and otherwise refuses to start.
+    public enum Attester: String, Sendable, CaseIterable {
+        case auto, tdx, sample
+    }
+
+    /// Where the model ciphertext lives in OSS and how to reach it.
+    public struct ObjectStorage: Sendable {
+        public var bucket: String
+        /// The key prefix inside the bucket, without a leading slash; empty for the whole bucket.
+        public var prefix: String
+        public var endpoint: URL
+        public var accessKeyID: String
+        public var secretAccessKey: Secret
+        /// The STS session token, when the credentials are temporary.
+        public var sessionToken: Secret?
+    }
+
+    /// The file this configuration came from.
+    public var file: String
+    public var trusteeURL: URL
+    public var trusteePolicy: String
+    public var modelKeyID: ResourceURI
+    public var encryptionMethod: EncryptionMethod
+    public var objectStorage: ObjectStorage
+    /// IP addresses of the other hosts of the model-sharing group; empty when sharing is off.
+    public var sharingPeers: [String]
+    public var modelServicePort: UInt16
+    public var modelMountPoint: String
+    public var healthSocket: String
+    public var cacheDirectory: String
+    public var attester: Attester
+    public var logLevel: Logger.Level
+
+    /// Defaults for keys that may be left out.
+    public enum Defaults {
+        public static let trusteePolicy = "default"
+        public static let modelServicePort: UInt16 = 8080
+        public static let modelMountPoint = "/tmp/model"
+        public static let healthSocket = "/run/caid/caid.sock"
+        public static let cacheDirectory = "/var/lib/caid"
+        public static let envFile = "/etc/caid/cai.env"
+    }
+
+    /// Keys whose values are secrets: never printed, logged or echoed in an error.
+    public static let secretKeys: Set<String> = ["MODEL_OSS_SECRET_ACCESS_KEY", "MODEL_OSS_SESSION_TOKEN"]
+
+    /// Every key caid reads; any other key gets a warning.
+    public static let knownKeys: [String] = [
+        "TRUSTEE_URL", "TRUSTEE_POLICY", "MODEL_KEY_ID", "MODEL_ENCRYPTION_METHOD",
+        "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
+        "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
+        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_LOG_LEVEL",
+    ]
+
+    /// Reads and validates a configuration file.
+    /// - Returns: the configuration and the warnings found on the way.
+    /// - Throws: ``ConfigError`` listing every problem, each naming file, line and key.
+    public static func load(path: String) throws(ConfigError) -> (config: CaidConfig, warnings: [ConfigDiagnostic]) {
+        var bytes: [UInt8]
+        var warnings: [ConfigDiagnostic] = []
+        do {
+            let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+            defer { try? handle.close() }
+            bytes = Array(try handle.readToEnd() ?? Data())
+        } catch {
+            throw ConfigError(diagnostics: [ConfigDiagnostic(
+                .error, file: path,
+                message: "cannot be read (\(Self.reason(error))); pass the cai.env file with --env PATH")])
+        }
+        defer { wipeBytes(&bytes) }
+        var info = stat()
+        if stat(path, &info) == 0, info.st_mode & 0o077 != 0 {
+            warnings.append(ConfigDiagnostic(
+                .warning, file: path,
+                message: "is readable by group or others (mode \(String(info.st_mode & 0o777, radix: 8))) and holds "
+                    + "secrets; run: chmod 600 \(path)"))
+        }
+        var (config, diagnostics) = decode(bytes, file: path)
+        diagnostics = warnings + diagnostics
+        guard let config, !diagnostics.contains(where: { $0.severity == .error }) else {
+            throw ConfigError(diagnostics: diagnostics)
+        }
+        return (config, diagnostics)
+    }
+
+    private static func reason(_ error: any Error) -> String {
+        if let posix = (error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError {
+            return String(cString: strerror(Int32(posix.code)))
+        }
+        return (error as NSError).localizedDescription
+    }
+
+    /// Parses and validates the contents of a configuration file.
+    /// - Returns: the configuration when there is no error, and every diagnostic found.
+    public static func decode(_ bytes: [UInt8], file: String) -> (config: CaidConfig?, diagnostics: [ConfigDiagnostic]) {
+        var (entries, syntaxErrors) = EnvFile.parse(bytes)
+        defer {
+            for index in entries.indices { wipeBytes(&entries[index].value) }
+        }
+        var decoder = Decoder(file: file, entries: entries)
+        decoder.diagnostics += syntaxErrors.map {
+            ConfigDiagnostic(.error, file: file, line: $0.line, key: $0.key, message: $0.message)
+        }
+        let config = decoder.decode()
+        return (decoder.diagnostics.contains { $0.severity == .error } ? nil : config, decoder.diagnostics)
+    }
+}
+
+extension CaidConfig {
+    /// The effective configuration as `KEY=value` lines, secrets redacted, for `caid check-config`.
+    public var redactedSummary: [(key: String, value: String)] {
+        [
+            ("TRUSTEE_URL", trusteeURL.absoluteString),
+            ("TRUSTEE_POLICY", trusteePolicy),
+            ("MODEL_KEY_ID", modelKeyID.description),
+            ("MODEL_ENCRYPTION_METHOD", encryptionMethod.rawValue),
+            ("MODEL_OSS_BUCKET_PATH", "\(objectStorage.bucket):/\(objectStorage.prefix)"),
+            ("MODEL_OSS_ENDPOINT", objectStorage.endpoint.absoluteString),
+            ("MODEL_OSS_ACCESS_KEY_ID", objectStorage.accessKeyID),
+            ("MODEL_OSS_SECRET_ACCESS_KEY", objectStorage.secretAccessKey.isEmpty ? "(empty)" : "<redacted>"),
+            ("MODEL_OSS_SESSION_TOKEN", objectStorage.sessionToken == nil ? "(not set)" : "<redacted>"),
+            ("MODEL_SHARING_PEER", sharingPeers.isEmpty ? "(sharing off)" : sharingPeers.joined(separator: " ")),
+            ("MODEL_SERVICE_PORT", String(modelServicePort)),
+            ("MODEL_MOUNT_POINT", modelMountPoint),
+            ("CAID_HEALTH_SOCKET", healthSocket),
+            ("CAID_CACHE_DIR", cacheDirectory),
+            ("CAID_ATTESTER", attester.rawValue),
+            ("CAID_LOG_LEVEL", logLevel.rawValue),
+        ]
+    }
+}
+
+/// Turns parsed entries into a ``CaidConfig``, collecting a diagnostic for every problem.
+private struct Decoder {
+    let file: String
+    var values: [String: (value: [UInt8], line: Int)] = [:]
+    var diagnostics: [ConfigDiagnostic] = []
+
+    init(file: String, entries: [EnvFile.Entry]) {
+        self.file = file
+        for entry in entries { values[entry.key] = (entry.value, entry.line) }
+        let known = Set(CaidConfig.knownKeys)
+        for entry in entries where !known.contains(entry.key) {
+            let hint = entry.key.hasPrefix("CAID_")
+                ? "not a setting of this caid version; see etc/caid/cai.env.example for the settings it has"
+                : "unknown key, ignored; check its spelling against etc/caid/cai.env.example"
+            diagnostics.append(ConfigDiagnostic(.warning, file: file, line: entry.line, key: entry.key, message: hint))
+        }
+    }
+
+    mutating func error(_ key: String, _ message: String) {
+        diagnostics.append(ConfigDiagnostic(.error, file: file, line: values[key]?.line, key: key, message: message))
+    }
+
+    /// The value of a non-secret key as text; `nil` when absent (or, with `required`, an error).
+    mutating func text(_ key: String, required: Bool = false) -> String? {
+        guard let entry = values[key] else {
+            if required { error(key, "is missing; add \(key)=\"...\" (see etc/caid/cai.env.example)") }
+            return nil
+        }
+        let value = String(decoding: entry.value, as: UTF8.self)
+        if required, value.isEmpty {
+            error(key, "is empty; it is required")
+            return nil
+        }
+        if !CaidConfig.secretKeys.contains(key), Self.looksLikePlaceholder(value) {
+            diagnostics.append(ConfigDiagnostic(
+                .warning, file: file, line: entry.line, key: key,
+                message: "'\(value)' looks like the template's placeholder; put the real value here"))
+        }
+        return value.isEmpty ? nil : value
+    }
+
+    mutating func secret(_ key: String, required: Bool) -> Secret? {
+        guard let entry = values[key], !entry.value.isEmpty else {
+            if required { error(key, values[key] == nil ? "is missing; it is required" : "is empty; it is required") }
+            return nil
+        }
+        return Secret(entry.value)
+    }
+
+    static func looksLikePlaceholder(_ value: String) -> Bool {
+        (value.hasPrefix("<") && value.hasSuffix(">")) || value.lowercased().contains("xxxx")
+    }
+
+    mutating func url(_ key: String, _ text: String?) -> URL? {
+        guard let text else { return nil }
+        let withScheme = text.contains("://") ? text : "https://" + text
+        guard let url = URL(string: withScheme), let scheme = url.scheme?.lowercased(),
+            scheme == "http" || scheme == "https", let host = url.host, !host.isEmpty
+        else {
+            error(key, "'\(text)' is not an http:// or https:// URL with a host")
+            return nil
+        }
+        return url
+    }
+
+    mutating func absolutePath(_ key: String, default defaultValue: String) -> String {
+        guard let path = text(key) else { return defaultValue }
+        guard path.hasPrefix("/") else {
+            error(key, "'\(path)' is not an absolute path; start it with '/'")
+            return defaultValue
+        }
+        return path
+    }
+
+    mutating func decode() -> CaidConfig? {
+        let trustee = url("TRUSTEE_URL", text("TRUSTEE_URL", required: true))
+        let policy = text("TRUSTEE_POLICY") ?? CaidConfig.Defaults.trusteePolicy
+
+        var keyID: ResourceURI?
+        if let raw = text("MODEL_KEY_ID", required: true) {
+            do { keyID = try ResourceURI(parsing: raw) } catch { self.error("MODEL_KEY_ID", error.message) }
+        }
+
+        var method = CaidConfig.EncryptionMethod.gocryptfs
+        if let raw = text("MODEL_ENCRYPTION_METHOD") {
+            switch raw.lowercased() {
+            case "gocryptfs": method = .gocryptfs
+            case "sam":
+                error("MODEL_ENCRYPTION_METHOD",
+                    "'sam' is Alibaba's closed format, which caid cannot read; re-encrypt the model with "
+                        + "'caid encrypt' (or gocryptfs) and set MODEL_ENCRYPTION_METHOD=\"gocryptfs\"")
+            default:
+                error("MODEL_ENCRYPTION_METHOD", "'\(raw)' is not a method caid knows; expected \"gocryptfs\"")
+            }
+        }
+
+        var bucket: String?
+        var prefix = ""
+        if let raw = text("MODEL_OSS_BUCKET_PATH", required: true) {
+            if let colon = raw.firstIndex(of: ":") {
+                let name = String(raw[..<colon])
+                var path = raw[raw.index(after: colon)...]
+                while path.hasPrefix("/") { path = path.dropFirst() }
+                if name.isEmpty || name.contains(where: { $0 == "/" || $0.isWhitespace }) {
+                    error("MODEL_OSS_BUCKET_PATH", "'\(raw)' has no valid bucket name before ':'; expected bucket:/path")
+                } else {
+                    bucket = name
+                    prefix = String(path)
+                }
+            } else {
+                error("MODEL_OSS_BUCKET_PATH", "'\(raw)' has no ':'; expected bucket:/path (as ossfs writes it)")
+            }
+        }
+        let endpoint = url("MODEL_OSS_ENDPOINT", text("MODEL_OSS_ENDPOINT", required: true))
+        let accessKeyID = text("MODEL_OSS_ACCESS_KEY_ID", required: true)
+        let secretKey = secret("MODEL_OSS_SECRET_ACCESS_KEY", required: true)
+        let token = secret("MODEL_OSS_SESSION_TOKEN", required: false)
+
+        var peers: [String] = []
+        if let raw = text("MODEL_SHARING_PEER") {
+            for peer in raw.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "," }).map(String.init) {
+                if Self.isIPAddress(peer) {
+                    peers.append(peer)
+                } else {
+                    error("MODEL_SHARING_PEER", "'\(peer)' is not an IP address; list peer IPs separated by spaces")
+                }
+            }
+        }
+
+        var port = CaidConfig.Defaults.modelServicePort
+        if let raw = text("MODEL_SERVICE_PORT") {
+            if let value = UInt16(raw), value > 0 {
+                port = value
+            } else {
+                error("MODEL_SERVICE_PORT", "'\(raw)' is not a TCP port; expected a number from 1 to 65535")
+            }
+        }
+        let mountPoint = absolutePath("MODEL_MOUNT_POINT", default: CaidConfig.Defaults.modelMountPoint)
+        let socket = absolutePath("CAID_HEALTH_SOCKET", default: CaidConfig.Defaults.healthSocket)
+        let cache = absolutePath("CAID_CACHE_DIR", default: CaidConfig.Defaults.cacheDirectory)
+        if socket.utf8.count > 107 {
+            error("CAID_HEALTH_SOCKET", "'\(socket)' is longer than the 107 bytes a Unix socket path may have")
+        }
+
+        var attester = CaidConfig.Attester.auto
+        if let raw = text("CAID_ATTESTER") {
+            if let value = CaidConfig.Attester(rawValue: raw.lowercased()) {
+                attester = value
+            } else {
+                error("CAID_ATTESTER", "'\(raw)' is not an attester; expected auto, tdx or sample")
+            }
+        }
+        var level = Logger.Level.info
+        if let raw = text("CAID_LOG_LEVEL") {
+            if let value = Logger.Level(rawValue: raw.lowercased()) {
+                level = value
+            } else {
+                let names = Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")
+                error("CAID_LOG_LEVEL", "'\(raw)' is not a log level; expected one of \(names)")
+            }
+        }
+
+        guard let trustee, let keyID, let bucket, let endpoint, let accessKeyID, let secretKey else { return nil }
+        return CaidConfig(
+            file: file, trusteeURL: trustee, trusteePolicy: policy, modelKeyID: keyID, encryptionMethod: method,
+            objectStorage: .init(
+                bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
+                secretAccessKey: secretKey, sessionToken: token),
+            sharingPeers: peers, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
+            cacheDirectory: cache, attester: attester, logLevel: level)
+    }
+
+    static func isIPAddress(_ text: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, text, &v4) == 1 || inet_pton(AF_INET6, text, &v6) == 1
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+
+/// The one place every service publishes its state to; the health socket, sd_notify and metrics read it.
+public actor HealthRegistry {
+    private var services: [String: ServiceStatus] = [:]
+    private var order: [String] = []
+    private var shuttingDown = false
+    private var subscribers: [UUID: AsyncStream<HealthSnapshot>.Continuation] = [:]
+    private var lastTick = ContinuousClock.now
+
+    public init() {}
+
+    /// Adds a service in state `waiting`. Registering a name twice keeps the first.
+    public func register(_ name: String, required: Bool) {
+        guard services[name] == nil else { return }
+        services[name] = ServiceStatus(name: name, required: required)
+        order.append(name)
+        publish()
+    }
+
+    /// Moves a service to `state`, optionally with a detail and an error text.
+    public func set(_ name: String, _ state: ServiceState, detail: String? = nil, error: String? = nil) {
+        guard var status = services[name] else { return }
+        if status.state != state { status.since = Date() }
+        status.state = state
+        status.detail = detail
+        if let error { status.lastError = error }
+        services[name] = status
+        publish()
+    }
+
+    /// Changes only what a service is doing, keeping its state.
+    public func setDetail(_ name: String, _ detail: String?) {
+        guard services[name] != nil, services[name]?.detail != detail else { return }
+        services[name]?.detail = detail
+        publish()
+    }
+
+    /// Counts one more restart of a service.
+    public func countRestart(_ name: String) {
+        services[name]?.restarts += 1
+        publish()
+    }
+
+    /// Marks the daemon as shutting down: it is no longer ready.
+    public func beginShutdown() {
+        shuttingDown = true
+        publish()
+    }
+
+    /// The status of one service.
+    public func status(of name: String) -> ServiceStatus? { services[name] }
+
+    /// Everything, in registration order.
+    public func snapshot() -> HealthSnapshot {
+        let list = order.compactMap { services[$0] }
+        let ready = !shuttingDown && list.allSatisfy { !$0.required || $0.state == .running }
+        let state = shuttingDown ? "stopping" : (ready ? "ready" : "starting")
+        return HealthSnapshot(state: state, ready: ready, services: list, summary: Self.summary(list, state: state))
+    }
+
+    /// A stream of snapshots: the current one at once, then one after every change.
+    public func updates() -> AsyncStream<HealthSnapshot> {
+        let (stream, continuation) = AsyncStream.makeStream(of: HealthSnapshot.self, bufferingPolicy: .bufferingNewest(1))
+        let id = UUID()
+        subscribers[id] = continuation
+        continuation.onTermination = { [weak self] _ in
+            Task { await self?.unsubscribe(id) }
+        }
+        continuation.yield(snapshot())
+        return stream
+    }
+
+    private func unsubscribe(_ id: UUID) { subscribers[id] = nil }
+
+    /// Called by the supervisor's loop to show it is alive; read by the watchdog.
+    public func tick() { lastTick = .now }
+
+    /// How long ago the supervisor's loop last ticked.
+    public func sinceLastTick() -> Duration { ContinuousClock.now - lastTick }
+
+    /// Waits until every service in `names` runs. Returns early, quietly, when the task is cancelled.
+    public func waitUntilRunning(_ names: [String]) async {
+        if names.allSatisfy({ services[$0]?.state == .running }) { return }
+        for await snapshot in updates() {
+            let running = Set(snapshot.services.filter { $0.state == .running }.map(\.name))
+            if names.allSatisfy(running.contains) { return }
+        }
+    }
+
+    private func publish() {
+        let current = snapshot()
+        for continuation in subscribers.values { continuation.yield(current) }
+    }
+
+    static func summary(_ list: [ServiceStatus], state: String) -> String {
+        if list.isEmpty { return "\(state): no services" }
+        let waiting = list.filter { $0.state != .running }
+        if waiting.isEmpty { return "\(state): " + list.map(\.name).joined(separator: ", ") + " running" }
+        return "\(state): " + waiting.map { status in
+            var part = "\(status.name) \(status.state.rawValue)"
+            if let detail = status.detail { part += " (\(detail))" }
+            return part
+        }.joined(separator: "; ")
+    }
+}
