@@ -111,11 +111,16 @@ public struct CaidConfig: Sendable {
             for index in entries.indices { wipeBytes(&entries[index].value) }
         }
         var decoder = Decoder(file: file, entries: entries)
+        decoder.brokenKeys = Set(syntaxErrors.compactMap(\.key))
         decoder.diagnostics += syntaxErrors.map {
             ConfigDiagnostic(.error, file: file, line: $0.line, key: $0.key, message: $0.message)
         }
         let config = decoder.decode()
-        return (decoder.diagnostics.contains { $0.severity == .error } ? nil : config, decoder.diagnostics)
+        // File-wide findings first, then by line; findings about missing keys last.
+        let diagnostics = decoder.diagnostics.enumerated().sorted {
+            ($0.element.line ?? Int.max, $0.offset) < ($1.element.line ?? Int.max, $1.offset)
+        }.map(\.element)
+        return (diagnostics.contains { $0.severity == .error } ? nil : config, diagnostics)
     }
 }
 
@@ -148,6 +153,8 @@ private struct Decoder {
     let file: String
     var values: [String: (value: [UInt8], line: Int)] = [:]
     var diagnostics: [ConfigDiagnostic] = []
+    /// Keys whose line did not parse: already reported, so not reported again as missing.
+    var brokenKeys: Set<String> = []
 
     init(file: String, entries: [EnvFile.Entry]) {
         self.file = file
@@ -162,6 +169,7 @@ private struct Decoder {
     }
 
     mutating func error(_ key: String, _ message: String) {
+        if values[key] == nil, brokenKeys.contains(key) { return }
         diagnostics.append(ConfigDiagnostic(.error, file: file, line: values[key]?.line, key: key, message: message))
     }
 

@@ -121,12 +121,8 @@ public final class Supervisor: Service {
                     if await Self.race(shutdown, { try? await Task.sleep(for: self.tickInterval) }) { break }
                 }
             }
-            await withGracefulShutdownHandler {
-                await shutdown.wait()
-            } onGracefulShutdown: {
-                shutdown.fire()
-            }
-            // Graceful shutdown, or cancellation (then every child is cancelled too): stop in reverse order.
+            // Returns on graceful shutdown, or throws on cancellation (then every child is cancelled too).
+            try? await gracefulShutdown()
             shutdown.fire()
             await registry.beginShutdown()
             for index in ordered.indices.reversed() {

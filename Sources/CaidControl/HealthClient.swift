@@ -1,0 +1,80 @@
+import Foundation
+
+/// A small blocking HTTP/1.1 client for the health socket, for `caid health` and the socket's own stale check.
+public struct HealthClient: Sendable {
+    /// The socket could not be reached or did not answer in HTTP.
+    public struct Unreachable: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// One answer.
+    public struct Response: Sendable {
+        public var status: Int
+        public var body: [UInt8]
+    }
+
+    public let socketPath: String
+    public let timeout: Duration
+
+    public init(socketPath: String, timeout: Duration = .seconds(5)) {
+        self.socketPath = socketPath
+        self.timeout = timeout
+    }
+
+    /// Sends `GET path` and reads the whole answer.
+    public func get(_ path: String) throws(Unreachable) -> Response {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw Unreachable(description: "cannot create a socket: \(Self.lastError())") }
+        defer { close(fd) }
+        var time = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: Int(timeout.components.attoseconds / 1_000_000_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(socketPath.utf8)
+        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw Unreachable(description: "\(socketPath) is too long for a Unix socket path")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: pathBytes)
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else {
+            throw Unreachable(description: "cannot connect to \(socketPath): \(Self.lastError()); is caid running?")
+        }
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: caid\r\nConnection: close\r\n\r\n".utf8)
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
+            throw Unreachable(description: "cannot send to \(socketPath): \(Self.lastError())")
+        }
+        var answer: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        while answer.count < 8 << 20 {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { break }
+            guard n > 0 else { throw Unreachable(description: "no answer from \(socketPath): \(Self.lastError())") }
+            answer += buffer[0..<n]
+        }
+        return try Self.parse(answer, from: socketPath)
+    }
+
+    static func parse(_ answer: [UInt8], from socketPath: String) throws(Unreachable) -> Response {
+        let separator: [UInt8] = Array("\r\n\r\n".utf8)
+        guard let end = answer.firstRange(of: separator) else {
+            throw Unreachable(description: "\(socketPath) did not answer in HTTP")
+        }
+        let head = String(decoding: answer[..<end.lowerBound], as: UTF8.self)
+        let statusLine = head.split(separator: "\r\n").first ?? ""
+        let parts = statusLine.split(separator: " ")
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
+            throw Unreachable(description: "\(socketPath) sent a malformed status line")
+        }
+        return Response(status: status, body: Array(answer[end.upperBound...]))
+    }
+
+    private static func lastError() -> String { String(cString: strerror(errno)) }
+}

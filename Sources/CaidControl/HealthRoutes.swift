@@ -1,0 +1,54 @@
+import CaidCore
+import Foundation
+
+/// The health API's answers, decided from a snapshot alone (no I/O), so they are testable without a socket.
+public enum HealthRoutes {
+    /// One HTTP response.
+    public struct Response: Sendable, Equatable {
+        public var status: Int
+        public var contentType: String
+        public var body: [UInt8]
+    }
+
+    /// Answers one request.
+    /// - Parameters:
+    ///   - metrics: renders the Prometheus text; only called for `/metrics`.
+    public static func respond(
+        method: String, path: String, snapshot: HealthSnapshot, metrics: () -> [UInt8]
+    ) -> Response {
+        let route = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+        guard ["/healthz", "/readyz", "/status", "/metrics"].contains(route) else {
+            return text(404, "not found: try /healthz, /readyz, /status or /metrics\n")
+        }
+        guard method == "GET" || method == "HEAD" else { return text(405, "only GET is allowed\n") }
+        switch route {
+        case "/healthz":
+            return text(200, "alive\n")
+        case "/readyz":
+            return snapshot.ready ? text(200, "ready\n") : text(503, "not ready: \(snapshot.summary)\n")
+        case "/status":
+            return Response(status: 200, contentType: "application/json", body: Array(encode(snapshot)))
+        default:
+            return Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics())
+        }
+    }
+
+    /// The `/status` JSON: sorted keys and ISO 8601 dates, so it reads the same every time.
+    public static func encode(_ snapshot: HealthSnapshot) -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return (try? encoder.encode(snapshot)) ?? Data("{}".utf8)
+    }
+
+    /// Decodes what ``encode(_:)`` wrote.
+    public static func decode(_ data: Data) throws -> HealthSnapshot {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try decoder.decode(HealthSnapshot.self, from: data)
+    }
+
+    private static func text(_ status: Int, _ body: String) -> Response {
+        Response(status: status, contentType: "text/plain; charset=utf-8", body: Array(body.utf8))
+    }
+}

@@ -1,0 +1,140 @@
+import CaidCore
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import ServiceLifecycle
+
+/// The health API over HTTP/1.1 on a Unix socket: `/healthz`, `/readyz`, `/status`, `/metrics`.
+///
+/// The socket is created with mode 0660 in a directory created 0750; a stale socket left by a dead caid is
+/// replaced, but a socket another process still answers on, or a file that is not a socket, is left alone.
+public struct HealthServer: Service {
+    /// The socket could not be set up; caid cannot run without it.
+    public struct SetupError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    private let path: String
+    private let registry: HealthRegistry
+    private let metrics: HealthMetrics
+    private let logger: Logger
+
+    public init(path: String, registry: HealthRegistry, metrics: HealthMetrics, logger: Logger) {
+        self.path = path
+        self.registry = registry
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        try Self.prepare(path)
+        let registry = self.registry
+        let metrics = self.metrics
+        let channel: any Channel
+        do {
+            channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(HealthHTTPHandler(registry: registry, metrics: metrics))
+                    }
+                }
+                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false)
+                .get()
+        } catch {
+            throw SetupError(description: "cannot listen on \(path): \(error); set CAID_HEALTH_SOCKET to a writable path")
+        }
+        guard chmod(path, 0o660) == 0 else {
+            try? await channel.close()
+            throw SetupError(description: "cannot set mode 0660 on \(path): \(String(cString: strerror(errno)))")
+        }
+        logger.info("health socket listening", metadata: ["socket": "\(path)"])
+        // caid is ready only once probes can reach it.
+        await registry.register("health", required: true)
+        await registry.set("health", .running, detail: path)
+        try? await gracefulShutdown()
+        try? await channel.close()
+        unlink(path)
+    }
+
+    /// Creates the parent directory and clears a stale socket.
+    static func prepare(_ path: String) throws {
+        let parent = (path as NSString).deletingLastPathComponent
+        var info = stat()
+        if stat(parent, &info) != 0 {
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+            } catch {
+                throw SetupError(description: "cannot create \(parent) for the health socket: \(error)")
+            }
+        }
+        guard lstat(path, &info) == 0 else { return }
+        guard info.st_mode & S_IFMT == S_IFSOCK else {
+            throw SetupError(description: "\(path) exists and is not a socket; remove it or set CAID_HEALTH_SOCKET")
+        }
+        if (try? HealthClient(socketPath: path, timeout: .seconds(1)).get("/healthz")) != nil {
+            throw SetupError(description: "another process answers on \(path); is caid already running?")
+        }
+        unlink(path)
+    }
+}
+
+/// Answers one HTTP request at a time on a health socket connection.
+private final class HealthHTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let registry: HealthRegistry
+    private let metrics: HealthMetrics
+    private var head: HTTPRequestHead?
+
+    init(registry: HealthRegistry, metrics: HealthMetrics) {
+        self.registry = registry
+        self.metrics = metrics
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+        case .body:
+            break
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            let registry = self.registry
+            let metrics = self.metrics
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.eventLoop.makeFutureWithTask {
+                let snapshot = await registry.snapshot()
+                return HealthRoutes.respond(method: head.method.rawValue, path: head.uri, snapshot: snapshot) {
+                    metrics.render(snapshot)
+                }
+            }.whenSuccess { response in
+                Self.write(response, for: head, context: loopBound.value)
+            }
+        }
+    }
+
+    private static func write(_ response: HealthRoutes.Response, for request: HTTPRequestHead, context: ChannelHandlerContext) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Content-Length", value: String(response.body.count))
+        headers.add(name: "Cache-Control", value: "no-store")
+        let keepAlive = request.isKeepAlive
+        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        let head = HTTPResponseHead(version: request.version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
+        context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
+        if request.method != .HEAD {
+            context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
+        }
+        let done = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
+        if !keepAlive {
+            let channel = context.channel
+            done.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+import ArgumentParser
+
+/// `caid`: the Confidential AI host daemon and its tools.
+@main
+struct Caid: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "caid",
+        abstract: "Confidential AI daemon: attestation, model key, model download, decrypted mount and attested gateway.",
+        discussion: """
+            caid replaces the CAI docker-compose stack with one systemd service that reads the same cai.env.
+            Exit status: 0 success, 1 failure, 2 unreachable (health), 78 configuration error.
+            """,
+        subcommands: [
+            RunCommand.self, CheckConfigCommand.self, HealthCommand.self,
+            NotBuilt.Encrypt.self, NotBuilt.Mount.self,
+            NotBuilt.Fetch.self, NotBuilt.Attest.self, NotBuilt.GetResource.self, NotBuilt.Tunnel.self,
+        ]
+    )
+}
+
+/// The `--env` option every command that reads cai.env shares.
+struct EnvOption: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The cai.env file.", valueName: "path"))
+    var env: String = "/etc/caid/cai.env"
+}
