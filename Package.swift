@@ -92,7 +92,15 @@ let package = Package(
             swiftSettings: strict
         ),
 
-        .testTarget(name: "CaidCoreTests", dependencies: ["CaidCore", "CaidTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "CaidCoreTests",
+            dependencies: [
+                "CaidCore", "CaidTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(name: "CaidSystemdTests", dependencies: ["CaidSystemd", "CaidTestSupport"], swiftSettings: strict),
         .testTarget(name: "CaidControlTests", dependencies: ["CaidControl", "CaidTestSupport"], swiftSettings: strict),
         .testTarget(name: "GocryptfsTests", dependencies: ["Gocryptfs", "CaidTestSupport"], swiftSettings: strict),
