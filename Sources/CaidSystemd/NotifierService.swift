@@ -3,35 +3,48 @@ import Logging
 import ServiceLifecycle
 
 /// Tells systemd how caid is doing: `STATUS=` as stages progress, `READY=1` once every required service runs,
-/// `WATCHDOG=1` at half the watchdog timeout while the supervisor's loop is responsive, `STOPPING=1` on shutdown.
+/// `WATCHDOG=1` at half the watchdog timeout while the supervisor's loop is responsive, `EXTEND_TIMEOUT_USEC=` while
+/// a responsive start is still under way, `STOPPING=1` on shutdown.
 ///
 /// The watchdog is fed only while the supervisor keeps ticking the registry: a wedged supervisor (or a starved
 /// runtime) stops the pets and systemd restarts caid.
 public struct NotifierService: Service {
     private let registry: HealthRegistry
-    private let notifier: SystemdNotifier
+    private let send: @Sendable (String) -> Void
+    private let watchdogTimeout: Duration?
     private let logger: Logger
     private let stallThreshold: Duration
+    private let startExtension: Duration
 
-    /// - Parameter stallThreshold: the supervisor counts as wedged when it has not ticked for this long.
-    public init(registry: HealthRegistry, notifier: SystemdNotifier = SystemdNotifier(), logger: Logger,
-                stallThreshold: Duration = .seconds(5)) {
+    /// - Parameters:
+    ///   - send: delivers one notification; by default `sd_notify`.
+    ///   - watchdogTimeout: by default from `WATCHDOG_USEC`; `nil` when systemd runs no watchdog.
+    ///   - stallThreshold: the supervisor counts as wedged when it has not ticked for this long.
+    ///   - startExtension: how far each `EXTEND_TIMEOUT_USEC=` pushes the start timeout while starting.
+    public init(
+        registry: HealthRegistry, logger: Logger,
+        send: @escaping @Sendable (String) -> Void = { SystemdNotifier().send($0) },
+        watchdogTimeout: Duration? = SystemdNotifier().watchdogTimeout(),
+        stallThreshold: Duration = .seconds(5), startExtension: Duration = .seconds(30)
+    ) {
         self.registry = registry
-        self.notifier = notifier
+        self.send = send
+        self.watchdogTimeout = watchdogTimeout
         self.logger = logger
         self.stallThreshold = stallThreshold
+        self.startExtension = startExtension
     }
 
     public func run() async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.reportStatus() }
-            if let timeout = notifier.watchdogTimeout() {
+            if let timeout = watchdogTimeout {
                 logger.info("systemd watchdog on, timeout \(timeout.formatted)")
-                group.addTask { await self.feedWatchdog(every: timeout / 2) }
             }
+            group.addTask { await self.keepAlive() }
             // Returns on graceful shutdown, or throws on cancellation: either way caid is stopping.
             try? await gracefulShutdown()
-            notifier.send("STOPPING=1\nSTATUS=stopping")
+            send("STOPPING=1\nSTATUS=stopping")
             group.cancelAll()
         }
     }
@@ -50,19 +63,35 @@ public struct NotifierService: Service {
                 message = "READY=1\n" + message
                 logger.notice("\(snapshot.summary)")
             }
-            if !message.isEmpty { notifier.send(message) }
+            if !message.isEmpty { send(message) }
         }
     }
 
-    private func feedWatchdog(every interval: Duration) async {
+    /// Feeds the watchdog, and extends the start timeout until ready, while the supervisor ticks.
+    private func keepAlive() async {
+        let interval = min(watchdogTimeout.map { $0 / 2 } ?? startExtension / 3, startExtension / 3)
+        var started = false
         while !Task.isCancelled {
             let silence = await registry.sinceLastTick()
             if silence < stallThreshold {
-                notifier.send("WATCHDOG=1")
+                var message: [String] = []
+                if watchdogTimeout != nil { message.append("WATCHDOG=1") }
+                if !started { started = await registry.snapshot().ready }
+                if !started {
+                    message.append("EXTEND_TIMEOUT_USEC=\(startExtension.microseconds)")
+                }
+                if !message.isEmpty { send(message.joined(separator: "\n")) }
             } else {
-                logger.error("supervisor has not ticked for \(silence.formatted); not feeding the watchdog")
+                logger.error("supervisor has not ticked for \(silence.formatted); not telling systemd it is alive")
             }
             try? await Task.sleep(for: interval)
         }
+    }
+}
+
+extension Duration {
+    /// Whole microseconds, as systemd's `*_USEC` fields want them.
+    var microseconds: Int64 {
+        components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000
     }
 }
