@@ -102,8 +102,24 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "CaidSystemdTests", dependencies: ["CaidSystemd", "CaidTestSupport"], swiftSettings: strict),
-        .testTarget(name: "CaidControlTests", dependencies: ["CaidControl", "CaidTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "CaidControlTests",
+            dependencies: [
+                "CaidControl", "CaidTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(name: "GocryptfsTests", dependencies: ["Gocryptfs", "CaidTestSupport"], swiftSettings: strict),
-        .testTarget(name: "CaidCLITests", dependencies: ["caid", "CaidTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "CaidCLITests",
+            dependencies: [
+                "caid", "CaidControl", "CaidTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
     ]
 )

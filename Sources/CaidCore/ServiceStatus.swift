@@ -50,4 +50,11 @@ public struct HealthSnapshot: Sendable, Codable, Equatable {
     public var services: [ServiceStatus]
     /// A one-line summary for systemd's STATUS= and `caid health`.
     public var summary: String
+
+    public init(state: String, ready: Bool, services: [ServiceStatus], summary: String) {
+        self.state = state
+        self.ready = ready
+        self.services = services
+        self.summary = summary
+    }
 }

@@ -1,0 +1,148 @@
+import Foundation
+
+/// Runs the built `caid` and other programs from tests.
+public enum Programs {
+    /// The directory of the test bundle, where SwiftPM also puts the `caid` it built.
+    public static var buildDirectory: String {
+        let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var directory = executable.deletingLastPathComponent()
+        // On Linux the test binary is `<build>/caidPackageTests.xctest`; elsewhere it may sit deeper in a bundle.
+        while !FileManager.default.fileExists(atPath: directory.appendingPathComponent("caid").path), directory.path != "/" {
+            directory = directory.deletingLastPathComponent()
+        }
+        return directory.path
+    }
+
+    /// The built `caid` executable.
+    public static var caid: String { buildDirectory + "/caid" }
+
+    /// The root of the package (for files such as `etc/caid/cai.env.example`).
+    public static var packageRoot: String {
+        var url = URL(fileURLWithPath: #filePath)
+        while !FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path), url.path != "/" {
+            url = url.deletingLastPathComponent()
+        }
+        return url.path
+    }
+
+    /// What a finished program left.
+    public struct Result: Sendable {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+    }
+
+    /// A minimal environment, so tests never leak this process's NOTIFY_SOCKET or similar into children.
+    public static func environment(_ extra: [String: String] = [:]) -> [String: String] {
+        var environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"]
+        environment.merge(extra) { _, new in new }
+        return environment
+    }
+
+    /// Starts a program with its output captured to files.
+    public static func start(_ path: String, _ arguments: [String], environment: [String: String] = environment()) throws -> Running {
+        try Running(path, arguments, environment: environment)
+    }
+
+    /// Runs a program to completion.
+    public static func run(_ path: String, _ arguments: [String], environment: [String: String] = environment()) throws -> Result {
+        let running = try start(path, arguments, environment: environment)
+        return running.wait()
+    }
+
+    /// A started program.
+    public final class Running: @unchecked Sendable {
+        public let process = Process()
+        private let out: FileHandle
+        private let err: FileHandle
+        private let outPath: String
+        private let errPath: String
+
+        init(_ path: String, _ arguments: [String], environment: [String: String]) throws {
+            let base = NSTemporaryDirectory() + "caid-proc-" + UUID().uuidString
+            outPath = base + ".out"
+            errPath = base + ".err"
+            _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+            out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+            err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+            process.environment = environment
+            process.standardOutput = out
+            process.standardError = err
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+        }
+
+        deinit {
+            if process.isRunning { process.terminate() }
+            try? FileManager.default.removeItem(atPath: outPath)
+            try? FileManager.default.removeItem(atPath: errPath)
+        }
+
+        /// What it printed so far.
+        public var stdout: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
+        public var stderr: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
+
+        /// Sends a signal.
+        public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+        /// Waits until it exits.
+        public func wait() -> Result {
+            process.waitUntilExit()
+            try? out.close()
+            try? err.close()
+            return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr)
+        }
+
+        /// Waits up to `timeout` for it to exit; kills it after that.
+        public func wait(timeout: Duration) async -> Result? {
+            let deadline = ContinuousClock.now + timeout
+            while process.isRunning, ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            if process.isRunning {
+                process.terminate()
+                _ = wait()
+                return nil
+            }
+            return wait()
+        }
+    }
+}
+
+/// A datagram socket that stands in for systemd's notification socket.
+public final class NotifySocket: @unchecked Sendable {
+    public let path: String
+    private let fd: Int32
+
+    public init(path: String) throws {
+        self.path = path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard fd >= 0, bound == 0 else { throw CocoaError(.fileWriteUnknown) }
+        var timeout = timeval(tv_sec: 0, tv_usec: 100_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+    }
+
+    /// Receives datagrams until `predicate` holds for everything received so far, or `timeout` passes.
+    public func receive(into messages: inout [String], timeout: Duration, until predicate: ([String]) -> Bool) {
+        let deadline = ContinuousClock.now + timeout
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !predicate(messages), ContinuousClock.now < deadline {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n > 0 { messages.append(String(decoding: buffer[0..<n], as: UTF8.self)) }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+import CaidControl
+import CaidCore
+import CaidTestSupport
+import Foundation
+import Logging
+import ServiceLifecycle
+import Testing
+
+/// The built `caid` binary, run as an operator would run it.
+@Suite(.serialized) struct CLITests {
+    let example = Programs.packageRoot + "/etc/caid/cai.env.example"
+
+    /// The example configuration with the health socket in `dir`.
+    func exampleConfig(in dir: TemporaryDirectory) throws -> (env: String, socket: String) {
+        let socket = dir.path + "/run/caid.sock"
+        let text = try String(contentsOfFile: example, encoding: .utf8)
+            .replacingOccurrences(of: "CAID_HEALTH_SOCKET=/run/caid/caid.sock", with: "CAID_HEALTH_SOCKET=\(socket)")
+        return (try dir.write("cai.env", text), socket)
+    }
+
+    @Test func everyCommandHasHelp() throws {
+        for command in ["", "run", "check-config", "health", "mount", "encrypt", "fetch", "attest", "get-resource", "tunnel"] {
+            let result = try Programs.run(Programs.caid, (command.isEmpty ? [] : [command]) + ["--help"])
+            #expect(result.status == 0, "caid \(command) --help")
+            #expect(result.stdout.contains("USAGE"), "caid \(command) --help")
+        }
+    }
+
+    @Test func checkConfigPrintsTheEffectiveConfigurationWithSecretsRedacted() throws {
+        let result = try Programs.run(Programs.caid, ["check-config", "--env", example])
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("MODEL_OSS_SECRET_ACCESS_KEY=<redacted>"))
+        #expect(result.stdout.contains("MODEL_SERVICE_PORT=8080"))
+        #expect(!(result.stdout + result.stderr).contains("example-access-key-secret"))
+    }
+
+    @Test func badConfigurationExits78NamingFileLineAndKey() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let secret = "do-not-print-me"
+        let env = try dir.write("cai.env", """
+            TRUSTEE_URL="http://trustee"
+            MODEL_KEY_ID="kbs:///default/aliyun/model-decryption-key"
+            MODEL_ENCRYPTION_METHOD="sam"
+            MODEL_OSS_BUCKET_PATH="bucket:/model"
+            MODEL_OSS_ENDPOINT="https://oss-cn-beijing.aliyuncs.com"
+            MODEL_OSS_ACCESS_KEY_ID="id"
+            MODEL_OSS_SECRET_ACCESS_KEY="\(secret)
+            MODEL_SERVICE_PORT=eighty
+
+            """)
+        for command in ["check-config", "run"] {
+            let result = try Programs.run(Programs.caid, [command, "--env", env])
+            #expect(result.status == 78)
+            #expect(result.stderr.contains("\(env):3: MODEL_ENCRYPTION_METHOD: 'sam'"))
+            #expect(result.stderr.contains("\(env):7: MODEL_OSS_SECRET_ACCESS_KEY: has an unterminated quote"))
+            #expect(result.stderr.contains("\(env):8: MODEL_SERVICE_PORT: 'eighty' is not a TCP port"))
+            #expect(!(result.stdout + result.stderr).contains(secret))
+        }
+        let missing = try Programs.run(Programs.caid, ["check-config", "--env", dir.path + "/nope.env"])
+        #expect(missing.status == 78)
+        #expect(missing.stderr.contains("nope.env: cannot be read"))
+    }
+
+    @Test func runAnswersHealthTalksToSystemdAndStopsOnSIGTERM() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let (env, socket) = try exampleConfig(in: dir)
+        let notify = try NotifySocket(path: dir.path + "/notify.sock")
+        let daemon = try Programs.start(
+            Programs.caid, ["run", "--env", env],
+            environment: Programs.environment(["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"]))
+
+        var messages: [String] = []
+        notify.receive(into: &messages, timeout: .seconds(20)) { all in
+            all.contains { $0.hasPrefix("READY=1") } && all.filter { $0.contains("WATCHDOG=1") }.count >= 2
+        }
+        #expect(messages.contains { $0.hasPrefix("READY=1\nSTATUS=ready") }, "\(messages) \(daemon.stderr)")
+        #expect(messages.filter { $0.contains("WATCHDOG=1") }.count >= 2)
+
+        var info = stat()
+        #expect(stat(socket, &info) == 0 && info.st_mode & 0o777 == 0o660)
+        let health = try Programs.run(Programs.caid, ["health", "--socket", socket])
+        #expect(health.status == 0, "\(health.stderr)")
+        #expect(health.stdout.contains("caid: ready"))
+        #expect(health.stdout.contains("health"))
+        let json = try Programs.run(Programs.caid, ["health", "--json"], environment: Programs.environment(["CAID_HEALTH_SOCKET": socket]))
+        #expect(json.status == 0)
+        #expect(try HealthRoutes.decode(Data(json.stdout.utf8)).ready)
+
+        let started = ContinuousClock.now
+        daemon.signal(SIGTERM)
+        let result = await daemon.wait(timeout: .seconds(10))
+        #expect(result?.status == 0, "\(result?.stderr ?? "killed after 10 s")")
+        #expect(ContinuousClock.now - started < .seconds(10))
+        notify.receive(into: &messages, timeout: .seconds(2)) { $0.contains { $0.hasPrefix("STOPPING=1") } }
+        #expect(messages.contains { $0.hasPrefix("STOPPING=1") })
+        #expect(!FileManager.default.fileExists(atPath: socket))
+        let log = result?.stderr ?? ""
+        #expect(!log.contains("example-access-key-secret"))
+
+        let gone = try Programs.run(Programs.caid, ["health", "--socket", socket])
+        #expect(gone.status == 2)
+        #expect(gone.stderr.contains("is caid running?"))
+    }
+
+    @Test func healthExitsOneWhenAliveButNotReady() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let socket = dir.path + "/caid.sock"
+        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        let registry = HealthRegistry()
+        await registry.register("key", required: true)
+        await registry.set("key", .backoff, detail: "retrying in 8s", error: "Trustee answered 503")
+        let server = HealthServer(path: socket, registry: registry, metrics: HealthMetrics(), logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [server], logger: logger))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            for _ in 0..<200 where !FileManager.default.fileExists(atPath: socket) {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try await Task.sleep(for: .milliseconds(50))
+            let result = try Programs.run(Programs.caid, ["health", "--socket", socket])
+            #expect(result.status == 1)
+            #expect(result.stdout.contains("key"))
+            #expect(result.stdout.contains("backoff"))
+            #expect(result.stdout.contains("last error: Trustee answered 503"))
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+    }
+
+    @Test func notBuiltCommandsSaySoPlainly() throws {
+        let result = try Programs.run(Programs.caid, ["tunnel"])
+        #expect(result.status == 69)
+        #expect(result.stderr.contains("not built in this version"))
+    }
+
+    @Test func systemdUnitVerifies() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        // systemd-analyze checks that ExecStart= exists: point it at the caid just built.
+        let unit = try String(contentsOfFile: Programs.packageRoot + "/systemd/caid.service", encoding: .utf8)
+            .replacingOccurrences(of: "/usr/local/bin/caid", with: Programs.caid)
+        let path = try dir.write("caid.service", unit, mode: 0o644)
+        let result = try Programs.run("/usr/bin/systemd-analyze", ["verify", path])
+        #expect(result.status == 0, "\(result.stderr)")
+        // Unknown or misspelt settings are only warnings: none may appear.
+        #expect(!result.stderr.contains("caid.service"), "\(result.stderr)")
+        #expect(unit.contains("RestartPreventExitStatus=78") && unit.contains("Type=notify"))
+    }
+}
