@@ -87,6 +87,7 @@ let package = Package(
             name: "CaidTestSupport",
             dependencies: [
                 "CaidCore",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict

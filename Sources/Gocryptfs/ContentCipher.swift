@@ -1,0 +1,171 @@
+import Crypto
+import Foundation
+
+/// gocryptfs file contents: an 18-byte header (version 2, 16-byte file ID), then blocks of 4096 plaintext bytes
+/// sealed with AES-256-GCM under a random 16-byte nonce, with the block number and file ID as associated data.
+///
+/// Pure: it turns bytes into bytes. Readers hand it what they read from disk.
+public struct ContentCipher: Sendable {
+    public static let headerSize = 18
+    public static let plainBlockSize = 4096
+    public static let nonceSize = 16
+    public static let tagSize = 16
+    public static let blockOverhead = nonceSize + tagSize
+    public static let cipherBlockSize = plainBlockSize + blockOverhead
+    static let headerVersion: UInt16 = 2
+
+    let key: SymmetricKey
+
+    public init(key: SymmetricKey) {
+        self.key = key
+    }
+
+    // MARK: Header
+
+    /// Parses a file header and returns its file ID.
+    public static func fileID(fromHeader header: some Collection<UInt8>) throws(GocryptfsError) -> [UInt8] {
+        let bytes = Array(header)
+        guard bytes.count == headerSize else {
+            throw GocryptfsError(.corruptHeader, "file header is \(bytes.count) bytes, expected \(headerSize)")
+        }
+        let version = UInt16(bytes[0]) << 8 | UInt16(bytes[1])
+        guard version == headerVersion else {
+            throw GocryptfsError(.corruptHeader, "file header has version \(version), expected \(headerVersion)")
+        }
+        let id = Array(bytes[2...])
+        guard id.contains(where: { $0 != 0 }) else {
+            throw GocryptfsError(.corruptHeader, "file header has an all-zero file ID")
+        }
+        return id
+    }
+
+    /// A header for a new file with `fileID` (16 random bytes).
+    public static func header(fileID: [UInt8]) -> [UInt8] {
+        [UInt8(headerVersion >> 8), UInt8(headerVersion & 0xFF)] + fileID
+    }
+
+    // MARK: Sizes
+
+    /// The plaintext size of a ciphertext file of `cipherSize` bytes (gocryptfs's CipherSizeToPlainSize).
+    public static func plainSize(cipherSize: UInt64) -> UInt64 {
+        guard cipherSize > UInt64(headerSize) else { return 0 }
+        let body = cipherSize - UInt64(headerSize)
+        let blocks = (body + UInt64(cipherBlockSize) - 1) / UInt64(cipherBlockSize)
+        let overhead = blocks * UInt64(blockOverhead)
+        // A last block of 1 to 32 bytes cannot hold data; gocryptfs counts it as one byte.
+        guard body > overhead else { return 1 }
+        return body - overhead
+    }
+
+    /// The ciphertext size of a file of `plainSize` bytes.
+    public static func cipherSize(plainSize: UInt64) -> UInt64 {
+        guard plainSize > 0 else { return 0 }
+        let blocks = (plainSize + UInt64(plainBlockSize) - 1) / UInt64(plainBlockSize)
+        return UInt64(headerSize) + plainSize + blocks * UInt64(blockOverhead)
+    }
+
+    /// The ciphertext offset where block `number` starts.
+    public static func cipherOffset(ofBlock number: UInt64) -> UInt64 {
+        UInt64(headerSize) + number * UInt64(cipherBlockSize)
+    }
+
+    // MARK: Blocks
+
+    /// Decrypts one ciphertext block (nonce ‖ data ‖ tag). A whole block of zeros is a hole and reads as zeros.
+    /// - Throws: ``GocryptfsError/Code/corruptBlock`` naming the block; no unauthenticated byte is returned.
+    public func decryptBlock(_ block: UnsafeRawBufferPointer, number: UInt64, fileID: [UInt8]) throws(GocryptfsError) -> [UInt8] {
+        guard block.count > Self.blockOverhead, block.count <= Self.cipherBlockSize else {
+            throw GocryptfsError(.corruptBlock, "block \(number) is \(block.count) bytes, not a valid block size")
+        }
+        if block.count == Self.cipherBlockSize, Self.isZero(block) {
+            return [UInt8](repeating: 0, count: Self.plainBlockSize)
+        }
+        guard Self.isZero(UnsafeRawBufferPointer(rebasing: block[0..<Self.nonceSize])) == false else {
+            throw GocryptfsError(.corruptBlock, "block \(number) has an all-zero nonce (a damaged block)")
+        }
+        do {
+            return try open(
+                nonce: block[0..<Self.nonceSize], ciphertext: block[Self.nonceSize..<(block.count - Self.tagSize)],
+                tag: block[(block.count - Self.tagSize)...], blockNumber: number, fileID: fileID)
+        } catch {
+            throw GocryptfsError(.corruptBlock, "block \(number) fails authentication (damaged, swapped or moved)")
+        }
+    }
+
+    /// Encrypts one plaintext block (at most 4096 bytes) with a fresh random nonce.
+    public func encryptBlock(_ plain: UnsafeRawBufferPointer, number: UInt64, fileID: [UInt8]) -> [UInt8] {
+        seal(plain, nonce: Self.randomBytes(Self.nonceSize), blockNumber: number, fileID: fileID)
+    }
+
+    /// AES-256-GCM with a 16-byte nonce; returns nonce ‖ ciphertext ‖ tag.
+    func seal(_ plain: UnsafeRawBufferPointer, nonce: [UInt8], blockNumber: UInt64, fileID: [UInt8]?) -> [UInt8] {
+        // A 16-byte nonce is always valid for AES.GCM.Nonce and sealing cannot fail with a 32-byte key.
+        guard let gcmNonce = try? AES.GCM.Nonce(data: nonce),
+            let box = try? AES.GCM.seal(plain, using: key, nonce: gcmNonce, authenticating: Self.aad(blockNumber, fileID))
+        else { return [] }
+        var out = nonce
+        out.reserveCapacity(nonce.count + plain.count + Self.tagSize)
+        out.append(contentsOf: box.ciphertext)
+        out.append(contentsOf: box.tag)
+        return out
+    }
+
+    /// Opens nonce ‖ ciphertext ‖ tag; throws when authentication fails.
+    func open(
+        nonce: some DataProtocol, ciphertext: some DataProtocol, tag: some DataProtocol, blockNumber: UInt64, fileID: [UInt8]?
+    ) throws -> [UInt8] {
+        let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: ciphertext, tag: tag)
+        return Array(try AES.GCM.open(box, using: key, authenticating: Self.aad(blockNumber, fileID)))
+    }
+
+    /// Big-endian block number, then the file ID (nothing for the master key and symlink targets).
+    static func aad(_ blockNumber: UInt64, _ fileID: [UInt8]?) -> [UInt8] {
+        var aad = withUnsafeBytes(of: blockNumber.bigEndian) { Array($0) }
+        if let fileID { aad += fileID }
+        return aad
+    }
+
+    static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        bytes.allSatisfy { $0 == 0 }
+    }
+
+    /// Bytes from the system's secure random source (getrandom(2) behind `SystemRandomNumberGenerator`).
+    public static func randomBytes(_ count: Int) -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        var bytes = [UInt8](repeating: 0, count: count)
+        var index = 0
+        while index < count {
+            withUnsafeBytes(of: generator.next() as UInt64) { word in
+                for byte in word where index < count {
+                    bytes[index] = byte
+                    index += 1
+                }
+            }
+        }
+        return bytes
+    }
+}
+
+extension ContentCipher {
+    /// Encrypts a symlink target: sealed as block 0 with no file ID, then unpadded base64url.
+    public func encryptSymlinkTarget(_ target: [UInt8]) -> String {
+        guard !target.isEmpty else { return "" }
+        let sealed = target.withUnsafeBytes { seal($0, nonce: Self.randomBytes(Self.nonceSize), blockNumber: 0, fileID: nil) }
+        return Base64URL.encode(sealed, padded: false)
+    }
+
+    /// Decrypts a stored symlink target.
+    public func decryptSymlinkTarget(_ stored: String) throws(GocryptfsError) -> [UInt8] {
+        guard !stored.isEmpty else { return [] }
+        guard let bytes = Base64URL.decode(stored, padded: false), bytes.count > Self.blockOverhead else {
+            throw GocryptfsError(.corruptName, "symlink target is not valid encrypted base64")
+        }
+        do {
+            return try open(
+                nonce: bytes[0..<Self.nonceSize], ciphertext: bytes[Self.nonceSize..<(bytes.count - Self.tagSize)],
+                tag: bytes[(bytes.count - Self.tagSize)...], blockNumber: 0, fileID: nil)
+        } catch {
+            throw GocryptfsError(.corruptName, "symlink target fails authentication")
+        }
+    }
+}

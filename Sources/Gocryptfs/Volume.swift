@@ -1,0 +1,218 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An unlocked gocryptfs volume on disk: the thin I/O layer over the pure format types, shared by the mount,
+/// `caid encrypt --verify` and the tests.
+public final class Volume: Sendable {
+    /// The ciphertext directory.
+    public let root: String
+    public let config: VolumeConfig
+    public let keys: VolumeKeys
+    public let names: NameCipher
+    public let content: ContentCipher
+
+    /// One entry of a decrypted directory listing.
+    public struct Entry: Sendable, Equatable {
+        /// The plaintext name.
+        public var name: [UInt8]
+        /// The name on disk (the encrypted name or its `gocryptfs.longname.` form).
+        public var diskName: String
+    }
+
+    /// Reads `gocryptfs.conf` in `root` and unlocks it.
+    /// - Parameter password: raw bytes; strip one trailing newline before, as `gocryptfs -passfile` does.
+    public init(root: String, password: UnsafeRawBufferPointer) throws(GocryptfsError) {
+        self.root = root
+        let configPath = root + "/" + NameCipher.configFileName
+        guard let bytes = try? Self.readFile(configPath, limit: 1 << 20) else {
+            throw GocryptfsError(.io, "\(configPath) cannot be read: is \(root) a gocryptfs volume?")
+        }
+        config = try VolumeConfig.parse(bytes)
+        keys = try VolumeKeys.unlock(config, password: password)
+        names = NameCipher(config: config, keys: keys)
+        content = ContentCipher(key: keys.contentKey)
+    }
+
+    /// The path of a directory's ciphertext, relative path components joined under the root.
+    public func path(_ relative: String) -> String {
+        relative.isEmpty ? root : root + "/" + relative
+    }
+
+    /// The IV for names in the ciphertext directory at `directory` (a path relative to the root).
+    public func directoryIV(_ directory: String) throws(GocryptfsError) -> [UInt8] {
+        switch names.mode {
+        case .plaintext, .deterministic:
+            return NameCipher.zeroIV
+        case .perDirectoryIV:
+            let file = path(directory) + (directory.isEmpty ? "/" : "/") + NameCipher.dirIVFileName
+            guard let iv = try? Self.readFile(file, limit: 64) else {
+                throw GocryptfsError(.corruptName, "\(file) cannot be read")
+            }
+            try NameCipher.validateDirIV(iv)
+            return iv
+        }
+    }
+
+    /// Decrypts the listing of the ciphertext directory at `directory`.
+    /// - Returns: the entries, and a message for each entry that had to be skipped (a damaged name), so one bad
+    ///   name does not hide the rest of the directory.
+    public func list(_ directory: String) throws(GocryptfsError) -> (entries: [Entry], skipped: [String]) {
+        let iv = try directoryIV(directory)
+        let dirPath = path(directory)
+        guard let diskNames = try? FileManager.default.contentsOfDirectory(atPath: dirPath) else {
+            throw GocryptfsError(.io, "\(dirPath) cannot be listed")
+        }
+        var entries: [Entry] = []
+        var skipped: [String] = []
+        for diskName in diskNames.sorted() where !names.isInternal(diskName) {
+            do {
+                entries.append(Entry(name: try plainName(of: diskName, in: directory, iv: iv), diskName: diskName))
+            } catch {
+                skipped.append("\(dirPath)/\(diskName): \(error.message)")
+            }
+        }
+        return (entries, skipped)
+    }
+
+    /// The plaintext name of the entry `diskName` in `directory`.
+    public func plainName(of diskName: String, in directory: String, iv: [UInt8]) throws(GocryptfsError) -> [UInt8] {
+        var encrypted = diskName
+        if names.isLongNameEntry(diskName) {
+            let file = path(directory) + "/" + diskName + NameCipher.longNameSuffix
+            guard let bytes = try? Self.readFile(file, limit: NameCipher.maxLongNameFileSize) else {
+                throw GocryptfsError(.corruptName, "\(file) is missing or unreadable")
+            }
+            encrypted = String(decoding: bytes, as: UTF8.self)
+            try NameCipher.verifyLongName(entry: diskName, content: encrypted)
+        }
+        return try names.decrypt(encrypted, iv: iv)
+    }
+
+    /// The on-disk name of plaintext `name` in `directory` (for lookups: names are deterministic per directory).
+    public func diskName(of name: [UInt8], in directory: String) throws(GocryptfsError) -> String {
+        try names.diskName(for: name, iv: directoryIV(directory)).entry
+    }
+
+    /// Decrypts the target of the symlink at `relative`.
+    public func readLink(_ relative: String) throws(GocryptfsError) -> [UInt8] {
+        let linkPath = path(relative)
+        guard let stored = try? FileManager.default.destinationOfSymbolicLink(atPath: linkPath) else {
+            throw GocryptfsError(.io, "\(linkPath) is not a readable symlink")
+        }
+        // Symlink targets are encrypted even with PlaintextNames.
+        do throws(GocryptfsError) {
+            return try content.decryptSymlinkTarget(stored)
+        } catch {
+            throw GocryptfsError(error.code, "\(linkPath): \(error.message)")
+        }
+    }
+
+    /// Opens the ciphertext file at `relative` for reading plaintext.
+    public func openFile(_ relative: String) throws(GocryptfsError) -> CipherFile {
+        try CipherFile(path: path(relative), content: content)
+    }
+
+    /// Reads a whole small file (configs, dirivs, `.name` files), refusing anything larger than `limit`.
+    static func readFile(_ path: String, limit: Int) throws -> [UInt8] {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw GocryptfsError(.io, "\(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0, errno == EINTR { continue }
+            guard n >= 0 else { throw GocryptfsError(.io, "\(path): \(String(cString: strerror(errno)))") }
+            if n == 0 { return out }
+            out += buffer[0..<n]
+            guard out.count <= limit else { throw GocryptfsError(.io, "\(path) is larger than \(limit) bytes") }
+        }
+    }
+}
+
+/// An open ciphertext file: reads any plaintext range by decrypting the blocks under it.
+public final class CipherFile: @unchecked Sendable {
+    // Immutable after init; reads use pread, so concurrent reads are safe.
+    public let path: String
+    public let plainSize: UInt64
+    let fd: Int32
+    let fileID: [UInt8]?
+    let content: ContentCipher
+
+    init(path: String, content: ContentCipher) throws(GocryptfsError) {
+        self.path = path
+        self.content = content
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw GocryptfsError(.io, "\(path): \(String(cString: strerror(errno)))") }
+        self.fd = fd
+        var info = stat()
+        fstat(fd, &info)
+        let cipherSize = UInt64(info.st_size)
+        plainSize = ContentCipher.plainSize(cipherSize: cipherSize)
+        if cipherSize == 0 {
+            fileID = nil
+            return
+        }
+        var header = [UInt8](repeating: 0, count: ContentCipher.headerSize)
+        let n = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        do throws(GocryptfsError) {
+            guard n == ContentCipher.headerSize else {
+                throw GocryptfsError(.corruptHeader, "file is \(cipherSize) bytes, too short for a header")
+            }
+            fileID = try ContentCipher.fileID(fromHeader: header)
+        } catch {
+            close(fd)
+            throw GocryptfsError(.corruptHeader, "\(path): \(error.message)")
+        }
+    }
+
+    deinit { close(fd) }
+
+    /// Reads up to `count` plaintext bytes at `offset` (fewer at the end of the file).
+    /// - Throws: ``GocryptfsError/Code/corruptBlock`` naming the file and block when a block does not verify.
+    public func read(offset: UInt64, count: Int) throws(GocryptfsError) -> [UInt8] {
+        guard let fileID, offset < plainSize, count > 0 else { return [] }
+        let end = min(plainSize, offset + UInt64(count))
+        let firstBlock = offset / UInt64(ContentCipher.plainBlockSize)
+        let lastBlock = (end - 1) / UInt64(ContentCipher.plainBlockSize)
+        let cipherStart = ContentCipher.cipherOffset(ofBlock: firstBlock)
+        let cipherLength = Int(lastBlock - firstBlock + 1) * ContentCipher.cipherBlockSize
+        var cipher = [UInt8](repeating: 0, count: cipherLength)
+        var got = 0
+        while got < cipherLength {
+            let n = cipher.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + got, cipherLength - got, off_t(cipherStart) + off_t(got)) }
+            if n < 0, errno == EINTR { continue }
+            guard n >= 0 else { throw GocryptfsError(.io, "\(path): \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            got += n
+        }
+        var plain: [UInt8] = []
+        plain.reserveCapacity(Int(end - offset))
+        var failure: GocryptfsError?
+        cipher.withUnsafeBytes { all in
+            var position = 0
+            for block in firstBlock...lastBlock {
+                let length = min(ContentCipher.cipherBlockSize, got - position)
+                guard length > 0 else { break }
+                let decrypted: [UInt8]
+                do throws(GocryptfsError) {
+                    decrypted = try content.decryptBlock(
+                        UnsafeRawBufferPointer(rebasing: all[position..<(position + length)]), number: block, fileID: fileID)
+                } catch {
+                    failure = GocryptfsError(error.code, "\(path): \(error.message)")
+                    return
+                }
+                let blockStart = block * UInt64(ContentCipher.plainBlockSize)
+                let from = Int(max(offset, blockStart) - blockStart)
+                let to = Int(min(end, blockStart + UInt64(decrypted.count)) - blockStart)
+                if from < to { plain += decrypted[from..<to] }
+                position += length
+            }
+        }
+        if let failure { throw failure }
+        return plain
+    }
+}
