@@ -112,7 +112,11 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .testTarget(name: "GocryptfsTests", dependencies: ["Gocryptfs", "CaidTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "GocryptfsTests",
+            dependencies: ["Gocryptfs", "CaidTestSupport", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "CaidCLITests",
             dependencies: [

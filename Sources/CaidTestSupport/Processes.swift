@@ -50,33 +50,44 @@ public enum Programs {
         return running.wait()
     }
 
-    /// A started program.
+    /// A started program (posix_spawn and waitpid: Foundation's Process loses the exit of programs that daemonize,
+    /// such as gocryptfs).
     public final class Running: @unchecked Sendable {
-        public let process = Process()
-        private let out: FileHandle
-        private let err: FileHandle
+        public let pid: pid_t
         private let outPath: String
         private let errPath: String
+        private var result: Result?
 
         init(_ path: String, _ arguments: [String], environment: [String: String]) throws {
             let base = NSTemporaryDirectory() + "caid-proc-" + UUID().uuidString
             outPath = base + ".out"
             errPath = base + ".err"
-            _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-            _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-            out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
-            err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
-            process.executableURL = URL(fileURLWithPath: path)
-            process.arguments = arguments
-            process.environment = environment
-            process.standardOutput = out
-            process.standardError = err
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            let argv = ([path] + arguments).map { strdup($0) } + [nil]
+            let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+            defer {
+                argv.forEach { free($0) }
+                envp.forEach { free($0) }
+            }
+            var child: pid_t = 0
+            let status = posix_spawn(&child, path, &actions, nil, argv, envp)
+            guard status == 0 else {
+                throw CocoaError(.executableLoad, userInfo: [NSFilePathErrorKey: path, NSLocalizedDescriptionKey: String(cString: strerror(status))])
+            }
+            pid = child
         }
 
         deinit {
-            if process.isRunning { process.terminate() }
+            if result == nil {
+                kill(pid, SIGKILL)
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+            }
             try? FileManager.default.removeItem(atPath: outPath)
             try? FileManager.default.removeItem(atPath: errPath)
         }
@@ -86,28 +97,37 @@ public enum Programs {
         public var stderr: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
 
         /// Sends a signal.
-        public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+        public func signal(_ number: Int32) { kill(pid, number) }
+
+        /// Reaps the child if it has exited (or waits for it when `block`).
+        private func reap(block: Bool) -> Result? {
+            if let result { return result }
+            var status: Int32 = 0
+            let reaped = waitpid(pid, &status, block ? 0 : WNOHANG)
+            guard reaped == pid else { return nil }
+            // Exit status, or 128 + signal as shells report it.
+            let code = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+            result = Result(status: code, stdout: stdout, stderr: stderr)
+            return result
+        }
 
         /// Waits until it exits.
         public func wait() -> Result {
-            process.waitUntilExit()
-            try? out.close()
-            try? err.close()
-            return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr)
+            while true {
+                if let result = reap(block: true) { return result }
+            }
         }
 
-        /// Waits up to `timeout` for it to exit; kills it after that.
+        /// Waits up to `timeout` for it to exit; kills it after that and returns `nil`.
         public func wait(timeout: Duration) async -> Result? {
             let deadline = ContinuousClock.now + timeout
-            while process.isRunning, ContinuousClock.now < deadline {
+            while ContinuousClock.now < deadline {
+                if let result = reap(block: false) { return result }
                 try? await Task.sleep(for: .milliseconds(20))
             }
-            if process.isRunning {
-                process.terminate()
-                _ = wait()
-                return nil
-            }
-            return wait()
+            kill(pid, SIGKILL)
+            _ = wait()
+            return nil
         }
     }
 }

@@ -102,7 +102,8 @@ public final class Volume: Sendable {
         guard let stored = try? FileManager.default.destinationOfSymbolicLink(atPath: linkPath) else {
             throw GocryptfsError(.io, "\(linkPath) is not a readable symlink")
         }
-        // Symlink targets are encrypted even with PlaintextNames.
+        // With PlaintextNames gocryptfs stores targets as they are (checked against gocryptfs 2.3).
+        if names.mode == .plaintext { return Array(stored.utf8) }
         do throws(GocryptfsError) {
             return try content.decryptSymlinkTarget(stored)
         } catch {
