@@ -36,12 +36,6 @@ enum NotBuilt {
         func run() throws { throw refuse("tunnel", "the attested tunnel client") }
     }
 
-    struct Encrypt: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            commandName: "encrypt", abstract: "Encrypt a model directory into a gocryptfs volume (not built yet).")
-        func run() throws { throw refuse("encrypt", "model encryption") }
-    }
-
     struct Mount: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "mount", abstract: "Mount a gocryptfs volume read-only (not built yet).")
