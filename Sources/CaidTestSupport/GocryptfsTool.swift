@@ -55,17 +55,12 @@ public enum GocryptfsTool {
 
     /// Writes the edge-case tree into `root`: sizes around the block edges, random sizes, a sparse file, nested
     /// directories, long names, symlinks, UTF-8, a directory of `manyFiles` files and a file of `largeSize` bytes.
-    public static func makeTree(at root: String, largeSize: Int = 64 << 20, manyFiles: Int = 1000) throws {
+    public static func makeTree(at root: String, largeSize: Int = 64 << 20, manyFiles: Int = 1000, sparseLarge: Bool = false) throws {
         let fm = FileManager.default
-        var generator = SystemRandomNumberGenerator()
-        func random(_ count: Int) -> Data {
-            var bytes = [UInt8](repeating: 0, count: count)
-            for index in stride(from: 0, to: count, by: 8) {
-                withUnsafeBytes(of: generator.next() as UInt64) { word in
-                    for (offset, byte) in word.enumerated() where index + offset < count { bytes[index + offset] = byte }
-                }
-            }
-            return Data(bytes)
+        let urandom = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+        defer { try? urandom.close() }
+        func random(_ count: Int) throws -> Data {
+            try urandom.read(upToCount: count) ?? Data()
         }
         func file(_ path: String, _ data: Data, mode: Int = 0o644) throws {
             let full = root + "/" + path
@@ -74,17 +69,17 @@ public enum GocryptfsTool {
             try fm.setAttributes([.posixPermissions: mode], ofItemAtPath: full)
         }
         try file("empty", Data())
-        for size in [1, 4095, 4096, 4097, 8192, 12289, 100_000] { try file("size-\(size)", random(size)) }
-        for index in 0..<5 { try file("random-\(index)", random(Int.random(in: 0..<300_000))) }
+        for size in [1, 4095, 4096, 4097, 8192, 12289, 100_000] { try file("size-\(size)", try random(size)) }
+        for index in 0..<5 { try file("random-\(index)", try random(Int.random(in: 0..<300_000))) }
         try file("readonly.txt", Data("read only\n".utf8), mode: 0o400)
         try file("script.sh", Data("#!/bin/sh\necho hi\n".utf8), mode: 0o755)
         try file("dir1/dir2/nested.txt", Data("nested\n".utf8))
-        try file(name175, random(1000))
-        try file(name176, random(5000))
-        try file(name255, random(10))
+        try file(name175, try random(1000))
+        try file(name176, try random(5000))
+        try file(name255, try random(10))
         try file(longDirectory + "/inside.txt", Data("inside a long-named directory\n".utf8))
         try file(unicodeName, Data("ünïcødé\n".utf8))
-        try file("模型/权重.safetensors", random(777))
+        try file("模型/权重.safetensors", try random(777))
         // Sparse: 512 KiB of hole, then 13 bytes.
         let sparse = root + "/sparse.bin"
         _ = fm.createFile(atPath: sparse, contents: nil)
@@ -98,14 +93,20 @@ public enum GocryptfsTool {
         try fm.createSymbolicLink(atPath: root + "/dangling", withDestinationPath: "/nonexistent/target")
         try fm.createDirectory(atPath: root + "/many", withIntermediateDirectories: true)
         for index in 0..<manyFiles { try file("many/file-\(index).txt", Data("file \(index)\n".utf8)) }
-        if largeSize > 0 {
+        if largeSize > 0, sparseLarge {
+            // Zeros without disk cost, for tests where the content does not matter.
+            _ = fm.createFile(atPath: root + "/large.bin", contents: nil)
+            let out = try FileHandle(forWritingTo: URL(fileURLWithPath: root + "/large.bin"))
+            try out.truncate(atOffset: UInt64(largeSize))
+            try out.close()
+        } else if largeSize > 0 {
             let big = root + "/large.bin"
             _ = fm.createFile(atPath: big, contents: nil)
             let out = try FileHandle(forWritingTo: URL(fileURLWithPath: big))
             var written = 0
             while written < largeSize {
                 let chunk = min(4 << 20, largeSize - written)
-                try out.write(contentsOf: random(chunk))
+                try out.write(contentsOf: try random(chunk))
                 written += chunk
             }
             try out.close()
