@@ -26,6 +26,7 @@ let package = Package(
     targets: [
         // C libraries, through small shims.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
 
         // Configuration, supervision and the health registry: no I/O beyond reading cai.env.
         .target(
@@ -70,11 +71,21 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The read-only FUSE mount of a gocryptfs volume (libfuse3 low-level API).
+        .target(
+            name: "CacheFS",
+            dependencies: [
+                "Gocryptfs", "CFuse3", "CaidCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // The command line: a thin layer over the modules above.
         .executableTarget(
             name: "caid",
             dependencies: [
-                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs",
+                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs", "CacheFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

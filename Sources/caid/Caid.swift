@@ -12,7 +12,7 @@ struct Caid: AsyncParsableCommand {
             """,
         subcommands: [
             RunCommand.self, CheckConfigCommand.self, HealthCommand.self,
-            EncryptCommand.self, NotBuilt.Mount.self,
+            EncryptCommand.self, MountCommand.self,
             NotBuilt.Fetch.self, NotBuilt.Attest.self, NotBuilt.GetResource.self, NotBuilt.Tunnel.self,
         ]
     )

@@ -11,6 +11,12 @@ func printError(_ text: String) {
     _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
 }
 
+/// Writes a line to standard output at once (not buffered), for lines other programs wait for.
+func printOut(_ text: String) {
+    var bytes = Array((text + "\n").utf8)
+    _ = bytes.withUnsafeMutableBytes { write(1, $0.baseAddress, $0.count) }
+}
+
 extension EnvOption {
     /// Loads and validates the configuration, printing every diagnostic to stderr.
     /// - Throws: `ExitCode(78)` when the configuration cannot be used.

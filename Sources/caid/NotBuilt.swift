@@ -35,10 +35,4 @@ enum NotBuilt {
             commandName: "tunnel", abstract: "Run the client side of the attested gateway (not built yet).")
         func run() throws { throw refuse("tunnel", "the attested tunnel client") }
     }
-
-    struct Mount: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            commandName: "mount", abstract: "Mount a gocryptfs volume read-only (not built yet).")
-        func run() throws { throw refuse("mount", "the decrypted mount") }
-    }
 }

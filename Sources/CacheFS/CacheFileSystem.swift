@@ -1,0 +1,218 @@
+import Foundation
+import Gocryptfs
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The read-only decrypted view of a gocryptfs volume, by inode, as the FUSE low-level API asks for it.
+///
+/// It knows nothing of FUSE: each operation returns a value or an errno, and ``FuseBridge`` turns those into
+/// replies. The volume is immutable while mounted, so every inode, attribute and listing is computed once and kept.
+public final class CacheFileSystem: Sendable {
+    /// The root's inode number (FUSE_ROOT_ID).
+    public static let rootInode: UInt64 = 1
+
+    /// An inode: where its ciphertext is and what `stat` says of the plaintext.
+    public struct Node: Sendable {
+        public var inode: UInt64
+        /// The ciphertext path relative to the volume root ("" for the root).
+        public var cipherPath: String
+        public var attributes: stat
+    }
+
+    /// A directory entry as readdir returns it.
+    public struct DirectoryEntry: Sendable {
+        public var name: [UInt8]
+        public var node: Node
+    }
+
+    private struct ChildKey: Hashable {
+        var parent: UInt64
+        var name: [UInt8]
+    }
+
+    private struct Tables {
+        var nodes: [UInt64: Node] = [:]
+        var children: [ChildKey: UInt64] = [:]
+        var listings: [UInt64: [DirectoryEntry]] = [:]
+        var ivs: [UInt64: [UInt8]] = [:]
+        var files: [UInt64: CipherFile] = [:]
+        var nextInode: UInt64 = CacheFileSystem.rootInode + 1
+        var nextHandle: UInt64 = 1
+        /// Problems already logged, so a damaged block or name is reported once, not on every read.
+        var reported: Set<String> = []
+    }
+
+    public let volume: Volume
+    private let logger: Logger
+    private let tables = Mutex(Tables())
+
+    public init(volume: Volume, logger: Logger) throws(GocryptfsError) {
+        self.volume = volume
+        self.logger = logger
+        var info = stat()
+        guard lstat(volume.root, &info) == 0 else { throw GocryptfsError(.io, "\(volume.root) cannot be read") }
+        info.st_ino = UInt(Self.rootInode)
+        let root = Node(inode: Self.rootInode, cipherPath: "", attributes: info)
+        tables.withLock { $0.nodes[Self.rootInode] = root }
+    }
+
+    /// Forgets open files (on unmount); the volume keys go with the last reference to the volume.
+    public func close() {
+        tables.withLock { $0.files.removeAll() }
+    }
+
+    // MARK: Operations
+
+    /// The node for an inode.
+    public func node(_ inode: UInt64) -> Node? {
+        tables.withLock { $0.nodes[inode] }
+    }
+
+    /// Looks up `name` in directory `parent`.
+    public func lookup(parent: UInt64, name: [UInt8]) -> Result<Node, Errno> {
+        if let known = tables.withLock({ state in state.children[ChildKey(parent: parent, name: name)].flatMap { state.nodes[$0] } }) {
+            return .success(known)
+        }
+        guard let directory = node(parent) else { return .failure(.init(ENOENT)) }
+        guard directory.attributes.st_mode & S_IFMT == S_IFDIR else { return .failure(.init(ENOTDIR)) }
+        guard name.count <= 255 else { return .failure(.init(ENAMETOOLONG)) }
+        let iv: [UInt8]
+        switch directoryIV(directory) {
+        case .success(let value): iv = value
+        case .failure(let error): return .failure(error)
+        }
+        guard let disk = try? volume.names.diskName(for: name, iv: iv) else { return .failure(.init(ENOENT)) }
+        return makeNode(parent: directory, name: name, diskName: disk.entry)
+    }
+
+    /// The entries of a directory, damaged names skipped (and logged once).
+    public func list(_ inode: UInt64) -> Result<[DirectoryEntry], Errno> {
+        if let cached = tables.withLock({ $0.listings[inode] }) { return .success(cached) }
+        guard let directory = node(inode) else { return .failure(.init(ENOENT)) }
+        guard directory.attributes.st_mode & S_IFMT == S_IFDIR else { return .failure(.init(ENOTDIR)) }
+        let listing: (entries: [Volume.Entry], skipped: [String])
+        do {
+            listing = try volume.list(directory.cipherPath)
+        } catch {
+            reportOnce("list:\(directory.cipherPath)", "cannot list directory: \(error)")
+            return .failure(.init(EIO))
+        }
+        for skipped in listing.skipped {
+            reportOnce("name:" + skipped, "invalid entry skipped: \(skipped)")
+        }
+        var entries: [DirectoryEntry] = []
+        for entry in listing.entries {
+            if case .success(let node) = makeNode(parent: directory, name: entry.name, diskName: entry.diskName) {
+                entries.append(DirectoryEntry(name: entry.name, node: node))
+            }
+        }
+        tables.withLock { $0.listings[inode] = entries }
+        return .success(entries)
+    }
+
+    /// The decrypted target of a symlink.
+    public func readLink(_ inode: UInt64) -> Result<[UInt8], Errno> {
+        guard let link = node(inode) else { return .failure(.init(ENOENT)) }
+        guard link.attributes.st_mode & S_IFMT == S_IFLNK else { return .failure(.init(EINVAL)) }
+        do {
+            return .success(try volume.readLink(link.cipherPath))
+        } catch {
+            reportOnce("link:\(link.cipherPath)", "\(error)")
+            return .failure(.init(EIO))
+        }
+    }
+
+    /// Opens a file for reading and returns a handle for ``read(handle:offset:count:)``.
+    public func open(_ inode: UInt64) -> Result<UInt64, Errno> {
+        guard let file = node(inode) else { return .failure(.init(ENOENT)) }
+        guard file.attributes.st_mode & S_IFMT == S_IFREG else { return .failure(.init(EISDIR)) }
+        do {
+            let opened = try volume.openFile(file.cipherPath)
+            return .success(tables.withLock { state in
+                defer { state.nextHandle += 1 }
+                state.files[state.nextHandle] = opened
+                return state.nextHandle
+            })
+        } catch {
+            reportOnce("open:\(file.cipherPath)", "\(error)")
+            return .failure(.init(EIO))
+        }
+    }
+
+    /// Reads plaintext; a block that does not verify gives EIO (logged once per block), never its bytes.
+    public func read(handle: UInt64, offset: UInt64, count: Int) -> Result<[UInt8], Errno> {
+        guard let file = tables.withLock({ $0.files[handle] }) else { return .failure(.init(EBADF)) }
+        do {
+            return .success(try file.read(offset: offset, count: count))
+        } catch {
+            reportOnce("read:\(error.message)", "read failed: \(error)")
+            return .failure(.init(EIO))
+        }
+    }
+
+    /// Closes a handle.
+    public func release(handle: UInt64) {
+        _ = tables.withLock { $0.files.removeValue(forKey: handle) }
+    }
+
+    // MARK: Helpers
+
+    private func directoryIV(_ directory: Node) -> Result<[UInt8], Errno> {
+        if let iv = tables.withLock({ $0.ivs[directory.inode] }) { return .success(iv) }
+        do {
+            let iv = try volume.directoryIV(directory.cipherPath)
+            tables.withLock { $0.ivs[directory.inode] = iv }
+            return .success(iv)
+        } catch {
+            reportOnce("iv:\(directory.cipherPath)", "\(error)")
+            return .failure(.init(EIO))
+        }
+    }
+
+    private func makeNode(parent: Node, name: [UInt8], diskName: String) -> Result<Node, Errno> {
+        let key = ChildKey(parent: parent.inode, name: name)
+        let cipherPath = parent.cipherPath.isEmpty ? diskName : parent.cipherPath + "/" + diskName
+        var info = stat()
+        guard lstat(volume.path(cipherPath), &info) == 0 else { return .failure(.init(errno == ENOENT ? ENOENT : EIO)) }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG:
+            info.st_size = off_t(ContentCipher.plainSize(cipherSize: UInt64(info.st_size)))
+        case S_IFLNK:
+            guard let target = try? volume.readLink(cipherPath) else {
+                reportOnce("link:\(cipherPath)", "\(volume.path(cipherPath)): symlink target does not decrypt; entry hidden")
+                return .failure(.init(EIO))
+            }
+            info.st_size = off_t(target.count)
+        case S_IFDIR:
+            break
+        default:
+            return .failure(.init(ENOENT))
+        }
+        info.st_blocks = (info.st_size + 511) / 512
+        return .success(tables.withLock { state in
+            if let existing = state.children[key], let node = state.nodes[existing] { return node }
+            let inode = state.nextInode
+            state.nextInode += 1
+            info.st_ino = UInt(inode)
+            let node = Node(inode: inode, cipherPath: cipherPath, attributes: info)
+            state.nodes[inode] = node
+            state.children[key] = inode
+            return node
+        })
+    }
+
+    private func reportOnce(_ key: String, _ message: String) {
+        let first = tables.withLock { $0.reported.insert(key).inserted }
+        if first { logger.warning("\(message)") }
+    }
+}
+
+/// An errno value as a Swift error.
+public struct Errno: Error, Sendable, Equatable {
+    public var code: Int32
+    public init(_ code: Int32) { self.code = code }
+}

@@ -1,0 +1,177 @@
+import CFuse3
+import Foundation
+import Gocryptfs
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A mounted ``CacheFileSystem``: the libfuse session, its mount and the thread that runs its request loop.
+///
+/// Mount with ``mount(_:at:options:logger:)``; ``unmount()`` ends the loop, unmounts and drops the file system
+/// (and with it the volume's keys). ``waitUntilUnmounted()`` returns when the loop ends for any reason, such as an
+/// operator's `fusermount3 -u`.
+public final class FuseMount: Sendable {
+    /// How to mount.
+    public struct Options: Sendable {
+        /// Let other users (the inference container's) read the mount; needs `user_allow_other` for non-root.
+        public var allowOther = false
+        /// FUSE worker threads at most.
+        public var maxThreads = 8
+        /// The kernel readahead for the mount, in KiB (model files are read sequentially).
+        public var readAheadKiB = 8192
+
+        public init() {}
+    }
+
+    /// Mounting failed.
+    public struct MountError: Error, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    private struct Session: @unchecked Sendable {
+        let pointer: OpaquePointer
+    }
+
+    public let mountpoint: String
+    private let session: Session
+    private let fileSystem: Unmanaged<CacheFileSystem>
+    private let finished = Mutex(false)
+    private let loopDone = DispatchSemaphore(value: 0)
+    private let logger: Logger
+
+    private init(mountpoint: String, session: Session, fileSystem: Unmanaged<CacheFileSystem>, logger: Logger) {
+        self.mountpoint = mountpoint
+        self.session = session
+        self.fileSystem = fileSystem
+        self.logger = logger
+    }
+
+    /// Mounts `fileSystem` read-only at `mountpoint`, first clearing a stale mount a killed process left there.
+    public static func mount(_ fileSystem: CacheFileSystem, at mountpoint: String, options: Options = Options(), logger: Logger) throws(MountError) -> FuseMount {
+        try prepareMountpoint(mountpoint, logger: logger)
+        var mountOptions = "ro,default_permissions,fsname=caid,subtype=caid"
+        if options.allowOther { mountOptions += ",allow_other" }
+        let arguments = ["caid", "-o", mountOptions]
+        var cArguments: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
+        defer { cArguments.forEach { free($0) } }
+        let retained = Unmanaged.passRetained(fileSystem)
+        var ops = FuseBridge.operations()
+        let created = cArguments.withUnsafeMutableBufferPointer { buffer -> OpaquePointer? in
+            var args = fuse_args(argc: Int32(arguments.count), argv: buffer.baseAddress, allocated: 0)
+            defer { fuse_opt_free_args(&args) }
+            return caid_fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, retained.toOpaque())
+        }
+        guard let pointer = created else {
+            retained.release()
+            throw MountError(description: "libfuse could not create a session (is /dev/fuse there? see the log)")
+        }
+        guard fuse_session_mount(pointer, mountpoint) == 0 else {
+            fuse_session_destroy(pointer)
+            retained.release()
+            throw MountError(description: "cannot mount at \(mountpoint): it needs root (CAP_SYS_ADMIN) or fusermount3, and /dev/fuse")
+        }
+        let mount = FuseMount(mountpoint: mountpoint, session: Session(pointer: pointer), fileSystem: retained, logger: logger)
+        let thread = Thread { [mount] in mount.loop(maxThreads: options.maxThreads) }
+        thread.name = "caid-fuse"
+        thread.start()
+        // Only now: stat on the mount point waits for the loop to answer the kernel's INIT.
+        mount.setReadAhead(kibibytes: options.readAheadKiB)
+        return mount
+    }
+
+    private func loop(maxThreads: Int) {
+        let config = fuse_loop_cfg_create()
+        fuse_loop_cfg_set_max_threads(config, UInt32(maxThreads))
+        fuse_loop_cfg_set_clone_fd(config, 1)
+        let status = caid_fuse_session_loop_mt(session.pointer, config)
+        fuse_loop_cfg_destroy(config)
+        if status != 0 { logger.warning("FUSE loop ended with status \(status)") }
+        loopDone.signal()
+    }
+
+    /// Unmounts, waits for the loop to end, and releases the file system. Safe to call more than once.
+    public func unmount() {
+        let first = finished.withLock { done -> Bool in
+            defer { done = true }
+            return !done
+        }
+        guard first else { return }
+        fuse_session_exit(session.pointer)
+        fuse_session_unmount(session.pointer)
+        loopDone.wait()
+        loopDone.signal()  // for other waiters
+        fuse_session_destroy(session.pointer)
+        fileSystem.takeRetainedValue().close()
+        fileSystem.release()
+    }
+
+    /// Blocks until the request loop ends (unmounted by ``unmount()`` or from outside).
+    public func waitUntilUnmounted() {
+        loopDone.wait()
+        loopDone.signal()
+    }
+
+    /// Raises the kernel's readahead for this mount (its backing device is `0:<minor>` under /sys/class/bdi).
+    private func setReadAhead(kibibytes: Int) {
+        var info = stat()
+        guard stat(mountpoint, &info) == 0 else { return }
+        let device = UInt64(info.st_dev)
+        let major = (device >> 8) & 0xFFF | (device >> 32) & ~0xFFF
+        let minor = device & 0xFF | (device >> 12) & ~0xFF
+        let path = "/sys/class/bdi/\(major):\(minor)/read_ahead_kb"
+        if (try? "\(kibibytes)".write(toFile: path, atomically: false, encoding: .utf8)) == nil {
+            logger.debug("cannot set \(path); keeping the kernel's readahead")
+        }
+    }
+
+    /// Clears a stale FUSE mount ("Transport endpoint is not connected") and refuses a live one.
+    static func prepareMountpoint(_ mountpoint: String, logger: Logger) throws(MountError) {
+        var info = stat()
+        // statvfs always reaches the FUSE daemon; stat may be answered from the kernel's attribute cache even when
+        // the daemon is gone.
+        var fsInfo = statvfs()
+        if statvfs(mountpoint, &fsInfo) != 0 || stat(mountpoint, &info) != 0 {
+            if errno == ENOTCONN {
+                logger.warning("clearing a stale mount at \(mountpoint) left by a process that died")
+                guard caid_umount_detach(mountpoint) == 0 else {
+                    throw MountError(description: "\(mountpoint) holds a stale mount that cannot be cleared: \(String(cString: strerror(errno))); run: fusermount3 -uz \(mountpoint)")
+                }
+            } else if errno == ENOENT {
+                do {
+                    try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+                } catch {
+                    throw MountError(description: "cannot create the mount point \(mountpoint): \(error.localizedDescription)")
+                }
+                return
+            } else {
+                throw MountError(description: "\(mountpoint): \(String(cString: strerror(errno)))")
+            }
+            guard stat(mountpoint, &info) == 0 else {
+                throw MountError(description: "\(mountpoint): \(String(cString: strerror(errno))) after clearing the stale mount")
+            }
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else { throw MountError(description: "\(mountpoint) is not a directory") }
+        if isMountPoint(mountpoint) {
+            throw MountError(description: "\(mountpoint) is already a mount point; unmount it first (is another caid running?)")
+        }
+    }
+
+    /// Whether `path` is listed in /proc/self/mountinfo as a mount point.
+    static func isMountPoint(_ path: String) -> Bool {
+        let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        guard let table = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
+        return table.split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 4 && unescape(String(fields[4])) == resolved
+        }
+    }
+
+    /// mountinfo escapes space, tab, newline and backslash as octal.
+    private static func unescape(_ field: String) -> String {
+        field.replacingOccurrences(of: "\\040", with: " ").replacingOccurrences(of: "\\011", with: "\t")
+            .replacingOccurrences(of: "\\012", with: "\n").replacingOccurrences(of: "\\134", with: "\\")
+    }
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import CacheFS
+import CaidCore
+import CaidSystemd
+import Foundation
+import Gocryptfs
+import Logging
+
+struct MountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount",
+        abstract: "Mount a gocryptfs volume read-only and decrypted, in the foreground.",
+        discussion: """
+            Prints a line when the mount is ready and unmounts on SIGINT or SIGTERM. A stale mount left at the \
+            mount point by a killed process is cleared first. Needs root (or fusermount3) and /dev/fuse. \
+            Exit status: 0 unmounted cleanly, 1 failed, 12 wrong password (as gocryptfs), 65/66 bad password file.
+            """
+    )
+
+    @Option(help: ArgumentHelp("The gocryptfs cipher directory.", valueName: "dir"))
+    var cipher: String
+
+    @Option(help: ArgumentHelp("Where the plaintext appears.", valueName: "dir"))
+    var mountpoint: String
+
+    @Option(help: ArgumentHelp("A file holding the password; one trailing newline is ignored, as gocryptfs does.", valueName: "file"))
+    var passfile: String
+
+    @Flag(help: "Let other users read the mount (the inference container's user).")
+    var allowOther = false
+
+    func run() throws {
+        LogDestination.bootstrap(level: .info)
+        let logger = Logger(label: "caid.mount")
+        let password = try Passfile.read(passfile)
+        let volume: Volume
+        do {
+            volume = try password.withBytes { try Volume(root: cipher, password: $0) }
+        } catch {
+            password.wipe()
+            printError("caid mount: \(error)")
+            throw ExitCode((error as? GocryptfsError)?.code == .wrongPassword ? 12 : 1)
+        }
+        password.wipe()
+        var options = FuseMount.Options()
+        options.allowOther = allowOther
+        let mount: FuseMount
+        do {
+            mount = try FuseMount.mount(CacheFileSystem(volume: volume, logger: logger), at: mountpoint, options: options, logger: logger)
+        } catch {
+            printError("caid mount: \(error)")
+            throw ExitCode.failure
+        }
+        let signals = SignalWatch([SIGINT, SIGTERM]) { mount.unmount() }
+        defer { signals.cancel() }
+        printOut("mounted \(cipher) read-only at \(mountpoint); ready (Ctrl-C or SIGTERM unmounts)")
+        mount.waitUntilUnmounted()
+        mount.unmount()
+        printOut("unmounted \(mountpoint)")
+    }
+}
