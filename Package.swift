@@ -97,7 +97,7 @@ let package = Package(
         .target(
             name: "CaidTestSupport",
             dependencies: [
-                "CaidCore",
+                "CaidCore", "Gocryptfs",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -126,6 +126,11 @@ let package = Package(
         .testTarget(
             name: "GocryptfsTests",
             dependencies: ["Gocryptfs", "CaidTestSupport", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "CacheFSTests",
+            dependencies: ["CacheFS", "Gocryptfs", "CaidTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -34,7 +34,8 @@ public enum Programs {
 
     /// A minimal environment, so tests never leak this process's NOTIFY_SOCKET or similar into children.
     public static func environment(_ extra: [String: String] = [:]) -> [String: String] {
-        var environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"]
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        var environment = ["PATH": path, "LANG": "C.UTF-8"]
         environment.merge(extra) { _, new in new }
         return environment
     }
@@ -110,6 +111,9 @@ public enum Programs {
             result = Result(status: code, stdout: stdout, stderr: stderr)
             return result
         }
+
+        /// What it left, if it has exited; `nil` while it runs.
+        public func exited() -> Result? { reap(block: false) }
 
         /// Waits until it exits.
         public func wait() -> Result {

@@ -1,0 +1,30 @@
+import Foundation
+
+/// A `caid mount` process, for tests that read through the real mount.
+public final class CaidMount: @unchecked Sendable {
+    public let mountpoint: String
+    public let process: Programs.Running
+
+    /// Starts `caid mount` and waits until it says it is ready.
+    public init(cipher: String, at mountpoint: String, passfile: String, extra: [String] = []) async throws {
+        self.mountpoint = mountpoint
+        process = try Programs.start(Programs.caid, ["mount", "--cipher", cipher, "--mountpoint", mountpoint, "--passfile", passfile] + extra)
+        for _ in 0..<500 {
+            if process.stdout.contains("ready") { return }
+            if let result = process.exited() {
+                throw GocryptfsTool.Failure(description: "caid mount exited \(result.status): \(result.stderr)")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw GocryptfsTool.Failure(description: "caid mount did not get ready: \(process.stderr)")
+    }
+
+    /// Stops it with SIGTERM; returns what it printed. Unmounts by force if it does not stop in time.
+    @discardableResult
+    public func stop() async -> Programs.Result? {
+        process.signal(SIGTERM)
+        let result = await process.wait(timeout: .seconds(10))
+        if GocryptfsTool.isMounted(mountpoint) { GocryptfsTool.unmount(mountpoint) }
+        return result
+    }
+}
