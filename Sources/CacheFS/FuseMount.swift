@@ -1,5 +1,6 @@
 import CFuse3
 import Foundation
+import CaidCore
 import Gocryptfs
 import Logging
 import Synchronization
@@ -21,7 +22,7 @@ public final class FuseMount: Sendable {
         /// FUSE worker threads at most.
         public var maxThreads = 8
         /// The kernel readahead for the mount, in KiB (model files are read sequentially).
-        public var readAheadKiB = 8192
+        public var readAheadKiB = 2048
 
         public init() {}
     }
@@ -40,6 +41,7 @@ public final class FuseMount: Sendable {
     private let fileSystem: Unmanaged<CacheFileSystem>
     private let finished = Mutex(false)
     private let loopDone = DispatchSemaphore(value: 0)
+    private let loopEnded = OneShotSignal()
     private let logger: Logger
 
     private init(mountpoint: String, session: Session, fileSystem: Unmanaged<CacheFileSystem>, logger: Logger) {
@@ -90,6 +92,7 @@ public final class FuseMount: Sendable {
         fuse_loop_cfg_destroy(config)
         if status != 0 { logger.warning("FUSE loop ended with status \(status)") }
         loopDone.signal()
+        loopEnded.fire()
     }
 
     /// Unmounts, waits for the loop to end, and releases the file system. Safe to call more than once.
@@ -112,6 +115,11 @@ public final class FuseMount: Sendable {
     public func waitUntilUnmounted() {
         loopDone.wait()
         loopDone.signal()
+    }
+
+    /// Returns when the request loop ends, or the task is cancelled.
+    public func unmounted() async {
+        await loopEnded.wait()
     }
 
     /// Raises the kernel's readahead for this mount (its backing device is `0:<minor>` under /sys/class/bdi).

@@ -1,6 +1,10 @@
 import Crypto
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// gocryptfs file contents: an 18-byte header (version 2, 16-byte file ID), then blocks of 4096 plaintext bytes
 /// sealed with AES-256-GCM under a random 16-byte nonce, with the block number and file ID as associated data.
 ///
@@ -92,9 +96,9 @@ public struct ContentCipher: Sendable {
         }
     }
 
-    /// Encrypts one plaintext block (at most 4096 bytes) with a fresh random nonce.
-    public func encryptBlock(_ plain: UnsafeRawBufferPointer, number: UInt64, fileID: [UInt8]) -> [UInt8] {
-        seal(plain, nonce: Self.randomBytes(Self.nonceSize), blockNumber: number, fileID: fileID)
+    /// Encrypts one plaintext block (at most 4096 bytes) with `nonce`, 16 fresh random bytes.
+    public func encryptBlock(_ plain: UnsafeRawBufferPointer, number: UInt64, fileID: [UInt8], nonce: ArraySlice<UInt8>) -> [UInt8] {
+        seal(plain, nonce: Array(nonce), blockNumber: number, fileID: fileID)
     }
 
     /// AES-256-GCM with a 16-byte nonce; returns nonce ‖ ciphertext ‖ tag.
@@ -129,21 +133,31 @@ public struct ContentCipher: Sendable {
         bytes.allSatisfy { $0 == 0 }
     }
 
-    /// Bytes from the system's secure random source (getrandom(2) behind `SystemRandomNumberGenerator`).
+    /// Bytes from the kernel's CSPRNG: one read of /dev/urandom for the whole request (a nonce per block would
+    /// otherwise cost two getrandom calls each), with the standard generator as the fallback.
     public static func randomBytes(_ count: Int) -> [UInt8] {
-        var generator = SystemRandomNumberGenerator()
         var bytes = [UInt8](repeating: 0, count: count)
-        var index = 0
-        while index < count {
+        var filled = 0
+        if urandom >= 0 {
+            while filled < count {
+                let n = bytes.withUnsafeMutableBytes { Glibc.read(urandom, $0.baseAddress! + filled, count - filled) }
+                guard n > 0 else { break }
+                filled += n
+            }
+        }
+        var generator = SystemRandomNumberGenerator()
+        while filled < count {
             withUnsafeBytes(of: generator.next() as UInt64) { word in
-                for byte in word where index < count {
-                    bytes[index] = byte
-                    index += 1
+                for byte in word where filled < count {
+                    bytes[filled] = byte
+                    filled += 1
                 }
             }
         }
         return bytes
     }
+
+    private static let urandom = Glibc.open("/dev/urandom", O_RDONLY | O_CLOEXEC)
 }
 
 extension ContentCipher {

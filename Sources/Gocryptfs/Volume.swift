@@ -1,4 +1,6 @@
+import Dispatch
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -172,6 +174,10 @@ public final class CipherFile: @unchecked Sendable {
 
     deinit { close(fd) }
 
+    /// Requests of at least this many blocks are decrypted in parallel.
+    static let parallelThreshold = 64
+    static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
     /// Reads up to `count` plaintext bytes at `offset` (fewer at the end of the file).
     /// - Throws: ``GocryptfsError/Code/corruptBlock`` naming the file and block when a block does not verify.
     public func read(offset: UInt64, count: Int) throws(GocryptfsError) -> [UInt8] {
@@ -190,30 +196,63 @@ public final class CipherFile: @unchecked Sendable {
             if n == 0 { break }
             got += n
         }
-        var plain: [UInt8] = []
-        plain.reserveCapacity(Int(end - offset))
-        var failure: GocryptfsError?
-        cipher.withUnsafeBytes { all in
-            var position = 0
-            for block in firstBlock...lastBlock {
-                let length = min(ContentCipher.cipherBlockSize, got - position)
-                guard length > 0 else { break }
-                let decrypted: [UInt8]
-                do throws(GocryptfsError) {
-                    decrypted = try content.decryptBlock(
-                        UnsafeRawBufferPointer(rebasing: all[position..<(position + length)]), number: block, fileID: fileID)
-                } catch {
-                    failure = GocryptfsError(error.code, "\(path): \(error.message)")
-                    return
+        let blockCount = Int(lastBlock - firstBlock + 1)
+        let received = got
+        let failure = Mutex<GocryptfsError?>(nil)
+        let plain = [UInt8](unsafeUninitializedCapacity: Int(end - offset)) { output, initialized in
+            let out = SharedPointer(output.baseAddress!)
+            cipher.withUnsafeBytes { all in
+                let source = SharedPointer(all.baseAddress!)
+                // Decrypts blocks [first, last) of this request straight into their place in the output.
+                let decrypt: @Sendable (Int, Int) -> Void = { first, last in
+                    for index in first..<last {
+                        let position = index * ContentCipher.cipherBlockSize
+                        let length = min(ContentCipher.cipherBlockSize, received - position)
+                        let block = firstBlock + UInt64(index)
+                        guard length > 0 else {
+                            failure.withLock { $0 = $0 ?? GocryptfsError(.corruptBlock, "\(self.path): block \(block) is missing (file truncated)") }
+                            return
+                        }
+                        let decrypted: [UInt8]
+                        do throws(GocryptfsError) {
+                            decrypted = try self.content.decryptBlock(
+                                UnsafeRawBufferPointer(start: UnsafeRawPointer(source.pointer) + position, count: length), number: block, fileID: fileID)
+                        } catch {
+                            failure.withLock { $0 = $0 ?? GocryptfsError(error.code, "\(self.path): \(error.message)") }
+                            return
+                        }
+                        let blockStart = block * UInt64(ContentCipher.plainBlockSize)
+                        let from = Int(max(offset, blockStart) - blockStart)
+                        let to = Int(min(end, blockStart + UInt64(decrypted.count)) - blockStart)
+                        guard from < to else { continue }
+                        decrypted.withUnsafeBytes { bytes in
+                            (UnsafeMutableRawPointer(out.pointer) + Int(blockStart + UInt64(from) - offset))
+                                .copyMemory(from: bytes.baseAddress! + from, byteCount: to - from)
+                        }
+                    }
                 }
-                let blockStart = block * UInt64(ContentCipher.plainBlockSize)
-                let from = Int(max(offset, blockStart) - blockStart)
-                let to = Int(min(end, blockStart + UInt64(decrypted.count)) - blockStart)
-                if from < to { plain += decrypted[from..<to] }
-                position += length
+                // Large requests (the kernel's readahead) are decrypted on all cores.
+                let parts = blockCount >= Self.parallelThreshold ? Self.cores : 1
+                if parts == 1 {
+                    decrypt(0, blockCount)
+                } else {
+                    DispatchQueue.concurrentPerform(iterations: parts) { part in
+                        decrypt(blockCount * part / parts, blockCount * (part + 1) / parts)
+                    }
+                }
             }
+            initialized = Int(end - offset)
         }
-        if let failure { throw failure }
+        if let failure = failure.withLock({ $0 }) { throw failure }
         return plain
+    }
+}
+
+/// A pointer shared with parallel workers that each touch a disjoint part of the memory behind it.
+struct SharedPointer<Pointee>: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Pointee>
+    init(_ pointer: UnsafeMutablePointer<Pointee>) { self.pointer = pointer }
+    init(_ pointer: UnsafeRawPointer) where Pointee == UInt8 {
+        self.pointer = UnsafeMutablePointer(mutating: pointer.assumingMemoryBound(to: UInt8.self))
     }
 }

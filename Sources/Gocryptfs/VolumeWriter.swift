@@ -204,8 +204,8 @@ public struct VolumeWriter: Sendable {
     }
 
     private func encryptFile(
-        _ job: FileJob, content: ContentCipher, parallel: Bool, progress: @Sendable (UInt64) -> Void,
-        isCancelled: () -> Bool
+        _ job: FileJob, content: ContentCipher, parallel: Bool, progress: @escaping @Sendable (UInt64) -> Void,
+        isCancelled: @escaping @Sendable () -> Bool
     ) throws(GocryptfsError) {
         let input = Glibc.open(job.plain, O_RDONLY | O_CLOEXEC)
         guard input >= 0 else { throw GocryptfsError(.io, "\(job.plain): \(String(cString: strerror(errno)))") }
@@ -220,51 +220,56 @@ public struct VolumeWriter: Sendable {
         let fileID = ContentCipher.randomBytes(16)
         try writeAll(output, ContentCipher.header(fileID: fileID), at: 0, path: job.cipher)
 
-        let chunkBytes = Self.chunkBlocks * ContentCipher.plainBlockSize
-        var plain = [UInt8](repeating: 0, count: chunkBytes)
-        var offset: UInt64 = 0
-        var firstBlock: UInt64 = 0
-        while offset < job.size {
-            if isCancelled() { return }
-            let length = Int(min(UInt64(chunkBytes), job.size - offset))
-            try readAll(input, into: &plain, count: length, at: offset, path: job.plain)
-            let blocks = (length + ContentCipher.plainBlockSize - 1) / ContentCipher.plainBlockSize
-            let sealed = plain.withUnsafeBytes { buffer in
-                Self.sealBlocks(buffer, length: length, blocks: blocks, firstBlock: firstBlock, fileID: fileID, content: content, parallel: parallel)
-            }
-            try writeAll(output, sealed, at: ContentCipher.cipherOffset(ofBlock: firstBlock), path: job.cipher)
-            progress(UInt64(length))
-            offset += UInt64(length)
-            firstBlock += UInt64(blocks)
-        }
-        wipe(&plain)
-    }
-
-    /// Seals the blocks of one chunk into one contiguous buffer, in parallel when asked.
-    private static func sealBlocks(
-        _ plain: UnsafeRawBufferPointer, length: Int, blocks: Int, firstBlock: UInt64, fileID: [UInt8],
-        content: ContentCipher, parallel: Bool
-    ) -> [UInt8] {
-        let cipherLength = length + blocks * ContentCipher.blockOverhead
-        return [UInt8](unsafeUninitializedCapacity: cipherLength) { out, initialized in
-            let outBase = UnsafeMutableRawPointer(out.baseAddress!)
-            let plainBase = UnsafeRawPointer(plain.baseAddress!)
-            let seal: @Sendable (Int) -> Void = { [outBase = UnsafeSendable(outBase), plainBase = UnsafeSendable(plainBase)] block in
-                let start = block * ContentCipher.plainBlockSize
-                let size = min(ContentCipher.plainBlockSize, length - start)
-                let sealed = content.encryptBlock(
-                    UnsafeRawBufferPointer(start: plainBase.value + start, count: size), number: firstBlock + UInt64(block), fileID: fileID)
-                sealed.withUnsafeBytes { bytes in
-                    (outBase.value + block * ContentCipher.cipherBlockSize).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        // Chunks are independent (each block's AAD carries its number), so workers take chunks in turn and each
+        // reads, seals and writes its own: crypto and I/O overlap across cores.
+        let chunkBytes = UInt64(Self.chunkBlocks * ContentCipher.plainBlockSize)
+        let chunks = Int((job.size + chunkBytes - 1) / chunkBytes)
+        let next = Mutex(0)
+        let failure = Mutex<GocryptfsError?>(nil)
+        let workers = parallel ? max(1, min(options.parallelism, chunks)) : 1
+        DispatchQueue.concurrentPerform(iterations: workers) { _ in
+            var plain = [UInt8](repeating: 0, count: Int(chunkBytes))
+            defer { wipe(&plain) }
+            while failure.withLock({ $0 == nil }), !isCancelled() {
+                let chunk = next.withLock { value -> Int in
+                    defer { value += 1 }
+                    return value
+                }
+                guard chunk < chunks else { return }
+                let offset = UInt64(chunk) * chunkBytes
+                let length = Int(min(chunkBytes, job.size - offset))
+                let firstBlock = UInt64(chunk * Self.chunkBlocks)
+                do throws(GocryptfsError) {
+                    try readAll(input, into: &plain, count: length, at: offset, path: job.plain)
+                    let sealed = plain.withUnsafeBytes { buffer in
+                        Self.sealBlocks(buffer, length: length, firstBlock: firstBlock, fileID: fileID, content: content)
+                    }
+                    try writeAll(output, sealed, at: ContentCipher.cipherOffset(ofBlock: firstBlock), path: job.cipher)
+                    progress(UInt64(length))
+                } catch {
+                    failure.withLock { $0 = $0 ?? error }
                 }
             }
-            if parallel {
-                DispatchQueue.concurrentPerform(iterations: blocks, execute: seal)
-            } else {
-                for block in 0..<blocks { seal(block) }
-            }
-            initialized = cipherLength
         }
+        if let error = failure.withLock({ $0 }) { throw error }
+    }
+
+    /// Seals the blocks of one chunk into one contiguous buffer.
+    private static func sealBlocks(
+        _ plain: UnsafeRawBufferPointer, length: Int, firstBlock: UInt64, fileID: [UInt8], content: ContentCipher
+    ) -> [UInt8] {
+        let blocks = (length + ContentCipher.plainBlockSize - 1) / ContentCipher.plainBlockSize
+        let nonces = ContentCipher.randomBytes(blocks * ContentCipher.nonceSize)
+        var out: [UInt8] = []
+        out.reserveCapacity(length + blocks * ContentCipher.blockOverhead)
+        for block in 0..<blocks {
+            let start = block * ContentCipher.plainBlockSize
+            let size = min(ContentCipher.plainBlockSize, length - start)
+            out += content.encryptBlock(
+                UnsafeRawBufferPointer(rebasing: plain[start..<(start + size)]), number: firstBlock + UInt64(block),
+                fileID: fileID, nonce: nonces[(block * ContentCipher.nonceSize)..<((block + 1) * ContentCipher.nonceSize)])
+        }
+        return out
     }
 
     private func readAll(_ fd: Int32, into buffer: inout [UInt8], count: Int, at offset: UInt64, path: String) throws(GocryptfsError) {
@@ -302,8 +307,3 @@ public struct VolumeWriter: Sendable {
     }
 }
 
-/// A pointer handed to parallel workers that each touch a disjoint part of the memory behind it.
-struct UnsafeSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
-}

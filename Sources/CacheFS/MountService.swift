@@ -1,0 +1,54 @@
+import CaidCore
+import Gocryptfs
+import Logging
+import ServiceLifecycle
+
+/// The `cachefs` service of `caid run`: mounts the verified ciphertext read-only at `MODEL_MOUNT_POINT` with the
+/// password the key service obtained, runs until stopped, unmounts and drops the keys.
+public struct MountService: Service {
+    private let cipherDirectory: String
+    private let mountpoint: String
+    private let options: FuseMount.Options
+    private let password: @Sendable () async throws -> Secret
+    private let handle: ServiceHandle
+
+    /// - Parameter password: gives the volume password; the service wipes it once the volume is unlocked.
+    public init(
+        cipherDirectory: String, mountpoint: String, options: FuseMount.Options = .init(),
+        password: @escaping @Sendable () async throws -> Secret, handle: ServiceHandle
+    ) {
+        self.cipherDirectory = cipherDirectory
+        self.mountpoint = mountpoint
+        self.options = options
+        self.password = password
+        self.handle = handle
+    }
+
+    public func run() async throws {
+        let secret = try await password()
+        let volume: Volume
+        do {
+            volume = try secret.withBytes { try Volume(root: cipherDirectory, password: $0) }
+            secret.wipe()
+        } catch {
+            secret.wipe()
+            // A wrong password or an unreadable format does not fix itself; damaged or missing files may (a new fetch).
+            let code = (error as? GocryptfsError)?.code
+            let permanent = code == .wrongPassword || code == .unsupportedFeature
+            throw ServiceFailure("cannot open the model volume \(cipherDirectory): \(error)", permanent: permanent)
+        }
+        let mount: FuseMount
+        do {
+            mount = try FuseMount.mount(CacheFileSystem(volume: volume, logger: handle.logger), at: mountpoint, options: options, logger: handle.logger)
+        } catch {
+            throw ServiceFailure("\(error)")
+        }
+        await handle.running("mounted at \(mountpoint)")
+        handle.logger.notice("model mounted read-only at \(mountpoint)")
+        await mount.unmounted()
+        let byOperator = !Task.isCancelled
+        mount.unmount()
+        if byOperator { throw ServiceFailure("\(mountpoint) was unmounted from outside caid; mounting again") }
+        handle.logger.info("model unmounted from \(mountpoint)")
+    }
+}
