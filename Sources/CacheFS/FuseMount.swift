@@ -95,20 +95,20 @@ public final class FuseMount: Sendable {
         loopEnded.fire()
     }
 
-    /// Unmounts, waits for the loop to end, and releases the file system. Safe to call more than once.
+    /// Unmounts, waits for the loop to end, and releases the file system. Safe to call more than once and from
+    /// several threads: every caller returns only once the teardown is complete.
     public func unmount() {
-        let first = finished.withLock { done -> Bool in
-            defer { done = true }
-            return !done
+        finished.withLock { done in
+            guard !done else { return }
+            done = true
+            fuse_session_exit(session.pointer)
+            fuse_session_unmount(session.pointer)
+            loopDone.wait()
+            loopDone.signal()  // for other waiters
+            fuse_session_destroy(session.pointer)
+            fileSystem.takeUnretainedValue().close()
+            fileSystem.release()
         }
-        guard first else { return }
-        fuse_session_exit(session.pointer)
-        fuse_session_unmount(session.pointer)
-        loopDone.wait()
-        loopDone.signal()  // for other waiters
-        fuse_session_destroy(session.pointer)
-        fileSystem.takeRetainedValue().close()
-        fileSystem.release()
     }
 
     /// Blocks until the request loop ends (unmounted by ``unmount()`` or from outside).

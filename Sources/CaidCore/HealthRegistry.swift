@@ -19,8 +19,10 @@ public actor HealthRegistry {
     }
 
     /// Moves a service to `state`, optionally with a detail and an error text.
-    public func set(_ name: String, _ state: ServiceState, detail: String? = nil, error: String? = nil) {
+    /// - Parameter restarted: counts one more restart in the same change, so readers never see one without the other.
+    public func set(_ name: String, _ state: ServiceState, detail: String? = nil, error: String? = nil, restarted: Bool = false) {
         guard var status = services[name] else { return }
+        if restarted { status.restarts += 1 }
         if status.state != state { status.since = Date() }
         status.state = state
         status.detail = detail
@@ -33,12 +35,6 @@ public actor HealthRegistry {
     public func setDetail(_ name: String, _ detail: String?) {
         guard services[name] != nil, services[name]?.detail != detail else { return }
         services[name]?.detail = detail
-        publish()
-    }
-
-    /// Counts one more restart of a service.
-    public func countRestart(_ name: String) {
-        services[name]?.restarts += 1
         publish()
     }
 

@@ -138,15 +138,18 @@ public final class Supervisor: Service {
         logger[metadataKey: "service"] = "\(spec.name)"
         let handle = ServiceHandle(name: spec.name, registry: registry, logger: logger)
         var backoff = RestartPolicy.Backoff()
+        var restarting = false
 
         defer { logger.debug("supervision ended") }
         while !stop.isFired {
             if !spec.dependencies.isEmpty {
-                await registry.set(spec.name, .waiting, detail: "waiting for " + spec.dependencies.joined(separator: ", "))
+                await registry.set(spec.name, .waiting, detail: "waiting for " + spec.dependencies.joined(separator: ", "), restarted: restarting)
+                restarting = false
                 let stopped = await Self.race(stop) { await self.registry.waitUntilRunning(spec.dependencies) }
                 if stopped { break }
             }
-            await registry.set(spec.name, .starting)
+            await registry.set(spec.name, .starting, restarted: restarting)
+            restarting = false
             logger.info("starting")
             let started = ContinuousClock.now
             let failure: (any Error)?
@@ -169,7 +172,7 @@ public final class Supervisor: Service {
             logger.warning("failed, retrying in \(delay.formatted): \(reason)")
             await registry.set(spec.name, .backoff, detail: "retrying in \(delay.formatted)", error: reason)
             if await Self.race(stop, { try? await Task.sleep(for: delay) }) { break }
-            await registry.countRestart(spec.name)
+            restarting = true
         }
         await registry.set(spec.name, .stopped)
         logger.info("stopped")

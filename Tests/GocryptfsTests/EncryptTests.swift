@@ -76,7 +76,7 @@ import Testing
         defer { ws.remove() }
         let plain = ws.path("plain")
         try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
-        try GocryptfsTool.makeTree(at: plain, largeSize: 1 << 30, manyFiles: 10, sparseLarge: true)
+        try GocryptfsTool.makeTree(at: plain, largeSize: 4 << 30, manyFiles: 10, sparseLarge: true)
         let run = try Programs.start(Programs.caid, ["encrypt", "--plain", plain, "--cipher", ws.path("cipher"), "--passfile", ws.passfile])
         // Wait until the staging directory has content, then interrupt.
         for _ in 0..<500 {
@@ -84,7 +84,6 @@ import Testing
             if let staged, (try? FileManager.default.contentsOfDirectory(atPath: ws.path(staged)))?.contains("gocryptfs.conf") == true { break }
             try await Task.sleep(for: .milliseconds(10))
         }
-        try await Task.sleep(for: .milliseconds(200))
         run.signal(signal)
         let result = await run.wait(timeout: .seconds(30))
         #expect(!FileManager.default.fileExists(atPath: ws.path("cipher")))
