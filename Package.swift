@@ -130,7 +130,11 @@ let package = Package(
         ),
         .testTarget(
             name: "CacheFSTests",
-            dependencies: ["CacheFS", "Gocryptfs", "CaidTestSupport"],
+            dependencies: [
+                "CacheFS", "Gocryptfs", "CaidCore", "CaidTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

@@ -65,10 +65,14 @@ public struct CaidConfig: Sendable {
         "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_LOG_LEVEL",
     ]
 
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
+    /// override the file (so `CAID_HEALTH_SOCKET=/tmp/caid.sock caid run` works without editing cai.env); the CAI
+    /// keys come from the file only.
     /// - Returns: the configuration and the warnings found on the way.
     /// - Throws: ``ConfigError`` listing every problem, each naming file, line and key.
-    public static func load(path: String) throws(ConfigError) -> (config: CaidConfig, warnings: [ConfigDiagnostic]) {
+    public static func load(
+        path: String, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(ConfigError) -> (config: CaidConfig, warnings: [ConfigDiagnostic]) {
         var bytes: [UInt8]
         var warnings: [ConfigDiagnostic] = []
         do {
@@ -88,7 +92,8 @@ public struct CaidConfig: Sendable {
                 message: "is readable by group or others (mode \(String(info.st_mode & 0o777, radix: 8))) and holds "
                     + "secrets; run: chmod 600 \(path)"))
         }
-        var (config, diagnostics) = decode(bytes, file: path)
+        let overrides = environment.filter { knownKeys.contains($0.key) && $0.key.hasPrefix("CAID_") }
+        var (config, diagnostics) = decode(bytes, file: path, overrides: overrides)
         diagnostics = warnings + diagnostics
         guard let config, !diagnostics.contains(where: { $0.severity == .error }) else {
             throw ConfigError(diagnostics: diagnostics)
@@ -105,12 +110,19 @@ public struct CaidConfig: Sendable {
 
     /// Parses and validates the contents of a configuration file.
     /// - Returns: the configuration when there is no error, and every diagnostic found.
-    public static func decode(_ bytes: [UInt8], file: String) -> (config: CaidConfig?, diagnostics: [ConfigDiagnostic]) {
+    /// - Parameter overrides: settings that replace the file's (from the environment).
+    public static func decode(
+        _ bytes: [UInt8], file: String, overrides: [String: String] = [:]
+    ) -> (config: CaidConfig?, diagnostics: [ConfigDiagnostic]) {
         var (entries, syntaxErrors) = EnvFile.parse(bytes)
         defer {
             for index in entries.indices { wipeBytes(&entries[index].value) }
         }
         var decoder = Decoder(file: file, entries: entries)
+        for (key, value) in overrides {
+            decoder.values[key] = (Array(value.utf8), 0)
+            decoder.fromEnvironment.insert(key)
+        }
         decoder.brokenKeys = Set(syntaxErrors.compactMap(\.key))
         decoder.diagnostics += syntaxErrors.map {
             ConfigDiagnostic(.error, file: file, line: $0.line, key: $0.key, message: $0.message)
@@ -155,6 +167,8 @@ private struct Decoder {
     var diagnostics: [ConfigDiagnostic] = []
     /// Keys whose line did not parse: already reported, so not reported again as missing.
     var brokenKeys: Set<String> = []
+    /// Keys set by environment variables rather than the file.
+    var fromEnvironment: Set<String> = []
 
     init(file: String, entries: [EnvFile.Entry]) {
         self.file = file
@@ -170,6 +184,10 @@ private struct Decoder {
 
     mutating func error(_ key: String, _ message: String) {
         if values[key] == nil, brokenKeys.contains(key) { return }
+        if fromEnvironment.contains(key) {
+            diagnostics.append(ConfigDiagnostic(.error, file: "environment variable", key: key, message: message))
+            return
+        }
         diagnostics.append(ConfigDiagnostic(.error, file: file, line: values[key]?.line, key: key, message: message))
     }
 

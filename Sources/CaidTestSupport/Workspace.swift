@@ -2,7 +2,7 @@ import Foundation
 import Gocryptfs
 
 /// A fresh work area for a gocryptfs test, with a password file; removed with everything mounted in it.
-public struct Workspace {
+public struct Workspace: Sendable {
     public let dir: TemporaryDirectory
     public let password = "caid-test-password ünï"
     public let passfile: String

@@ -10,14 +10,6 @@ import Testing
 @Suite(.serialized) struct CLITests {
     let example = Programs.packageRoot + "/etc/caid/cai.env.example"
 
-    /// The example configuration with the health socket in `dir`.
-    func exampleConfig(in dir: TemporaryDirectory) throws -> (env: String, socket: String) {
-        let socket = dir.path + "/run/caid.sock"
-        let text = try String(contentsOfFile: example, encoding: .utf8)
-            .replacingOccurrences(of: "CAID_HEALTH_SOCKET=/run/caid/caid.sock", with: "CAID_HEALTH_SOCKET=\(socket)")
-        return (try dir.write("cai.env", text), socket)
-    }
-
     @Test func everyCommandHasHelp() throws {
         for command in ["", "run", "check-config", "health", "mount", "encrypt", "fetch", "attest", "get-resource", "tunnel"] {
             let result = try Programs.run(Programs.caid, (command.isEmpty ? [] : [command]) + ["--help"])
@@ -57,6 +49,10 @@ import Testing
             #expect(result.stderr.contains("\(env):8: MODEL_SERVICE_PORT: 'eighty' is not a TCP port"))
             #expect(!(result.stdout + result.stderr).contains(secret))
         }
+        let badOverride = try Programs.run(Programs.caid, ["check-config", "--env", example], environment: Programs.environment(["CAID_LOG_LEVEL": "loud"]))
+        #expect(badOverride.status == 78)
+        #expect(badOverride.stderr.contains("environment variable: CAID_LOG_LEVEL: 'loud' is not a log level"))
+
         let missing = try Programs.run(Programs.caid, ["check-config", "--env", dir.path + "/nope.env"])
         #expect(missing.status == 78)
         #expect(missing.stderr.contains("nope.env: cannot be read"))
@@ -65,11 +61,12 @@ import Testing
     @Test func runAnswersHealthTalksToSystemdAndStopsOnSIGTERM() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let (env, socket) = try exampleConfig(in: dir)
+        // As a new user tries it: the shipped example, the socket moved somewhere writable.
+        let socket = dir.path + "/run/caid.sock"
         let notify = try NotifySocket(path: dir.path + "/notify.sock")
         let daemon = try Programs.start(
-            Programs.caid, ["run", "--env", env],
-            environment: Programs.environment(["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"]))
+            Programs.caid, ["run", "--env", example],
+            environment: Programs.environment(["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000", "CAID_HEALTH_SOCKET": socket]))
 
         var messages: [String] = []
         notify.receive(into: &messages, timeout: .seconds(20)) { all in
