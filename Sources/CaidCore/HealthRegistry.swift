@@ -58,16 +58,10 @@ public actor HealthRegistry {
     /// A stream of snapshots: the current one at once, then one after every change.
     public func updates() -> AsyncStream<HealthSnapshot> {
         let (stream, continuation) = AsyncStream.makeStream(of: HealthSnapshot.self, bufferingPolicy: .bufferingNewest(1))
-        let id = UUID()
-        subscribers[id] = continuation
-        continuation.onTermination = { [weak self] _ in
-            Task { await self?.unsubscribe(id) }
-        }
+        subscribers[UUID()] = continuation
         continuation.yield(snapshot())
         return stream
     }
-
-    private func unsubscribe(_ id: UUID) { subscribers[id] = nil }
 
     /// Called by the supervisor's loop to show it is alive; read by the watchdog.
     public func tick() { lastTick = .now }
@@ -86,7 +80,10 @@ public actor HealthRegistry {
 
     private func publish() {
         let current = snapshot()
-        for continuation in subscribers.values { continuation.yield(current) }
+        // Streams whose reader has gone are dropped here, on the next change.
+        for (id, continuation) in subscribers {
+            if case .terminated = continuation.yield(current) { subscribers[id] = nil }
+        }
     }
 
     static func summary(_ list: [ServiceStatus], state: String) -> String {

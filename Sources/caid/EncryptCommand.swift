@@ -66,7 +66,8 @@ struct EncryptCommand: ParsableCommand {
         }
         progress.finish()
         for line in summary.skipped { printError("caid encrypt: warning: \(line)") }
-        let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18 + Double((ContinuousClock.now - started).components.seconds)
+        let elapsed = (ContinuousClock.now - started).components
+        let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
         print("encrypted \(summary.files) files, \(summary.directories) directories, \(summary.symlinks) symlinks, "
             + "\(ByteCount(summary.bytes)) in \(String(format: "%.1f", seconds)) s into \(cipher)")
 

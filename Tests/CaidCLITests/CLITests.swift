@@ -105,14 +105,12 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let socket = dir.path + "/caid.sock"
-        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        let logger = quietLogger
         let registry = HealthRegistry()
         await registry.register("key", required: true)
         await registry.set("key", .backoff, detail: "retrying in 8s", error: "Trustee answered 503")
         let server = HealthServer(path: socket, registry: registry, metrics: HealthMetrics(), logger: logger)
-        let group = ServiceGroup(configuration: .init(services: [server], logger: logger))
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
+        try await withRunningServices([server]) {
             for _ in 0..<200 where !FileManager.default.fileExists(atPath: socket) {
                 try await Task.sleep(for: .milliseconds(10))
             }
@@ -122,8 +120,6 @@ import Testing
             #expect(result.stdout.contains("key"))
             #expect(result.stdout.contains("backoff"))
             #expect(result.stdout.contains("last error: Trustee answered 503"))
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
         }
     }
 

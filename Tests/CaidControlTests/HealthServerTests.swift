@@ -7,23 +7,18 @@ import ServiceLifecycle
 import Testing
 
 @Suite(.serialized) struct HealthServerTests {
-    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+    let logger = quietLogger
 
     /// Runs a health server on `path` while `body` runs.
     func withServer(
         at path: String, registry: HealthRegistry, _ body: @Sendable () async throws -> Void
     ) async throws {
         let server = HealthServer(path: path, registry: registry, metrics: HealthMetrics(), logger: logger)
-        let group = ServiceGroup(configuration: .init(services: [server], logger: logger))
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
-            defer { tasks.cancelAll() }
+        try await withRunningServices([server]) {
             for _ in 0..<200 where (try? HealthClient(socketPath: path).get("/healthz")) == nil {
                 try await Task.sleep(for: .milliseconds(10))
             }
             try await body()
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
         }
     }
 

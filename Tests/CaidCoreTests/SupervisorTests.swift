@@ -6,41 +6,12 @@ import ServiceLifecycle
 import Testing
 
 @Suite struct SupervisorTests {
-    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
-
-    /// Runs `supervisor` in a service group, calls `body`, then shuts the group down gracefully.
-    func withSupervisor(
-        _ specs: [ServiceSpec], registry: HealthRegistry = HealthRegistry(),
-        _ body: @Sendable (HealthRegistry) async throws -> Void
-    ) async throws {
-        let supervisor = Supervisor(services: specs, registry: registry, logger: logger, random: { 1 }, tickInterval: .milliseconds(20))
-        let group = ServiceGroup(configuration: .init(services: [supervisor], logger: logger))
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
-            do {
-                try await body(registry)
-            } catch {
-                await group.triggerGracefulShutdown()
-                throw error
-            }
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
-        }
-    }
-
-    func waitFor(_ registry: HealthRegistry, _ name: String, _ state: ServiceState) async -> ServiceStatus? {
-        for _ in 0..<500 {
-            if let status = await registry.status(of: name), status.state == state { return status }
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        return await registry.status(of: name)
-    }
-
     @Test func restartsAFailingServiceWithBackoffUntilItRuns() async throws {
         let log = EventLog()
         let spec = ScriptedService.spec("fetch", script: [.fail(after: .zero), .fail(after: .zero), .run], log: log)
-        try await withSupervisor([spec]) { registry in
-            let status = await waitFor(registry, "fetch", .running)
+        let registry = HealthRegistry()
+        try await withSupervisor([spec], registry: registry) {
+            let status = await registry.wait(for: "fetch", toBe: .running)
             #expect(status?.state == .running)
             #expect(status?.restarts == 2)
             #expect(status?.lastError?.contains("attempt 1 failed on purpose") == true)
@@ -53,8 +24,9 @@ import Testing
         let log = EventLog()
         let slow = RestartPolicy(baseDelay: .seconds(30), maxDelay: .seconds(60), resetAfter: .seconds(60))
         let spec = ScriptedService.spec("key", script: [.fail(after: .zero)], log: log, restart: slow)
-        try await withSupervisor([spec]) { registry in
-            let status = await waitFor(registry, "key", .backoff)
+        let registry = HealthRegistry()
+        try await withSupervisor([spec], registry: registry) {
+            let status = await registry.wait(for: "key", toBe: .backoff)
             #expect(status?.state == .backoff)
             #expect(status?.detail == "retrying in 30s")
             #expect(status?.lastError?.contains("failed on purpose") == true)
@@ -68,8 +40,9 @@ import Testing
         let log = EventLog()
         let counter = ScriptedService.Counter()
         let spec = ScriptedService.spec("key", script: [.failPermanently], log: log, counter: counter)
-        try await withSupervisor([spec]) { registry in
-            let status = await waitFor(registry, "key", .failed)
+        let registry = HealthRegistry()
+        try await withSupervisor([spec], registry: registry) {
+            let status = await registry.wait(for: "key", toBe: .failed)
             #expect(status?.state == .failed)
             #expect(status?.lastError == "key cannot work with this configuration")
             try await Task.sleep(for: .milliseconds(300))
@@ -82,7 +55,8 @@ import Testing
         let policy = RestartPolicy(baseDelay: .milliseconds(10), maxDelay: .milliseconds(40), resetAfter: .milliseconds(150))
         let script: [Attempt] = Array(repeating: .fail(after: .zero), count: 6) + [.runThenFail(after: .milliseconds(200)), .run]
         let spec = ScriptedService.spec("mount", script: script, log: log, restart: policy)
-        try await withSupervisor([spec]) { registry in
+        let registry = HealthRegistry()
+        try await withSupervisor([spec], registry: registry) {
             // Every entry into backoff, as the registry publishes it.
             var shown: [String] = []
             var previous = ServiceState.waiting
@@ -109,8 +83,9 @@ import Testing
             ScriptedService.spec("fetch", script: [.run], log: log),
             ScriptedService.spec("attestation", script: [.fail(after: .milliseconds(100)), .run], log: log),
         ]
-        try await withSupervisor(specs) { registry in
-            #expect(await waitFor(registry, "mount", .running)?.state == .running)
+        let registry = HealthRegistry()
+        try await withSupervisor(specs, registry: registry) {
+            #expect(await registry.wait(for: "mount", toBe: .running)?.state == .running)
             let events = log.all
             func index(_ event: String) -> Int { events.firstIndex(of: event) ?? Int.max }
             // The download does not wait for attestation.
@@ -137,8 +112,9 @@ import Testing
             ScriptedService.spec("attestation", script: [.failPermanently], log: log),
             ScriptedService.spec("key", dependencies: ["attestation"], script: [.run], log: log),
         ]
-        try await withSupervisor(specs) { registry in
-            #expect(await waitFor(registry, "attestation", .failed)?.state == .failed)
+        let registry = HealthRegistry()
+        try await withSupervisor(specs, registry: registry) {
+            #expect(await registry.wait(for: "attestation", toBe: .failed)?.state == .failed)
             let key = await registry.status(of: "key")
             #expect(key?.state == .waiting)
             #expect(key?.detail == "waiting for attestation")
@@ -165,8 +141,9 @@ import Testing
         let specs = (0..<5).map { ScriptedService.spec("s\($0)", script: [.run], log: log) }
         let clock = ContinuousClock()
         let elapsed = try await clock.measure {
-            try await withSupervisor(specs) { registry in
-                #expect(await waitFor(registry, "s4", .running)?.state == .running)
+            let registry = HealthRegistry()
+            try await withSupervisor(specs, registry: registry) {
+                #expect(await registry.wait(for: "s4", toBe: .running)?.state == .running)
             }
         }
         #expect(elapsed < .seconds(2))

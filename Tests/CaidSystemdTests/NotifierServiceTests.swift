@@ -14,7 +14,7 @@ import Testing
         func count(_ fragment: String) -> Int { all.filter { $0.contains(fragment) }.count }
     }
 
-    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+    let logger = quietLogger
 
     @Test func readyStatusWatchdogAndStopping() async throws {
         let registry = HealthRegistry()
@@ -23,9 +23,7 @@ import Testing
         let notifier = NotifierService(
             registry: registry, logger: logger, send: { messages.append($0) }, watchdogTimeout: .milliseconds(100),
             stallThreshold: .milliseconds(150), startExtension: .seconds(3))
-        let group = ServiceGroup(configuration: .init(services: [notifier], logger: logger))
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
+        try await withRunningServices([notifier]) {
             // The supervisor ticks: the watchdog is fed and the start timeout extended.
             let ticker = Task {
                 while !Task.isCancelled {
@@ -51,9 +49,6 @@ import Testing
             try await Task.sleep(for: .milliseconds(300))
             #expect(messages.count("WATCHDOG=1") == pets)
             #expect(messages.count("EXTEND_TIMEOUT_USEC") == extensionsAtReady)
-
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
         }
         #expect(messages.all.last == "STOPPING=1\nSTATUS=stopping")
         #expect(messages.count("READY=1") == 1)
