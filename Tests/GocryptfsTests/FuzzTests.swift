@@ -1,0 +1,89 @@
+import CaidTestSupport
+import Crypto
+import Foundation
+import Gocryptfs
+import Testing
+
+/// Untrusted bytes from disk never crash the format code: they give a `GocryptfsError`.
+@Suite struct FuzzTests {
+    static let realConfig = Array("""
+        {
+        \t"Creator": "gocryptfs 2.3",
+        \t"EncryptedKey": "4gGdcVL9T97IeRaToc+vZ9iqbA4cXBvkXQg0dTkpMiwQGhWKdm9CoLdE/VS4mMXi421GWD6HGw0kkFg1r5c1CA==",
+        \t"ScryptObject": {
+        \t\t"Salt": "VuDO/OSekgASTYXBSJLtmgpN0VWXVjUnInAeFUYbrAw=",
+        \t\t"N": 65536,
+        \t\t"R": 8,
+        \t\t"P": 1,
+        \t\t"KeyLen": 32
+        \t},
+        \t"Version": 2,
+        \t"FeatureFlags": [
+        \t\t"HKDF",
+        \t\t"GCMIV128",
+        \t\t"DirIV",
+        \t\t"EMENames",
+        \t\t"LongNames",
+        \t\t"Raw64"
+        \t]
+        }
+
+        """.utf8)
+
+    @Test func theRealConfigParsesAndMutationsNeverCrash() throws {
+        let config = try VolumeConfig.parse(Self.realConfig)
+        #expect(config.features == VolumeConfig.defaultFeatures)
+        #expect(config.serialized() == Self.realConfig)
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<3000 {
+            var bytes = Self.realConfig
+            for _ in 0..<Int.random(in: 1...4, using: &generator) {
+                let index = Int.random(in: 0..<bytes.count, using: &generator)
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0: bytes[index] = UInt8.random(in: 0...255, using: &generator)
+                case 1: bytes.remove(at: index)
+                default: bytes.insert(UInt8.random(in: 0x20...0x7E, using: &generator), at: index)
+                }
+            }
+            do {
+                _ = try VolumeConfig.parse(bytes)
+            } catch {
+                #expect([.corruptConfig, .unsupportedFeature].contains(error.code))
+            }
+        }
+    }
+
+    @Test func hostileScryptParametersAreRefusedBeforeAllocating() throws {
+        var text = String(decoding: Self.realConfig, as: UTF8.self)
+        text = text.replacingOccurrences(of: "\"N\": 65536", with: "\"N\": 16777216").replacingOccurrences(of: "\"R\": 8", with: "\"R\": 64")
+        #expect { try VolumeConfig.parse(Array(text.utf8)) } throws: { "\($0)".contains("MiB") }
+    }
+
+    @Test func randomBlocksHeadersAndLinksAreErrors() throws {
+        let cipher = ContentCipher(key: SymmetricKey(size: .bits256))
+        let fileID = ContentCipher.randomBytes(16)
+        for size in [0, 1, 16, 32, 33, 100, 4127, 4128, 4129, 9000] {
+            let bytes = ContentCipher.randomBytes(size)
+            let result = bytes.withUnsafeBytes { buffer in
+                Result { () throws(GocryptfsError) in try cipher.decryptBlock(buffer, number: 3, fileID: fileID) }
+            }
+            guard case .failure(let error) = result else {
+                Issue.record("\(size) random bytes decrypted")
+                continue
+            }
+            #expect(error.code == .corruptBlock)
+        }
+        // A whole block of zeros is a hole; a short one is not.
+        let hole = [UInt8](repeating: 0, count: ContentCipher.cipherBlockSize)
+        #expect(try hole.withUnsafeBytes { try cipher.decryptBlock($0, number: 0, fileID: fileID) } == [UInt8](repeating: 0, count: 4096))
+        #expect(throws: GocryptfsError.self) {
+            try [UInt8](repeating: 0, count: 100).withUnsafeBytes { try cipher.decryptBlock($0, number: 0, fileID: fileID) }
+        }
+        for header in [[UInt8](), [0, 2] + [UInt8](repeating: 0, count: 16), [0, 3] + fileID, Array(fileID.prefix(10))] {
+            #expect(throws: GocryptfsError.self) { try ContentCipher.fileID(fromHeader: header) }
+        }
+        for link in ["!!!", "A", String(repeating: "A", count: 60), "AAAA"] {
+            #expect(throws: GocryptfsError.self) { try cipher.decryptSymlinkTarget(link) }
+        }
+    }
+}
