@@ -4,6 +4,7 @@
 # Needs root (FUSE), gocryptfs, and a release build: swift build -c release --product caid
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v bc >/dev/null || { echo "needs bc: apt-get install bc" >&2; exit 1; }
 caid=${CAID:-.build/release/caid}
 size_mib=${SIZE_MIB:-1024}
 work=$(mktemp -d /tmp/caid-bench-encrypt.XXXXXX)
@@ -31,16 +32,16 @@ gocryptfs -q -init -passfile "$work/pw" "$work/gcipher" 2>/dev/null
 gocryptfs -q -passfile "$work/pw" "$work/gcipher" "$work/mnt" 2>/dev/null
 cp -a "$work/model/." "$work/mnt/"
 fusermount3 -u "$work/mnt"
-g_done=$(echo "$(now) - $start" | bc)
+g_done=$(printf '%.2f' "$(echo "$(now) - $start" | bc)")
 sync
-g_synced=$(echo "$(now) - $start" | bc)
+g_synced=$(printf '%.2f' "$(echo "$(now) - $start" | bc)")
 
 settle
 start=$(now)
 "$caid" encrypt --plain "$work/model" --cipher "$work/ccipher" --passfile "$work/pw" >/dev/null 2>&1
-c_done=$(echo "$(now) - $start" | bc)
+c_done=$(printf '%.2f' "$(echo "$(now) - $start" | bc)")
 sync
-c_synced=$(echo "$(now) - $start" | bc)
+c_synced=$(printf '%.2f' "$(echo "$(now) - $start" | bc)")
 
 rate() { echo "scale=0; $total_mb / $1" | bc; }
 ratio() { echo "scale=1; $1 / $2" | bc; }

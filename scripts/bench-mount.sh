@@ -4,6 +4,7 @@
 # Needs root (mounts, drop_caches), gocryptfs, and a release build: swift build -c release --product caid
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v bc >/dev/null || { echo "needs bc: apt-get install bc" >&2; exit 1; }
 caid=${CAID:-.build/release/caid}
 size_mib=${SIZE_MIB:-1024}
 work=$(mktemp -d /tmp/caid-bench-mount.XXXXXX)
