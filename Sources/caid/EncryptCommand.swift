@@ -5,6 +5,10 @@ import Foundation
 import Gocryptfs
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 struct EncryptCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "encrypt",
@@ -22,8 +26,7 @@ struct EncryptCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The cipher directory to create (new or empty).", valueName: "dir"))
     var cipher: String
 
-    @Option(help: ArgumentHelp("A file holding the password; one trailing newline is ignored, as gocryptfs does.", valueName: "file"))
-    var passfile: String
+    @OptionGroup var passfile: PassfileOption
 
     @Flag(help: "Read the written volume back through caid's reader and compare it with the plain directory.")
     var verify = false
@@ -35,7 +38,7 @@ struct EncryptCommand: ParsableCommand {
     var jobs = ProcessInfo.processInfo.activeProcessorCount
 
     func run() throws {
-        let password = try Passfile.read(passfile)
+        let password = try passfile.read()
         defer { password.wipe() }
         let total = DirectorySize.bytes(plain)
         let progress = ProgressMeter(label: "encrypting", total: total)
@@ -88,20 +91,39 @@ struct EncryptCommand: ParsableCommand {
     }
 }
 
-/// Reads a password file as gocryptfs's `-passfile` does: the bytes, less one trailing newline.
-enum Passfile {
-    static func read(_ path: String) throws -> Secret {
-        guard var bytes = FileManager.default.contents(atPath: path).map(Array.init) else {
-            printError("\(path): cannot be read; pass the password file with --passfile")
+/// The `--passfile` option, read as gocryptfs's `-passfile` reads it: the bytes, less one trailing newline.
+struct PassfileOption: ParsableArguments {
+    @Option(help: ArgumentHelp("A file holding the password; one trailing newline is ignored, as gocryptfs does.", valueName: "file"))
+    var passfile: String
+
+    /// The password, read straight into memory that is wiped (no intermediate `Data` or `String`).
+    func read() throws -> Secret {
+        let fd = open(passfile, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            printError("\(passfile): cannot be read (\(String(cString: strerror(errno)))); pass the password file with --passfile")
             throw ExitCode(66)
         }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 4096)
         defer { wipeBytes(&bytes) }
-        if bytes.last == UInt8(ascii: "\n") { bytes.removeLast() }
-        guard !bytes.isEmpty else {
-            printError("\(path): the password is empty")
+        var count = 0
+        while count < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + count, $0.count - count) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { break }
+            count += n
+        }
+        var extra: UInt8 = 0
+        guard count < bytes.count || Glibc.read(fd, &extra, 1) == 0 else {
+            printError("\(passfile): longer than \(bytes.count) bytes; is it the right file?")
             throw ExitCode(65)
         }
-        return Secret(bytes)
+        if count > 0, bytes[count - 1] == UInt8(ascii: "\n") { count -= 1 }
+        guard count > 0 else {
+            printError("\(passfile): the password is empty")
+            throw ExitCode(65)
+        }
+        return Secret(bytes[0..<count])
     }
 }
 

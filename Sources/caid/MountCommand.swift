@@ -23,8 +23,7 @@ struct MountCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Where the plaintext appears.", valueName: "dir"))
     var mountpoint: String
 
-    @Option(help: ArgumentHelp("A file holding the password; one trailing newline is ignored, as gocryptfs does.", valueName: "file"))
-    var passfile: String
+    @OptionGroup var passfile: PassfileOption
 
     @Flag(help: "Let other users read the mount (the inference container's user).")
     var allowOther = false
@@ -32,7 +31,7 @@ struct MountCommand: ParsableCommand {
     func run() throws {
         LogDestination.bootstrap(level: .info)
         let logger = Logger(label: "caid.mount")
-        let password = try Passfile.read(passfile)
+        let password = try passfile.read()
         let volume: Volume
         do {
             volume = try password.withBytes { try Volume(root: cipher, password: $0) }
