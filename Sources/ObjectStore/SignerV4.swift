@@ -5,38 +5,6 @@ import Foundation
 /// OSS Signature V4 (`OSS4-HMAC-SHA256`) for the Authorization header. Pure: it computes headers from a request
 /// description and a time, and sends nothing.
 public struct SignerV4: Sendable {
-    /// The credentials: the secret and the token stay in `Secret`s and reach only the HMAC.
-    public struct Credentials: Sendable {
-        public var accessKeyID: String
-        public var secret: Secret
-        public var securityToken: Secret?
-
-        public init(accessKeyID: String, secret: Secret, securityToken: Secret? = nil) {
-            self.accessKeyID = accessKeyID
-            self.secret = secret
-            self.securityToken = securityToken
-        }
-    }
-
-    /// What is signed of a request.
-    public struct Request: Sendable {
-        public var method: String
-        public var bucket: String?
-        public var key: String?
-        /// Query parameters, values already decoded; an empty value is signed as the bare key.
-        public var query: [(String, String)]
-        /// Header names in any case.
-        public var headers: [String: String]
-
-        public init(method: String, bucket: String?, key: String?, query: [(String, String)] = [], headers: [String: String] = [:]) {
-            self.method = method
-            self.bucket = bucket
-            self.key = key
-            self.query = query
-            self.headers = headers
-        }
-    }
-
     public let region: String
     public let product = "oss"
 
@@ -46,7 +14,7 @@ public struct SignerV4: Sendable {
 
     /// The headers to add to the request: `x-oss-date`, `x-oss-content-sha256`, `x-oss-security-token` when set,
     /// and `Authorization`.
-    public func sign(_ request: Request, credentials: Credentials, at date: Date) -> [String: String] {
+    public func sign(_ request: OSSRequest, credentials: OSSCredentials, at date: Date) -> [String: String] {
         let stamp = Self.timestamp(date)
         let day = String(stamp.prefix(8))
         var headers = request.headers
@@ -71,7 +39,7 @@ public struct SignerV4: Sendable {
     }
 
     /// The canonical request, exposed for tests that compare it with the SDK's.
-    func canonicalRequest(_ request: Request, headers: [String: String]) -> String {
+    func canonicalRequest(_ request: OSSRequest, headers: [String: String]) -> String {
         var path = "/"
         if let bucket = request.bucket {
             path += bucket + "/"

@@ -1,7 +1,7 @@
 import CaidCore
 import CaidTestSupport
 import Foundation
-import ObjectStore
+@testable import ObjectStore
 import Testing
 
 @Suite struct CRC64Tests {
@@ -46,8 +46,8 @@ import Testing
 
 @Suite struct SignerV4Tests {
     /// The SDK's own vector (alibabacloud-oss-python-sdk-v2, tests/unit/signer/test_v4.py, test_auth_header).
-    func sdkRequest() -> SignerV4.Request {
-        SignerV4.Request(
+    func sdkRequest() -> OSSRequest {
+        OSSRequest(
             method: "PUT", bucket: "bucket", key: "1234+-/123/1.txt",
             query: [("param1", "value1"), ("+param1", "value3"), ("|param1", "value4"), ("+param2", ""), ("|param2", ""), ("param2", "")],
             headers: ["x-oss-head1": "value", "abc": "value", "ZAbc": "value", "XYZ": "value", "content-type": "text/plain", "x-oss-content-sha256": "UNSIGNED-PAYLOAD"])
@@ -83,7 +83,7 @@ import Testing
             print(req.headers["Authorization"])
             """)
         let sdk = try GocryptfsTool.run("/usr/bin/env", ["python3", script, key]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        let request = SignerV4.Request(
+        let request = OSSRequest(
             method: "GET", bucket: "my-bucket", key: key, query: [("versionId", "v/1"), ("x-oss-range-behavior", "")],
             headers: ["Range": "bytes=0-1048575", "If-Match": "\"ETAG1\"", "x-oss-range-behavior": "standard"])
         let ours = SignerV4(region: "cn-beijing").sign(
@@ -120,5 +120,31 @@ enum ContentBytes {
     static func random(_ count: Int) -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
         return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+}
+
+@Suite struct SignerV1Tests {
+    let credentials = OSSCredentials(accessKeyID: "ak", secret: Secret(Array("sk".utf8)))
+    let headers = [
+        "Content-MD5": "eB5eJF1ptWaXm4bijSPyxw==", "Content-Type": "text/html", "x-oss-meta-author": "alice",
+        "x-oss-meta-magic": "abracadabra", "x-oss-date": "Wed, 28 Dec 2022 10:27:41 GMT",
+    ]
+
+    /// The SDK's vectors (alibabacloud-oss-python-sdk-v2, tests/unit/signer/test_v1.py).
+    @Test func reproducesTheSDKVectors() {
+        let signer = SignerV1()
+        let date = Date(timeIntervalSince1970: 1702743657)
+        let one = OSSRequest(method: "PUT", bucket: "examplebucket", key: "nelson", headers: headers)
+        #expect(signer.stringToSign(one, headers: headers) == "PUT\neB5eJF1ptWaXm4bijSPyxw==\ntext/html\nWed, 28 Dec 2022 10:27:41 GMT\nx-oss-date:Wed, 28 Dec 2022 10:27:41 GMT\nx-oss-meta-author:alice\nx-oss-meta-magic:abracadabra\n/examplebucket/nelson")
+        #expect(signer.sign(one, credentials: credentials, at: date)["Authorization"] == "OSS ak:kSHKmLxlyEAKtZPkJhG9bZb5k7M=")
+
+        let two = OSSRequest(method: "PUT", bucket: "examplebucket", key: "nelson", query: [("acl", "")], headers: headers)
+        #expect(signer.sign(two, credentials: credentials, at: date)["Authorization"] == "OSS ak:/afkugFbmWDQ967j1vr6zygBLQk=")
+
+        let dateOnly = ["x-oss-date": "Wed, 28 Dec 2022 10:27:41 GMT"]
+        let three = OSSRequest(method: "GET", bucket: "examplebucket", key: nil, query: [("resourceGroup", ""), ("non-resousce", "null")], headers: dateOnly)
+        #expect(signer.sign(three, credentials: credentials, at: date)["Authorization"] == "OSS ak:vkQmfuUDyi1uDi3bKt67oemssIs=")
+        let four = OSSRequest(method: "GET", bucket: "examplebucket", key: nil, query: [("resourceGroup", ""), ("acl", "")], headers: dateOnly)
+        #expect(signer.sign(four, credentials: credentials, at: date)["Authorization"] == "OSS ak:x3E5TgOvl/i7PN618s5mEvpJDYk=")
     }
 }
