@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // C libraries, through small shims.
@@ -81,21 +82,29 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // Alibaba Cloud OSS: signing, CRC-64 (pure so far; the downloader is still to come).
+        // Alibaba Cloud OSS: signing, CRC-64, listing, and the verified parallel downloader.
         .target(
             name: "ObjectStore",
-            dependencies: ["CaidCore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "CaidCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: strict
         ),
         // The command line: a thin layer over the modules above.
         .executableTarget(
             name: "caid",
             dependencies: [
-                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs", "CacheFS",
+                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs", "CacheFS", "ObjectStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: strict
         ),
@@ -136,7 +145,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ObjectStoreTests",
-            dependencies: ["ObjectStore", "CaidCore", "CaidTestSupport"],
+            dependencies: ["ObjectStore", "CaidCore", "CaidTestSupport", "caid"],
             swiftSettings: strict
         ),
         .testTarget(

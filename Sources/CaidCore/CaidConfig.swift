@@ -43,6 +43,13 @@ public struct CaidConfig: Sendable {
     public var cacheDirectory: String
     public var attester: Attester
     public var logLevel: Logger.Level
+    /// The OSS region for V4 signatures when the endpoint does not name one (`CAID_OSS_REGION`).
+    public var ossRegion: String?
+    /// `v4` (default) or `v1` for old accounts (`CAID_OSS_SIGNATURE`).
+    public var ossSignature: String
+
+    /// Where the verified ciphertext is kept: `CAID_CACHE_DIR/model`.
+    public var modelCacheDirectory: String { cacheDirectory + "/model" }
 
     /// Defaults for keys that may be left out.
     public enum Defaults {
@@ -62,7 +69,7 @@ public struct CaidConfig: Sendable {
         "TRUSTEE_URL", "TRUSTEE_POLICY", "MODEL_KEY_ID", "MODEL_ENCRYPTION_METHOD",
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
-        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_LOG_LEVEL",
+        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -156,6 +163,8 @@ extension CaidConfig {
             ("CAID_CACHE_DIR", cacheDirectory),
             ("CAID_ATTESTER", attester.rawValue),
             ("CAID_LOG_LEVEL", logLevel.rawValue),
+            ("CAID_OSS_REGION", ossRegion ?? "(from the endpoint)"),
+            ("CAID_OSS_SIGNATURE", ossSignature),
         ]
     }
 }
@@ -331,6 +340,16 @@ private struct Decoder {
             }
         }
 
+        let region = text("CAID_OSS_REGION")
+        var signature = "v4"
+        if let raw = text("CAID_OSS_SIGNATURE") {
+            if ["v4", "v1"].contains(raw.lowercased()) {
+                signature = raw.lowercased()
+            } else {
+                error("CAID_OSS_SIGNATURE", "'\(raw)' is not a signature version; expected v4 or v1")
+            }
+        }
+
         guard let trustee, let keyID, let bucket, let endpoint, let accessKeyID, let secretKey else { return nil }
         return CaidConfig(
             file: file, trusteeURL: trustee, trusteePolicy: policy, modelKeyID: keyID, encryptionMethod: method,
@@ -338,7 +357,7 @@ private struct Decoder {
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
-            cacheDirectory: cache, attester: attester, logLevel: level)
+            cacheDirectory: cache, attester: attester, logLevel: level, ossRegion: region, ossSignature: signature)
     }
 
     static func isIPAddress(_ text: String) -> Bool {

@@ -5,6 +5,7 @@ import Foundation
 public enum GocryptfsTool {
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
+        public init(description: String) { self.description = description }
     }
 
     /// Runs a program and throws with its output when it fails.

@@ -34,7 +34,7 @@ public struct OSSError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// Errors that retrying with the same request cannot fix.
     public var isPermanent: Bool {
-        ["AccessDenied", "NoSuchBucket", "NoSuchKey", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName"].contains(code)
+        ["AccessDenied", "NoSuchBucket", "NoSuchKey", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName", "PreconditionFailed"].contains(code)
     }
 
     public var description: String {

@@ -13,7 +13,7 @@ struct Caid: AsyncParsableCommand {
         subcommands: [
             RunCommand.self, CheckConfigCommand.self, HealthCommand.self,
             EncryptCommand.self, MountCommand.self,
-            NotBuilt.Fetch.self, NotBuilt.Attest.self, NotBuilt.GetResource.self, NotBuilt.Tunnel.self,
+            FetchCommand.self, NotBuilt.Attest.self, NotBuilt.GetResource.self, NotBuilt.Tunnel.self,
         ]
     )
 }

@@ -8,13 +8,6 @@ enum NotBuilt {
         return ExitCode(69)
     }
 
-    struct Fetch: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            commandName: "fetch", abstract: "Download the model ciphertext from OSS into the cache (not built yet).")
-        @OptionGroup var env: EnvOption
-        func run() throws { throw refuse("fetch", "the OSS fetcher") }
-    }
-
     struct Attest: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "attest", abstract: "Prove this TEE to Trustee and print the token's claims (not built yet).")

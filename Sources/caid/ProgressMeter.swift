@@ -5,29 +5,40 @@ import Synchronization
 final class ProgressMeter: Sendable {
     private struct State {
         var done: UInt64 = 0
+        var total: UInt64 = 0
         var lastDraw = ContinuousClock.now
         var finished = false
     }
 
     private let label: String
-    private let total: UInt64
+    private let fixedTotal: UInt64
     private let started = ContinuousClock.now
     private let terminal = isatty(2) != 0
     private let state = Mutex(State())
 
     init(label: String, total: UInt64) {
         self.label = label
-        self.total = total
+        self.fixedTotal = total
     }
 
     /// Counts `bytes` more; draws when it is time.
     func add(_ bytes: UInt64) {
-        let line: String? = state.withLock { state in
+        let done = state.withLock { state -> UInt64 in
             state.done += bytes
+            return state.done
+        }
+        update(done: done, total: fixedTotal)
+    }
+
+    /// Sets the progress; draws when it is time.
+    func update(done: UInt64, total: UInt64) {
+        let line: String? = state.withLock { state in
+            state.done = done
+            state.total = total
             let now = ContinuousClock.now
             guard now - state.lastDraw >= (terminal ? .milliseconds(200) : .seconds(5)) else { return nil }
             state.lastDraw = now
-            return render(state.done, now: now)
+            return render(state.done, total: state.total, now: now)
         }
         if let line { draw(line) }
     }
@@ -37,7 +48,7 @@ final class ProgressMeter: Sendable {
         let line: String? = state.withLock { state in
             guard !state.finished else { return nil }
             state.finished = true
-            return render(state.done, now: .now)
+            return render(state.done, total: state.total, now: .now)
         }
         if let line {
             draw(line)
@@ -45,7 +56,7 @@ final class ProgressMeter: Sendable {
         }
     }
 
-    private func render(_ done: UInt64, now: ContinuousClock.Instant) -> String {
+    private func render(_ done: UInt64, total: UInt64, now: ContinuousClock.Instant) -> String {
         let elapsed = max(0.001, Double((now - started).components.seconds) + Double((now - started).components.attoseconds) / 1e18)
         let rate = Double(done) / elapsed
         let fraction = total > 0 ? min(1, Double(done) / Double(total)) : 1

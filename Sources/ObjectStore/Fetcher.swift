@@ -1,0 +1,268 @@
+import AsyncHTTPClient
+import CaidCore
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Downloads every object under a prefix into the cache directory, in parallel ranges, each range checked by
+/// CRC-64 and every object by OSS's own size and CRC-64 before it is moved into place. A manifest of verified
+/// objects lets a restart skip them; objects no longer listed are removed from the cache.
+public struct Fetcher: Sendable {
+    public struct Options: Sendable {
+        public var partSize: UInt64 = 8 << 20
+        public var concurrency = 8
+        public var attempts = 6
+
+        public init() {}
+    }
+
+    /// What a run did.
+    public struct Summary: Sendable {
+        public var objects = 0
+        public var downloaded = 0
+        public var skipped = 0
+        public var removed = 0
+        public var bytes: UInt64 = 0
+    }
+
+    public static let manifestName = ".caid-manifest.json"
+    public static let stagingName = ".caid-staging"
+
+    private let client: OSSClient
+    private let prefix: String
+    private let cache: String
+    private let options: Options
+    private let logger: Logger
+
+    public init(client: OSSClient, prefix: String, cacheDirectory: String, options: Options = Options(), logger: Logger) {
+        self.client = client
+        self.prefix = prefix.isEmpty || prefix.hasSuffix("/") ? prefix : prefix + "/"
+        self.cache = cacheDirectory
+        self.options = options
+        self.logger = logger
+    }
+
+    /// Runs one complete fetch.
+    /// - Parameter progress: bytes verified so far and the total to fetch.
+    public func run(progress: @escaping @Sendable (UInt64, UInt64) -> Void = { _, _ in }) async throws -> Summary {
+        try makeDirectory(cache)
+        let listing = try await client.list(prefix: prefix).filter { !$0.key.hasSuffix("/") }
+        var manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: cache + "/" + Self.manifestName))) ?? Data())
+        var summary = Summary()
+        summary.objects = listing.count
+
+        for key in manifest.stale(comparedWith: listing) {
+            if let path = try? localPath(key) { unlink(path) }
+            manifest.entries[key] = nil
+            summary.removed += 1
+        }
+        var pending: [ObjectSummary] = []
+        for object in listing {
+            let path = try localPath(object.key)
+            var info = stat()
+            if manifest.isComplete(object), stat(path, &info) == 0, UInt64(info.st_size) == object.size {
+                summary.skipped += 1
+            } else {
+                manifest.entries[object.key] = nil
+                pending.append(object)
+            }
+        }
+        try saveManifest(manifest)
+        let total = pending.reduce(0) { $0 + $1.size }
+        let done = ByteCounter()
+        progress(0, total)
+        let report: @Sendable (UInt64) -> Void = { bytes in progress(done.add(bytes), total) }
+
+        // Several objects at once (small files), each with its parts in parallel; the manifest is written as each
+        // object is verified, so a crash loses at most the objects in flight.
+        try await withThrowingTaskGroup(of: (String, Manifest.Entry).self) { group in
+            var running = 0
+            func record(_ result: (String, Manifest.Entry)) throws {
+                manifest.entries[result.0] = result.1
+                try saveManifest(manifest)
+            }
+            for object in pending {
+                if running >= max(1, options.concurrency / 2), let finished = try await group.next() {
+                    try record(finished)
+                    running -= 1
+                }
+                group.addTask { (object.key, try await self.fetchObject(object, report: report)) }
+                running += 1
+            }
+            while let finished = try await group.next() { try record(finished) }
+        }
+        summary.downloaded = pending.count
+        summary.bytes = total
+        return summary
+    }
+
+    /// Where an object lives in the cache; refuses keys that would leave it.
+    func localPath(_ key: String) throws -> String {
+        let relative = String(key.dropFirst(prefix.count))
+        let parts = relative.split(separator: "/", omittingEmptySubsequences: false)
+        guard key.hasPrefix(prefix), !relative.isEmpty, !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }),
+            !relative.hasPrefix(Self.stagingName), relative != Self.manifestName
+        else {
+            throw FetchError.verification("object key '\(key)' does not map to a safe path under the cache; refusing it")
+        }
+        return cache + "/" + relative
+    }
+
+    /// Downloads one object into the staging area, verifies it and moves it into place; restarts it once if it
+    /// changed on the server while being fetched.
+    private func fetchObject(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) -> Void) async throws -> Manifest.Entry {
+        do {
+            return try await fetchOnce(object, report: report)
+        } catch FetchError.changed(let message) {
+            logger.warning("\(message); fetching it again")
+            guard let fresh = try await client.list(prefix: object.key).first(where: { $0.key == object.key }) else {
+                throw FetchError.changed("\(object.key) disappeared from the bucket during the download")
+            }
+            return try await fetchOnce(fresh, report: report)
+        }
+    }
+
+    private func fetchOnce(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) -> Void) async throws -> Manifest.Entry {
+        let finalPath = try localPath(object.key)
+        let stagingPath = cache + "/" + Self.stagingName + "/" + String(object.key.dropFirst(prefix.count))
+        try makeDirectory((stagingPath as NSString).deletingLastPathComponent)
+        try makeDirectory((finalPath as NSString).deletingLastPathComponent)
+        let fd = open(stagingPath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw FetchError.cache("\(stagingPath): \(String(cString: strerror(errno)))") }
+        var closed = false
+        defer { if !closed { close(fd); unlink(stagingPath) } }
+        guard ftruncate(fd, off_t(object.size)) == 0 else { throw FetchError.cache("\(stagingPath): cannot reserve \(object.size) bytes") }
+
+        let plan = DownloadPlan(object: object, partSize: options.partSize)
+        var crcs: [Int: UInt64] = [:]
+        var serverCRC: UInt64?
+        try await withThrowingTaskGroup(of: (Int, UInt64, UInt64?).self) { group in
+            var running = 0
+            func record(_ result: (Int, UInt64, UInt64?)) throws {
+                crcs[result.0] = result.1
+                guard let reported = result.2 else { return }
+                if let known = serverCRC, known != reported {
+                    throw FetchError.changed("\(object.key) reported two different CRC-64 values during one download")
+                }
+                serverCRC = reported
+            }
+            for part in plan.parts {
+                if running >= options.concurrency, let finished = try await group.next() {
+                    try record(finished)
+                    running -= 1
+                }
+                group.addTask {
+                    let (crc, reported) = try await self.fetchPart(part, of: object, into: fd, report: report)
+                    return (part.index, crc, reported)
+                }
+                running += 1
+            }
+            while let finished = try await group.next() { try record(finished) }
+        }
+        if plan.parts.isEmpty {
+            // An empty object: one plain GET for its CRC header.
+            let response = try await client.get(object.key, range: nil, ifMatch: object.etag)
+            serverCRC = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) }
+        }
+        guard let combined = plan.parts.isEmpty ? CRC64().value : plan.combinedCRC(crcs) else {
+            throw FetchError.verification("\(object.key): a part is missing")
+        }
+        guard let expected = serverCRC else {
+            throw FetchError.verification("\(object.key): OSS sent no x-oss-hash-crc64ecma; cannot verify it")
+        }
+        guard combined == expected else {
+            throw FetchError.verification("\(object.key): CRC-64 \(combined) does not match OSS's \(expected); the bytes were damaged or substituted")
+        }
+        guard fsync(fd) == 0 else { throw FetchError.cache("\(stagingPath): fsync failed: \(String(cString: strerror(errno)))") }
+        close(fd)
+        closed = true
+        guard rename(stagingPath, finalPath) == 0 else {
+            unlink(stagingPath)
+            throw FetchError.cache("cannot move \(object.key) into \(finalPath): \(String(cString: strerror(errno)))")
+        }
+        logger.info("verified \(object.key)", metadata: ["size": "\(object.size)", "crc64": "\(combined)"])
+        return Manifest.Entry(size: object.size, etag: object.etag, crc64: combined)
+    }
+
+    /// Fetches one range with retries; returns its CRC-64 and the object CRC OSS reported.
+    private func fetchPart(
+        _ part: DownloadPlan.Part, of object: ObjectSummary, into fd: Int32, report: @escaping @Sendable (UInt64) -> Void
+    ) async throws -> (UInt64, UInt64?) {
+        do {
+            return try await OSSClient.retrying("\(object.key) \(part.rangeHeader)", attempts: options.attempts, logger: logger) {
+                try await self.fetchPartOnce(part, of: object, into: fd, report: report)
+            }
+        } catch FetchError.oss(let error, _) where error.status == 412 {
+            throw FetchError.changed("\(object.key) changed on the server during the download")
+        }
+    }
+
+    private func fetchPartOnce(
+        _ part: DownloadPlan.Part, of object: ObjectSummary, into fd: Int32, report: @escaping @Sendable (UInt64) -> Void
+    ) async throws -> (UInt64, UInt64?) {
+        let response = try await client.get(object.key, range: part.rangeHeader, ifMatch: object.etag)
+        guard response.status.code == 206 || (response.status.code == 200 && part.offset == 0 && part.length == object.size) else {
+            throw FetchError.transport("\(object.key): expected 206 for \(part.rangeHeader), got \(response.status.code)")
+        }
+        var crc = CRC64()
+        var written: UInt64 = 0
+        for try await buffer in response.body {
+            guard written + UInt64(buffer.readableBytes) <= part.length else {
+                throw FetchError.transport("\(object.key): more bytes than asked for in \(part.rangeHeader)")
+            }
+            try buffer.withUnsafeReadableBytes { bytes in
+                crc.update(bytes)
+                var offset = 0
+                while offset < bytes.count {
+                    let n = pwrite(fd, bytes.baseAddress! + offset, bytes.count - offset, off_t(part.offset + written) + off_t(offset))
+                    guard n > 0 else { throw FetchError.cache("cannot write \(object.key): \(String(cString: strerror(errno)))") }
+                    offset += n
+                }
+            }
+            written += UInt64(buffer.readableBytes)
+        }
+        guard written == part.length else {
+            throw FetchError.transport("\(object.key): \(part.rangeHeader) ended after \(written) of \(part.length) bytes")
+        }
+        report(part.length)
+        return (crc.value, response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) })
+    }
+
+    private func saveManifest(_ manifest: Manifest) throws {
+        let path = cache + "/" + Self.manifestName
+        let temporary = path + ".tmp"
+        do {
+            try manifest.encoded().write(to: URL(fileURLWithPath: temporary))
+        } catch {
+            throw FetchError.cache("cannot write \(temporary): \(error.localizedDescription)")
+        }
+        guard rename(temporary, path) == 0 else { throw FetchError.cache("cannot replace \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    private func makeDirectory(_ path: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        } catch {
+            throw FetchError.cache("cannot create \(path): \(error.localizedDescription)")
+        }
+    }
+}
+
+/// A running byte total shared by concurrent downloads.
+final class ByteCounter: Sendable {
+    private let total = Mutex<UInt64>(0)
+
+    /// Adds and returns the new total.
+    func add(_ bytes: UInt64) -> UInt64 {
+        total.withLock { value in
+            value += bytes
+            return value
+        }
+    }
+}

@@ -1,0 +1,159 @@
+import CaidTestSupport
+import Crypto
+import Foundation
+import Testing
+
+/// `caid fetch` against an OSS-compatible server that checks every signature with the official SDK's signer.
+@Suite(.serialized) struct FetchTests {
+    /// The test server (Tests/peers/oss_server.py) on a free loopback port.
+    final class Server: @unchecked Sendable {
+        let process: Programs.Running
+        let port: Int
+        let faults: String
+
+        init(root: String, faults: String, pageSize: Int = 1000) async throws {
+            self.faults = faults
+            process = try Programs.start("/usr/bin/env", [
+                "python3", Programs.packageRoot + "/Tests/peers/oss_server.py", "--root", root, "--bucket", "models",
+                "--ak", "LTAItest", "--sk", "secret/+=value", "--page-size", String(pageSize), "--faults", faults,
+            ])
+            for _ in 0..<500 {
+                if let line = process.stdout.split(separator: "\n").first(where: { $0.hasPrefix("listening ") }), let port = Int(line.dropFirst(10)) {
+                    self.port = port
+                    return
+                }
+                if let result = process.exited() { throw GocryptfsTool.Failure(description: "oss_server.py exited: \(result.stderr)") }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            throw GocryptfsTool.Failure(description: "oss_server.py did not start: \(process.stderr)")
+        }
+
+        func setFaults(_ json: String) throws {
+            try json.write(toFile: faults, atomically: true, encoding: .utf8)
+        }
+
+        func servedBytes() throws -> Int {
+            let fetched = try GocryptfsTool.run("/usr/bin/env", ["python3", "-c", "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())", "http://127.0.0.1:\(port)/__stats"])
+            let data = Data(fetched.stdout.utf8)
+            let stats = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+            return stats?["get_bytes"] as? Int ?? -1
+        }
+
+        deinit { process.signal(SIGTERM) }
+    }
+
+    struct Setup {
+        let dir: TemporaryDirectory
+        let source: String
+        let cache: String
+        let env: String
+        let server: Server
+
+        init(secret: String = "secret/+=value", pageSize: Int = 1000) async throws {
+            dir = try TemporaryDirectory("caid-fetch")
+            source = dir.path + "/bucket/qwen"
+            cache = dir.path + "/cache"
+            try FileManager.default.createDirectory(atPath: source + "/shards/深", withIntermediateDirectories: true)
+            let urandom = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+            defer { try? urandom.close() }
+            for (name, size) in [("gocryptfs.conf", 383), ("gocryptfs.diriv", 16), ("big.bin", 20 << 20 + 12345), ("empty", 0),
+                                 ("shards/a b+c.bin", 4 << 20), ("shards/深/模型.bin", 70_001)] {
+                try (try urandom.read(upToCount: size) ?? Data()).write(to: URL(fileURLWithPath: source + "/" + name))
+            }
+            for index in 0..<150 { try Data("small \(index)\n".utf8).write(to: URL(fileURLWithPath: source + "/shards/s\(index)")) }
+            server = try await Server(root: dir.path + "/bucket", faults: dir.path + "/faults.json", pageSize: pageSize)
+            env = try dir.write("cai.env", """
+                TRUSTEE_URL="http://127.0.0.1:1/"
+                MODEL_KEY_ID="kbs:///default/test/model-key"
+                MODEL_OSS_BUCKET_PATH="models:/qwen"
+                MODEL_OSS_ENDPOINT="http://127.0.0.1:\(server.port)"
+                MODEL_OSS_ACCESS_KEY_ID="LTAItest"
+                MODEL_OSS_SECRET_ACCESS_KEY="\(secret)"
+                CAID_CACHE_DIR=\(cache)
+                CAID_OSS_REGION=cn-test
+
+                """)
+        }
+
+        func fetch(_ extra: [String] = []) throws -> Programs.Result {
+            try Programs.run(Programs.caid, ["fetch", "--env", env, "--part-size", "1"] + extra)
+        }
+
+        /// Path → SHA-256 of every file below `root`, hidden bookkeeping files left out.
+        func contents(_ root: String) throws -> [String: String] {
+            var result: [String: String] = [:]
+            let walker = FileManager.default.enumerator(atPath: root)
+            while let relative = walker?.nextObject() as? String {
+                guard !relative.hasPrefix(".caid") else { continue }
+                var isDirectory: ObjCBool = false
+                _ = FileManager.default.fileExists(atPath: root + "/" + relative, isDirectory: &isDirectory)
+                if isDirectory.boolValue { continue }
+                let data = try Data(contentsOf: URL(fileURLWithPath: root + "/" + relative))
+                result[relative] = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+            }
+            return result
+        }
+
+        func expectIdentical() throws {
+            let expected = try contents(source)
+            let fetched = try contents(cache + "/model")
+            #expect(fetched.count == expected.count)
+            let differing = expected.keys.filter { fetched[$0] != expected[$0] }.sorted()
+            #expect(differing.isEmpty, "differ or missing: \(differing.prefix(5))")
+        }
+    }
+
+    @Test func downloadsATreeByteIdenticalAndSkipsItTheSecondTime() async throws {
+        let setup = try await Setup(pageSize: 40)
+        defer { setup.dir.remove() }
+        let first = try setup.fetch()
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(first.stdout.contains("all 156 verified"))
+        try setup.expectIdentical()
+        let served = try setup.server.servedBytes()
+        let second = try setup.fetch()
+        #expect(second.status == 0)
+        #expect(second.stdout.contains("156 already verified"))
+        #expect(try setup.server.servedBytes() == served)
+        // An object removed from the bucket leaves the cache too.
+        try FileManager.default.removeItem(atPath: setup.source + "/shards/s7")
+        let third = try setup.fetch()
+        #expect(third.stdout.contains("1 stale removed"))
+        #expect(!FileManager.default.fileExists(atPath: setup.cache + "/model/shards/s7"))
+        #expect(!(first.stdout + first.stderr + second.stderr).contains("secret/+=value"))
+    }
+
+    @Test func retries503sTruncatedBodiesAndClockSkew() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        try setup.server.setFaults(#"{"status_503": 4, "truncate": 3, "skew_seconds": 3600}"#)
+        let result = try setup.fetch()
+        #expect(result.status == 0, "\(result.stderr.suffix(2000))")
+        try setup.expectIdentical()
+    }
+
+    @Test func aCorruptedBodyIsNeverMovedIntoPlace() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        try setup.server.setFaults(#"{"corrupt": 1}"#)
+        let first = try setup.fetch(["--concurrency", "1"])
+        #expect(first.status == 1)
+        #expect(first.stderr.contains("does not match OSS's"))
+        // Whatever failed is absent, not half there; the rest is verified and a second run completes it.
+        let second = try setup.fetch()
+        #expect(second.status == 0, "\(second.stderr)")
+        try setup.expectIdentical()
+    }
+
+    @Test func aWrongSecretFailsFastWithOSSsCodeAndRequestID() async throws {
+        let setup = try await Setup(secret: "wrong-secret-value")
+        defer { setup.dir.remove() }
+        let started = ContinuousClock.now
+        let result = try setup.fetch()
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("403 SignatureDoesNotMatch"))
+        #expect(result.stderr.contains("request id "))
+        #expect(!result.stderr.contains("wrong-secret-value"))
+        #expect(ContinuousClock.now - started < .seconds(10))
+    }
+}
