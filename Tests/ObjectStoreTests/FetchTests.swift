@@ -1,6 +1,9 @@
+import AsyncHTTPClient
+import CaidCore
 import CaidTestSupport
 import Crypto
 import Foundation
+import ObjectStore
 import Testing
 
 /// `caid fetch` against an OSS-compatible server that checks every signature with the official SDK's signer.
@@ -49,7 +52,10 @@ import Testing
         let env: String
         let server: Server
 
+        let secret: String
+
         init(secret: String = "secret/+=value", pageSize: Int = 1000) async throws {
+            self.secret = secret
             dir = try TemporaryDirectory("caid-fetch")
             source = dir.path + "/bucket/qwen"
             cache = dir.path + "/cache"
@@ -155,5 +161,38 @@ import Testing
         #expect(result.stderr.contains("request id "))
         #expect(!result.stderr.contains("wrong-secret-value"))
         #expect(ContinuousClock.now - started < .seconds(10))
+    }
+
+    /// The fetcher in-process, as the fetch service of `caid run` uses it.
+    func fetcher(_ setup: Setup) throws -> Fetcher {
+        let endpoint = try Endpoint.resolve(endpoint: URL(string: "http://127.0.0.1:\(setup.server.port)")!, bucket: "models", region: "cn-test").get()
+        let client = OSSClient(
+            endpoint: endpoint, bucket: "models",
+            credentials: OSSCredentials(accessKeyID: "LTAItest", secret: Secret(Array(setup.secret.utf8))), http: HTTPClient.shared)
+        return Fetcher(client: client, prefix: "qwen", cacheDirectory: setup.cache + "/model", logger: quietLogger)
+    }
+
+    @Test func theFetchServiceRunsUnderTheSupervisor() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        let fetcher = try fetcher(setup)
+        let registry = HealthRegistry()
+        try await withSupervisor([ServiceSpec(name: "fetch") { FetchService(fetcher: fetcher, handle: $0) }], registry: registry) {
+            let status = await registry.wait(for: "fetch", toBe: .running)
+            #expect(status?.detail == "156 objects verified (156 fetched, 0 already cached)")
+        }
+        try setup.expectIdentical()
+    }
+
+    @Test func aRefusedSignatureStopsTheFetchServiceForGood() async throws {
+        let setup = try await Setup(secret: "not-the-secret")
+        defer { setup.dir.remove() }
+        let fetcher = try fetcher(setup)
+        let registry = HealthRegistry()
+        try await withSupervisor([ServiceSpec(name: "fetch") { FetchService(fetcher: fetcher, handle: $0) }], registry: registry) {
+            let status = await registry.wait(for: "fetch", toBe: .failed)
+            #expect(status?.lastError?.contains("SignatureDoesNotMatch") == true)
+            #expect(status?.lastError?.contains("not-the-secret") == false)
+        }
     }
 }

@@ -1,0 +1,49 @@
+import CaidCore
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// The `fetch` service of `caid run`: brings the cache up to date with the bucket, publishing progress, and then
+/// stays `running` (the verified cache is what it provides) until stopped. A failure is retried by the supervisor;
+/// a permanent OSS error (access denied, no such bucket, a bad signature) stops the retries with OSS's own words.
+public struct FetchService: Service {
+    private let fetcher: Fetcher
+    private let handle: ServiceHandle
+
+    public init(fetcher: Fetcher, handle: ServiceHandle) {
+        self.fetcher = fetcher
+        self.handle = handle
+    }
+
+    public func run() async throws {
+        let meter = ProgressLine()
+        let summary = try await fetcher.run { done, total in
+            if let line = meter.line(done: done, total: total) {
+                Task { await handle.progress(line) }
+            }
+        }
+        await handle.running("\(summary.objects) objects verified (\(summary.downloaded) fetched, \(summary.skipped) already cached)")
+        handle.logger.notice("model ciphertext verified: \(summary.objects) objects, \(summary.bytes) bytes fetched")
+        // The cache is ready; nothing more to do until caid stops.
+        while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+    }
+}
+
+/// "412 MB of 6.1 GB (7%)" at most once a second, for the health detail.
+final class ProgressLine: Sendable {
+    private let last = Mutex(ContinuousClock.now - .seconds(10))
+
+    func line(done: UInt64, total: UInt64) -> String? {
+        let now = ContinuousClock.now
+        let due = last.withLock { last -> Bool in
+            guard now - last >= .seconds(1) || done == total else { return false }
+            last = now
+            return true
+        }
+        guard due else { return nil }
+        let percent = total > 0 ? Int(Double(done) / Double(total) * 100) : 100
+        return "\(done >> 20) MiB of \(total >> 20) MiB (\(percent)%)"
+    }
+}
+
+import Synchronization
