@@ -86,3 +86,24 @@ public struct Manifest: Sendable, Equatable, Codable {
         return (try? encoder.encode(self)) ?? Data()
     }
 }
+
+/// The parts of one object already written to its staging file, with their CRC-64s, so that a download killed
+/// half way resumes without fetching them again. Valid only for the same object version and part size.
+public struct Checkpoint: Sendable, Equatable, Codable {
+    public var etag: String
+    public var size: UInt64
+    public var partSize: UInt64
+    public var crcs: [Int: UInt64] = [:]
+    /// The object CRC-64 OSS reported.
+    public var serverCRC: UInt64?
+
+    public init(object: ObjectSummary, partSize: UInt64) {
+        etag = object.etag
+        size = object.size
+        self.partSize = partSize
+    }
+
+    public func matches(object: ObjectSummary, partSize: UInt64) -> Bool {
+        etag == object.etag && size == object.size && self.partSize == partSize
+    }
+}

@@ -31,8 +31,9 @@ public struct Fetcher: Sendable {
         public var bytes: UInt64 = 0
     }
 
-    public static let manifestName = ".caid-manifest.json"
-    public static let stagingName = ".caid-staging"
+    /// Beside the cache directory, not in it, so the mount never sees them.
+    var manifestPath: String { cache + ".manifest.json" }
+    var stagingRoot: String { cache + ".staging" }
 
     private let client: OSSClient
     private let prefix: String
@@ -53,7 +54,7 @@ public struct Fetcher: Sendable {
     public func run(progress: @escaping @Sendable (UInt64, UInt64) -> Void = { _, _ in }) async throws -> Summary {
         try makeDirectory(cache)
         let listing = try await client.list(prefix: prefix).filter { !$0.key.hasSuffix("/") }
-        var manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: cache + "/" + Self.manifestName))) ?? Data())
+        var manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: manifestPath))) ?? Data())
         var summary = Summary()
         summary.objects = listing.count
 
@@ -106,9 +107,7 @@ public struct Fetcher: Sendable {
     func localPath(_ key: String) throws -> String {
         let relative = String(key.dropFirst(prefix.count))
         let parts = relative.split(separator: "/", omittingEmptySubsequences: false)
-        guard key.hasPrefix(prefix), !relative.isEmpty, !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }),
-            !relative.hasPrefix(Self.stagingName), relative != Self.manifestName
-        else {
+        guard key.hasPrefix(prefix), !relative.isEmpty, !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
             throw FetchError.verification("object key '\(key)' does not map to a safe path under the cache; refusing it")
         }
         return cache + "/" + relative
@@ -130,58 +129,82 @@ public struct Fetcher: Sendable {
 
     private func fetchOnce(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) -> Void) async throws -> Manifest.Entry {
         let finalPath = try localPath(object.key)
-        let stagingPath = cache + "/" + Self.stagingName + "/" + String(object.key.dropFirst(prefix.count))
+        let stagingPath = stagingRoot + "/" + String(object.key.dropFirst(prefix.count))
+        let checkpointPath = stagingPath + ".parts"
         try makeDirectory((stagingPath as NSString).deletingLastPathComponent)
         try makeDirectory((finalPath as NSString).deletingLastPathComponent)
-        let fd = open(stagingPath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+
+        // Parts a killed or failed earlier run already wrote and checked are kept.
+        var checkpoint = Checkpoint(object: object, partSize: options.partSize)
+        var info = stat()
+        if let data = try? Data(contentsOf: URL(fileURLWithPath: checkpointPath)), let saved = try? JSONDecoder().decode(Checkpoint.self, from: data),
+            saved.matches(object: object, partSize: options.partSize), stat(stagingPath, &info) == 0, UInt64(info.st_size) == object.size {
+            checkpoint = saved
+        }
+        let resumed = !checkpoint.crcs.isEmpty
+        let fd = open(stagingPath, O_RDWR | O_CREAT | O_CLOEXEC | (resumed ? 0 : O_TRUNC), 0o644)
         guard fd >= 0 else { throw FetchError.cache("\(stagingPath): \(String(cString: strerror(errno)))") }
         var closed = false
-        defer { if !closed { close(fd); unlink(stagingPath) } }
+        defer { if !closed { close(fd) } }
         guard ftruncate(fd, off_t(object.size)) == 0 else { throw FetchError.cache("\(stagingPath): cannot reserve \(object.size) bytes") }
 
         let plan = DownloadPlan(object: object, partSize: options.partSize)
-        var crcs: [Int: UInt64] = [:]
-        var serverCRC: UInt64?
-        try await withThrowingTaskGroup(of: (Int, UInt64, UInt64?).self) { group in
-            var running = 0
-            func record(_ result: (Int, UInt64, UInt64?)) throws {
-                crcs[result.0] = result.1
-                guard let reported = result.2 else { return }
-                if let known = serverCRC, known != reported {
-                    throw FetchError.changed("\(object.key) reported two different CRC-64 values during one download")
-                }
-                serverCRC = reported
-            }
-            for part in plan.parts {
-                if running >= options.concurrency, let finished = try await group.next() {
-                    try record(finished)
-                    running -= 1
-                }
-                group.addTask {
-                    let (crc, reported) = try await self.fetchPart(part, of: object, into: fd, report: report)
-                    return (part.index, crc, reported)
-                }
-                running += 1
-            }
-            while let finished = try await group.next() { try record(finished) }
+        if resumed {
+            let kept = plan.parts.filter { checkpoint.crcs[$0.index] != nil }
+            report(kept.reduce(0) { $0 + $1.length })
+            logger.info("resuming \(object.key): \(kept.count) of \(plan.parts.count) parts already here")
         }
-        if plan.parts.isEmpty {
-            // An empty object: one plain GET for its CRC header.
-            let response = try await client.get(object.key, range: nil, ifMatch: object.etag)
-            serverCRC = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) }
+        do {
+            try await withThrowingTaskGroup(of: (Int, UInt64, UInt64?).self) { group in
+                var running = 0
+                func record(_ result: (Int, UInt64, UInt64?)) throws {
+                    checkpoint.crcs[result.0] = result.1
+                    if let reported = result.2 {
+                        if let known = checkpoint.serverCRC, known != reported {
+                            throw FetchError.changed("\(object.key) reported two different CRC-64 values during one download")
+                        }
+                        checkpoint.serverCRC = reported
+                    }
+                    try? JSONEncoder().encode(checkpoint).write(to: URL(fileURLWithPath: checkpointPath), options: .atomic)
+                }
+                for part in plan.parts where checkpoint.crcs[part.index] == nil {
+                    if running >= options.concurrency, let finished = try await group.next() {
+                        try record(finished)
+                        running -= 1
+                    }
+                    group.addTask {
+                        let (crc, reported) = try await self.fetchPart(part, of: object, into: fd, report: report)
+                        return (part.index, crc, reported)
+                    }
+                    running += 1
+                }
+                while let finished = try await group.next() { try record(finished) }
+            }
+            if plan.parts.isEmpty {
+                // An empty object: one plain GET for its CRC header.
+                let response = try await client.get(object.key, range: nil, ifMatch: object.etag)
+                checkpoint.serverCRC = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) }
+            }
+        } catch {
+            // A changed object starts over; other failures keep the finished parts for the next attempt.
+            if case FetchError.changed = error { discard(stagingPath, checkpointPath) }
+            throw error
         }
-        guard let combined = plan.parts.isEmpty ? CRC64().value : plan.combinedCRC(crcs) else {
+        let serverCRC = checkpoint.serverCRC
+        guard let combined = plan.parts.isEmpty ? CRC64().value : plan.combinedCRC(checkpoint.crcs) else {
             throw FetchError.verification("\(object.key): a part is missing")
         }
         guard let expected = serverCRC else {
             throw FetchError.verification("\(object.key): OSS sent no x-oss-hash-crc64ecma; cannot verify it")
         }
         guard combined == expected else {
+            discard(stagingPath, checkpointPath)
             throw FetchError.verification("\(object.key): CRC-64 \(combined) does not match OSS's \(expected); the bytes were damaged or substituted")
         }
         guard fsync(fd) == 0 else { throw FetchError.cache("\(stagingPath): fsync failed: \(String(cString: strerror(errno)))") }
         close(fd)
         closed = true
+        unlink(checkpointPath)
         guard rename(stagingPath, finalPath) == 0 else {
             unlink(stagingPath)
             throw FetchError.cache("cannot move \(object.key) into \(finalPath): \(String(cString: strerror(errno)))")
@@ -234,8 +257,12 @@ public struct Fetcher: Sendable {
         return (crc.value, response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) })
     }
 
+    private func discard(_ paths: String...) {
+        for path in paths { unlink(path) }
+    }
+
     private func saveManifest(_ manifest: Manifest) throws {
-        let path = cache + "/" + Self.manifestName
+        let path = manifestPath
         let temporary = path + ".tmp"
         do {
             try manifest.encoded().write(to: URL(fileURLWithPath: temporary))

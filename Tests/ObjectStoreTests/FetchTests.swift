@@ -90,7 +90,6 @@ import Testing
             var result: [String: String] = [:]
             let walker = FileManager.default.enumerator(atPath: root)
             while let relative = walker?.nextObject() as? String {
-                guard !relative.hasPrefix(".caid") else { continue }
                 var isDirectory: ObjCBool = false
                 _ = FileManager.default.fileExists(atPath: root + "/" + relative, isDirectory: &isDirectory)
                 if isDirectory.boolValue { continue }
@@ -194,5 +193,33 @@ import Testing
             #expect(status?.lastError?.contains("SignatureDoesNotMatch") == true)
             #expect(status?.lastError?.contains("not-the-secret") == false)
         }
+    }
+
+    @Test func aKilledDownloadResumesWithoutFetchingFinishedPartsAgain() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        try setup.server.setFaults(#"{"delay_ms": 60}"#)
+        let first = try Programs.start(Programs.caid, ["fetch", "--env", setup.env, "--part-size", "1", "--concurrency", "2"])
+        // Kill it once it is well into the 20 MiB object.
+        var staged: UInt64 = 0
+        for _ in 0..<400 {
+            if let data = try? Data(contentsOf: URL(fileURLWithPath: setup.cache + "/model.staging/big.bin.parts")),
+                let checkpoint = try? JSONDecoder().decode(Checkpoint.self, from: data), checkpoint.crcs.count >= 8 {
+                staged = UInt64(checkpoint.crcs.count) << 20
+                break
+            }
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        first.signal(SIGKILL)
+        _ = first.wait()
+        #expect(staged >= 8 << 20)
+        try setup.server.setFaults("{}")
+        let before = try setup.server.servedBytes()
+        let second = try setup.fetch()
+        #expect(second.status == 0, "\(second.stderr.suffix(1000))")
+        try setup.expectIdentical()
+        let fetchedAgain = UInt64(try setup.server.servedBytes() - before)
+        let total: UInt64 = 20 << 20 + 12345 + 383 + 16 + (4 << 20) + 70_001 + 150 * 10
+        #expect(fetchedAgain <= total - staged + (2 << 20), "fetched \(fetchedAgain) bytes again after \(staged) were staged")
     }
 }

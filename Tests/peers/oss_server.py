@@ -171,6 +171,9 @@ class Handler(BaseHTTPRequestHandler):
             a, b = rng.replace("bytes=", "").split("-")
             start, end, status = int(a), min(int(b), size - 1), 206
         length = max(0, end - start + 1)
+        delay = faults().get("delay_ms", 0)
+        if delay:
+            time.sleep(delay / 1000)
         self.send_response(status)
         self.send_header("Content-Length", str(length))
         self.send_header("ETag", etag)
