@@ -47,6 +47,8 @@ public struct CaidConfig: Sendable {
     public var ossRegion: String?
     /// `v4` (default) or `v1` for old accounts (`CAID_OSS_SIGNATURE`).
     public var ossSignature: String
+    /// An HTTP proxy for OSS that wins over HTTPS_PROXY/HTTP_PROXY (`CAID_OSS_PROXY`), such as a Dragonfly dfdaemon.
+    public var ossProxy: String?
 
     /// Where the verified ciphertext is kept: `CAID_CACHE_DIR/model`.
     public var modelCacheDirectory: String { cacheDirectory + "/model" }
@@ -69,7 +71,7 @@ public struct CaidConfig: Sendable {
         "TRUSTEE_URL", "TRUSTEE_POLICY", "MODEL_KEY_ID", "MODEL_ENCRYPTION_METHOD",
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
-        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE",
+        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -165,6 +167,7 @@ extension CaidConfig {
             ("CAID_LOG_LEVEL", logLevel.rawValue),
             ("CAID_OSS_REGION", ossRegion ?? "(from the endpoint)"),
             ("CAID_OSS_SIGNATURE", ossSignature),
+            ("CAID_OSS_PROXY", ossProxy ?? "(HTTPS_PROXY/HTTP_PROXY/NO_PROXY, or none)"),
         ]
     }
 }
@@ -341,6 +344,7 @@ private struct Decoder {
         }
 
         let region = text("CAID_OSS_REGION")
+        let proxy = text("CAID_OSS_PROXY")
         var signature = "v4"
         if let raw = text("CAID_OSS_SIGNATURE") {
             if ["v4", "v1"].contains(raw.lowercased()) {
@@ -357,7 +361,7 @@ private struct Decoder {
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
-            cacheDirectory: cache, attester: attester, logLevel: level, ossRegion: region, ossSignature: signature)
+            cacheDirectory: cache, attester: attester, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
     }
 
     static func isIPAddress(_ text: String) -> Bool {

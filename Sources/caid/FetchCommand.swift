@@ -37,17 +37,30 @@ struct FetchCommand: AsyncParsableCommand {
             printError("\(config.file): MODEL_OSS_ENDPOINT: \(error)")
             throw ExitCode(ConfigError.exitCode)
         }
+        var httpConfiguration = HTTPClient.Configuration()
+        if let proxy = ProxySettings.resolve(for: endpoint.bucketURL, override: config.ossProxy, environment: ProcessInfo.processInfo.environment) {
+            httpConfiguration.proxy = .server(host: proxy.host, port: proxy.port)
+            logger.info("fetching through the proxy \(proxy.host):\(proxy.port)")
+        }
+        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: httpConfiguration)
         let client = OSSClient(
             endpoint: endpoint, bucket: storage.bucket,
             credentials: OSSCredentials(accessKeyID: storage.accessKeyID, secret: storage.secretAccessKey, securityToken: storage.sessionToken),
-            signature: OSSClient.Signature(rawValue: config.ossSignature) ?? .v4, http: HTTPClient.shared)
+            signature: OSSClient.Signature(rawValue: config.ossSignature) ?? .v4, http: http)
         var options = Fetcher.Options()
         options.partSize = UInt64(max(1, partSize)) << 20
         options.concurrency = max(1, concurrency)
         let fetcher = Fetcher(client: client, prefix: storage.prefix, cacheDirectory: config.modelCacheDirectory, options: options, logger: logger)
         let meter = ProgressMeter(label: "fetching", total: 0)
         do {
-            let summary = try await fetcher.run { done, total in meter.update(done: done, total: total) }
+            let summary: Fetcher.Summary
+            do {
+                summary = try await fetcher.run { done, total in meter.update(done: done, total: total) }
+                try? await http.shutdown()
+            } catch {
+                try? await http.shutdown()
+                throw error
+            }
             meter.finish()
             printOut("fetched \(summary.downloaded) objects (\(ByteCount(summary.bytes))), \(summary.skipped) already verified, "
                 + "\(summary.removed) stale removed; all \(summary.objects) verified in \(config.modelCacheDirectory)")

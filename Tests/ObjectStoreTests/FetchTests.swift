@@ -222,4 +222,25 @@ import Testing
         let total: UInt64 = 20 << 20 + 12345 + 383 + 16 + (4 << 20) + 70_001 + 150 * 10
         #expect(fetchedAgain <= total - staged + (2 << 20), "fetched \(fetchedAgain) bytes again after \(staged) were staged")
     }
+
+    @Test func goesThroughTheConfiguredProxy() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        // A CONNECT proxy that tunnels everything to the test server, and an endpoint nothing listens on: only a
+        // download through the proxy can succeed.
+        let proxy = try Programs.start("/usr/bin/env", [
+            "python3", Programs.packageRoot + "/Tests/peers/connect_proxy.py", "--redirect", "127.0.0.1:\(setup.server.port)",
+        ])
+        defer { proxy.signal(SIGTERM) }
+        var proxyPort = 0
+        for _ in 0..<200 where proxyPort == 0 {
+            proxyPort = Int(proxy.stdout.split(separator: "\n").first?.dropFirst("listening ".count) ?? "") ?? 0
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let env = try setup.dir.write("proxied.env", try String(contentsOfFile: setup.env, encoding: .utf8)
+            .replacingOccurrences(of: "MODEL_OSS_ENDPOINT=\"http://127.0.0.1:\(setup.server.port)\"", with: "MODEL_OSS_ENDPOINT=\"http://127.0.0.1:9\""))
+        let proxied = try Programs.run(Programs.caid, ["fetch", "--env", env], environment: Programs.environment(["CAID_OSS_PROXY": "127.0.0.1:\(proxyPort)"]))
+        #expect(proxied.status == 0, "\(proxied.stderr.suffix(1000))")
+        try setup.expectIdentical()
+    }
 }

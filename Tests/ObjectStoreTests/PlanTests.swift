@@ -43,3 +43,19 @@ import Testing
         #expect(Manifest.decode(Data("{broken".utf8)) == Manifest())
     }
 }
+
+@Suite struct ProxyTests {
+    let oss = URL(string: "https://models.oss-cn-beijing-internal.aliyuncs.com")!
+
+    @Test func choosesLikeCurl() {
+        #expect(ProxySettings.resolve(for: oss, override: nil, environment: [:]) == nil)
+        #expect(ProxySettings.resolve(for: oss, override: nil, environment: ["HTTPS_PROXY": "http://10.0.0.5:3128"]) == ProxySettings(host: "10.0.0.5", port: 3128))
+        #expect(ProxySettings.resolve(for: oss, override: nil, environment: ["https_proxy": "proxy.local:8080"]) == ProxySettings(host: "proxy.local", port: 8080))
+        #expect(ProxySettings.resolve(for: oss, override: nil, environment: ["HTTP_PROXY": "p:1"]) == nil)
+        #expect(ProxySettings.resolve(for: oss, override: "127.0.0.1:65001", environment: ["HTTPS_PROXY": "p:1", "NO_PROXY": "*"]) == ProxySettings(host: "127.0.0.1", port: 65001))
+        for exception in ["*", ".aliyuncs.com", "aliyuncs.com", "example.com, oss-cn-beijing-internal.aliyuncs.com"] {
+            #expect(ProxySettings.resolve(for: oss, override: nil, environment: ["HTTPS_PROXY": "p:1", "NO_PROXY": exception]) == nil, "\(exception)")
+        }
+        #expect(ProxySettings.resolve(for: oss, override: nil, environment: ["HTTPS_PROXY": "p:1", "NO_PROXY": "liyuncs.com"]) != nil)
+    }
+}
