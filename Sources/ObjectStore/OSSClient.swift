@@ -74,7 +74,7 @@ public final class OSSClient: Sendable {
             let requestID = response.headers.first(name: "x-oss-request-id") ?? ""
             let error = request.method == "HEAD" ? OSSXML.headError(header: response.headers.first(name: "x-oss-err") ?? "", status: status, requestID: requestID)
                 : OSSXML.error(body, status: status, requestID: requestID)
-            if error.code == "RequestTimeTooSkewed", attempt == 0, let serverDate = response.headers.first(name: "Date").flatMap(Self.parseHTTPDate) {
+            if error.code == "RequestTimeTooSkewed", attempt == 0, let serverDate = response.headers.first(name: "Date").flatMap(OSSDate.parseHTTP) {
                 clockOffset.set(serverDate.timeIntervalSinceNow)
                 continue
             }
@@ -125,14 +125,6 @@ public final class OSSClient: Sendable {
             }
         }
     }
-
-    static func parseHTTPDate(_ text: String) -> Date? {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
-        return formatter.date(from: text)
-    }
 }
 
 /// The offset between our clock and OSS's, learnt from a skew error.
@@ -140,35 +132,4 @@ final class ClockOffset: Sendable {
     private let seconds = Mutex(0.0)
     var value: TimeInterval { seconds.withLock { $0 } }
     func set(_ offset: TimeInterval) { seconds.withLock { $0 = offset } }
-}
-
-
-
-/// Why a fetch failed, in words for the operator; the secret and token never appear in it.
-public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFailure {
-    /// OSS answered with an error; `qosDelay` is its `x-oss-qos-delay-time` hint in milliseconds.
-    case oss(OSSError, qosDelay: Int?)
-    /// The bytes did not verify against OSS's size or CRC-64.
-    case verification(String)
-    /// The object changed while it was being downloaded (412 on If-Match).
-    case changed(String)
-    /// The connection failed or a body was cut short.
-    case transport(String)
-    /// The cache directory cannot be written.
-    case cache(String)
-
-    public var isPermanent: Bool {
-        switch self {
-        case .oss(let error, _): error.isPermanent
-        case .cache: true
-        case .verification, .changed, .transport: false
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .oss(let error, _): "\(error)"
-        case .verification(let message), .changed(let message), .transport(let message), .cache(let message): message
-        }
-    }
 }

@@ -20,7 +20,7 @@ public struct SignerV1: Sendable {
         var headers = request.headers
         var added: [String: String] = [:]
         if headers.keys.first(where: { $0.lowercased() == "date" }) == nil {
-            added["Date"] = Self.httpDate(date)
+            added["Date"] = OSSDate.http(date)
             headers["Date"] = added["Date"]
         }
         if let token = credentials.securityToken, !token.isEmpty {
@@ -50,13 +50,5 @@ public struct SignerV1: Sendable {
         let ossHeaders = lower.filter { $0.key.hasPrefix("x-oss-") }.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)\n" }.joined()
         let date = lower["x-oss-date"] ?? lower["date"] ?? ""
         return "\(request.method)\n\(lower["content-md5"] ?? "")\n\(lower["content-type"] ?? "")\n\(date)\n\(ossHeaders)\(resource)"
-    }
-
-    static func httpDate(_ date: Date) -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
-        return formatter.string(from: date)
     }
 }

@@ -15,7 +15,7 @@ public struct SignerV4: Sendable {
     /// The headers to add to the request: `x-oss-date`, `x-oss-content-sha256`, `x-oss-security-token` when set,
     /// and `Authorization`.
     public func sign(_ request: OSSRequest, credentials: OSSCredentials, at date: Date) -> [String: String] {
-        let stamp = Self.timestamp(date)
+        let stamp = OSSDate.basic(date)
         let day = String(stamp.prefix(8))
         var headers = request.headers
         headers["x-oss-date"] = stamp
@@ -83,14 +83,6 @@ public struct SignerV4: Sendable {
             }
         }
         return out
-    }
-
-    static func timestamp(_ date: Date) -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
-        return formatter.string(from: date)
     }
 
     static func hex(_ bytes: some Sequence<UInt8>) -> String {

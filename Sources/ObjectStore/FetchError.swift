@@ -1,0 +1,30 @@
+import CaidCore
+
+/// Why a fetch failed, in words for the operator; the secret and token never appear in it.
+public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFailure {
+    /// OSS answered with an error; `qosDelay` is its `x-oss-qos-delay-time` hint in milliseconds.
+    case oss(OSSError, qosDelay: Int?)
+    /// The bytes did not verify against OSS's size or CRC-64.
+    case verification(String)
+    /// The object changed while it was being downloaded (412 on If-Match).
+    case changed(String)
+    /// The connection failed or a body was cut short.
+    case transport(String)
+    /// The cache directory cannot be written.
+    case cache(String)
+
+    public var isPermanent: Bool {
+        switch self {
+        case .oss(let error, _): error.isPermanent
+        case .cache: true
+        case .verification, .changed, .transport: false
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .oss(let error, _): "\(error)"
+        case .verification(let message), .changed(let message), .transport(let message), .cache(let message): message
+        }
+    }
+}
