@@ -80,23 +80,33 @@ public struct Fetcher: Sendable {
         progress(0, total)
         let report: @Sendable (UInt64) -> Void = { bytes in progress(done.add(bytes), total) }
 
-        // Several objects at once (small files), each with its parts in parallel; the manifest is written as each
-        // object is verified, so a crash loses at most the objects in flight.
+        // Several objects at once (small files), each with its parts in parallel. The manifest is written at most
+        // once a second and at the end: a crash loses only objects verified since, which are fetched again.
         try await withThrowingTaskGroup(of: (String, Manifest.Entry).self) { group in
             var running = 0
+            var lastSave = ContinuousClock.now
             func record(_ result: (String, Manifest.Entry)) throws {
                 manifest.entries[result.0] = result.1
-                try saveManifest(manifest)
+                if ContinuousClock.now - lastSave >= .seconds(1) {
+                    try saveManifest(manifest)
+                    lastSave = .now
+                }
             }
             for object in pending {
-                if running >= max(1, options.concurrency / 2), let finished = try await group.next() {
+                if running >= options.concurrency, let finished = try await group.next() {
                     try record(finished)
                     running -= 1
                 }
                 group.addTask { (object.key, try await self.fetchObject(object, report: report)) }
                 running += 1
             }
-            while let finished = try await group.next() { try record(finished) }
+            do {
+                while let finished = try await group.next() { try record(finished) }
+            } catch {
+                try? saveManifest(manifest)
+                throw error
+            }
+            try saveManifest(manifest)
         }
         summary.downloaded = pending.count
         summary.bytes = total
