@@ -243,4 +243,16 @@ import Testing
         #expect(proxied.status == 0, "\(proxied.stderr.suffix(1000))")
         try setup.expectIdentical()
     }
+
+    @Test func anObjectThatChangesDuringTheDownloadIsFetchedAgain() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        // After 5 object GETs every ETag changes: the parts in flight get 412 and the object is listed and fetched anew.
+        try setup.server.setFaults(#"{"etag_change_after_gets": 5}"#)
+        let result = try setup.fetch(["--concurrency", "2"])
+        #expect(result.status == 0, "\(result.stderr.suffix(1000))")
+        try setup.expectIdentical()
+        let manifest = try String(contentsOfFile: setup.cache + "/model.manifest.json", encoding: .utf8)
+        #expect(manifest.contains("-v2"))
+    }
 }

@@ -50,8 +50,10 @@ def object_info(path):
                 md5.update(chunk)
         crc_cache[key] = (crc.sum64(), '"%s"' % md5.hexdigest().upper())
     crc, etag = crc_cache[key]
-    if faults().get("etag_suffix"):
-        etag = etag[:-1] + faults()["etag_suffix"] + '"'
+    # The object "changes" (a new ETag, same bytes) once this many object GETs have been served.
+    after = faults().get("etag_change_after_gets")
+    if after is not None and stats.get("object_gets", 0) >= after:
+        etag = etag[:-1] + "-v2" + '"'
     return st.st_size, crc, etag
 
 
@@ -162,6 +164,8 @@ class Handler(BaseHTTPRequestHandler):
         path = os.path.join(args.root, key)
         if not os.path.isfile(path):
             return self.error(404, "NoSuchKey", "The specified key does not exist.")
+        with lock:
+            stats["object_gets"] = stats.get("object_gets", 0) + 1
         size, crc, etag = object_info(path)
         if self.headers.get("If-Match") and self.headers.get("If-Match") != etag:
             return self.error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold.")
