@@ -18,9 +18,7 @@ public struct FetchService: Service {
     public func run() async throws {
         let meter = ProgressLine()
         let summary = try await fetcher.run { done, total in
-            if let line = meter.line(done: done, total: total) {
-                Task { await handle.progress(line) }
-            }
+            if let line = meter.line(done: done, total: total) { await handle.progress(line) }
         }
         await handle.running("\(summary.objects) objects verified (\(summary.downloaded) fetched, \(summary.skipped) already cached)")
         handle.logger.notice("model ciphertext verified: \(summary.objects) objects, \(summary.bytes) bytes fetched")

@@ -51,7 +51,7 @@ public struct Fetcher: Sendable {
 
     /// Runs one complete fetch.
     /// - Parameter progress: bytes verified so far and the total to fetch.
-    public func run(progress: @escaping @Sendable (UInt64, UInt64) -> Void = { _, _ in }) async throws -> Summary {
+    public func run(progress: @escaping @Sendable (UInt64, UInt64) async -> Void = { _, _ in }) async throws -> Summary {
         try makeDirectory(cache)
         let listing = try await client.list(prefix: prefix).filter { !$0.key.hasSuffix("/") }
         var manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: manifestPath))) ?? Data())
@@ -77,8 +77,8 @@ public struct Fetcher: Sendable {
         try saveManifest(manifest)
         let total = pending.reduce(0) { $0 + $1.size }
         let done = ByteCounter()
-        progress(0, total)
-        let report: @Sendable (UInt64) -> Void = { bytes in progress(done.add(bytes), total) }
+        await progress(0, total)
+        let report: @Sendable (UInt64) async -> Void = { bytes in await progress(done.add(bytes), total) }
 
         // Several objects at once (small files), each with its parts in parallel. The manifest is written at most
         // once a second and at the end: a crash loses only objects verified since, which are fetched again.
@@ -125,7 +125,7 @@ public struct Fetcher: Sendable {
 
     /// Downloads one object into the staging area, verifies it and moves it into place; restarts it once if it
     /// changed on the server while being fetched.
-    private func fetchObject(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) -> Void) async throws -> Manifest.Entry {
+    private func fetchObject(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) async -> Void) async throws -> Manifest.Entry {
         do {
             return try await fetchOnce(object, report: report)
         } catch FetchError.changed(let message) {
@@ -137,7 +137,7 @@ public struct Fetcher: Sendable {
         }
     }
 
-    private func fetchOnce(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) -> Void) async throws -> Manifest.Entry {
+    private func fetchOnce(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) async -> Void) async throws -> Manifest.Entry {
         let finalPath = try localPath(object.key)
         let stagingPath = stagingRoot + "/" + String(object.key.dropFirst(prefix.count))
         let checkpointPath = stagingPath + ".parts"
@@ -161,7 +161,7 @@ public struct Fetcher: Sendable {
         let plan = DownloadPlan(object: object, partSize: options.partSize)
         if resumed {
             let kept = plan.parts.filter { checkpoint.crcs[$0.index] != nil }
-            report(kept.reduce(0) { $0 + $1.length })
+            await report(kept.reduce(0) { $0 + $1.length })
             logger.info("resuming \(object.key): \(kept.count) of \(plan.parts.count) parts already here")
         }
         do {
@@ -225,7 +225,7 @@ public struct Fetcher: Sendable {
 
     /// Fetches one range with retries; returns its CRC-64 and the object CRC OSS reported.
     private func fetchPart(
-        _ part: DownloadPlan.Part, of object: ObjectSummary, into fd: Int32, report: @escaping @Sendable (UInt64) -> Void
+        _ part: DownloadPlan.Part, of object: ObjectSummary, into fd: Int32, report: @escaping @Sendable (UInt64) async -> Void
     ) async throws -> (UInt64, UInt64?) {
         do {
             return try await OSSClient.retrying("\(object.key) \(part.rangeHeader)", attempts: options.attempts, logger: logger) {
@@ -237,7 +237,7 @@ public struct Fetcher: Sendable {
     }
 
     private func fetchPartOnce(
-        _ part: DownloadPlan.Part, of object: ObjectSummary, into fd: Int32, report: @escaping @Sendable (UInt64) -> Void
+        _ part: DownloadPlan.Part, of object: ObjectSummary, into fd: Int32, report: @escaping @Sendable (UInt64) async -> Void
     ) async throws -> (UInt64, UInt64?) {
         let response = try await client.get(object.key, range: part.rangeHeader, ifMatch: object.etag)
         guard response.status.code == 206 || (response.status.code == 200 && part.offset == 0 && part.length == object.size) else {
@@ -263,7 +263,7 @@ public struct Fetcher: Sendable {
         guard written == part.length else {
             throw FetchError.transport("\(object.key): \(part.rangeHeader) ended after \(written) of \(part.length) bytes")
         }
-        report(part.length)
+        await report(part.length)
         return (crc.value, response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) })
     }
 
