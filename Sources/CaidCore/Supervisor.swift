@@ -196,18 +196,8 @@ public final class Supervisor: Service {
     }
 
     private static func race(_ stop: OneShotSignal, _ operation: @escaping @Sendable () async -> Void) async -> Bool {
-        await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                await operation()
-                return false
-            }
-            group.addTask {
-                await stop.wait()
-                return true
-            }
-            defer { group.cancelAll() }
-            return await group.next() ?? true
-        }
+        // The operation cannot throw, so neither can the race.
+        (try? await race(stop) { () async throws in await operation() }) ?? true
     }
 }
 

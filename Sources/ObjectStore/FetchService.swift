@@ -2,6 +2,7 @@ import CaidCore
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// The `fetch` service of `caid run`: brings the cache up to date with the bucket, publishing progress, and then
 /// stays `running` (the verified cache is what it provides) until stopped. A failure is retried by the supervisor;
@@ -43,5 +44,3 @@ final class ProgressLine: Sendable {
         return "\(done >> 20) MiB of \(total >> 20) MiB (\(percent)%)"
     }
 }
-
-import Synchronization
