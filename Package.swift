@@ -96,11 +96,32 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // TEE evidence: TDX through configfs-tsm, NVIDIA GPUs through NVML (loaded at run time), and the sample attester.
+        .target(
+            name: "Attestation",
+            dependencies: [],
+            swiftSettings: strict
+        ),
+        // The Trustee KBS client (RCAR, both dialects, JWE) and the attestation and key services.
+        .target(
+            name: "KeyBroker",
+            dependencies: [
+                "Attestation", "CaidCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // The command line: a thin layer over the modules above.
         .executableTarget(
             name: "caid",
             dependencies: [
-                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs", "CacheFS", "ObjectStore",
+                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs", "CacheFS", "ObjectStore", "Attestation", "KeyBroker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -147,6 +168,17 @@ let package = Package(
         .testTarget(
             name: "ObjectStoreTests",
             dependencies: ["ObjectStore", "CaidCore", "CaidTestSupport", "caid"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeyBrokerTests",
+            dependencies: [
+                "KeyBroker", "Attestation", "CaidCore", "CaidTestSupport", "caid",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

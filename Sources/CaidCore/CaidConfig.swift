@@ -16,6 +16,16 @@ public struct CaidConfig: Sendable {
         case auto, tdx, sample
     }
 
+    /// Which dialect of the KBS protocol to speak (`CAID_KBS_PROTOCOL`).
+    public enum KBSProtocol: String, Sendable, CaseIterable {
+        /// Try 0.4.0, fall back to 0.1.0 on a version mismatch.
+        case auto
+        /// openanolis Trustee up to 1.5.2.
+        case legacy = "0.1.0"
+        /// upstream Trustee ≥ 0.14, openanolis ≥ 1.6.
+        case current = "0.4.0"
+    }
+
     /// Where the model ciphertext lives in OSS and how to reach it.
     public struct ObjectStorage: Sendable {
         public var bucket: String
@@ -42,6 +52,9 @@ public struct CaidConfig: Sendable {
     public var healthSocket: String
     public var cacheDirectory: String
     public var attester: Attester
+    public var kbsProtocol: KBSProtocol
+    /// Whether GPU evidence is collected through NVML when it is there (`CAID_GPU_EVIDENCE=auto`, default) or never (`off`).
+    public var gpuEvidence: Bool
     public var logLevel: Logger.Level
     /// The OSS region for V4 signatures when the endpoint does not name one (`CAID_OSS_REGION`).
     public var ossRegion: String?
@@ -71,7 +84,7 @@ public struct CaidConfig: Sendable {
         "TRUSTEE_URL", "TRUSTEE_POLICY", "MODEL_KEY_ID", "MODEL_ENCRYPTION_METHOD",
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
-        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
+        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -164,6 +177,8 @@ extension CaidConfig {
             ("CAID_HEALTH_SOCKET", healthSocket),
             ("CAID_CACHE_DIR", cacheDirectory),
             ("CAID_ATTESTER", attester.rawValue),
+            ("CAID_KBS_PROTOCOL", kbsProtocol.rawValue),
+            ("CAID_GPU_EVIDENCE", gpuEvidence ? "auto" : "off"),
             ("CAID_LOG_LEVEL", logLevel.rawValue),
             ("CAID_OSS_REGION", ossRegion ?? "(from the endpoint)"),
             ("CAID_OSS_SIGNATURE", ossSignature),
@@ -333,6 +348,22 @@ private struct Decoder {
                 error("CAID_ATTESTER", "'\(raw)' is not an attester; expected auto, tdx or sample")
             }
         }
+        var kbsProtocol = CaidConfig.KBSProtocol.auto
+        if let raw = text("CAID_KBS_PROTOCOL") {
+            if let value = CaidConfig.KBSProtocol(rawValue: raw.lowercased()) {
+                kbsProtocol = value
+            } else {
+                error("CAID_KBS_PROTOCOL", "'\(raw)' is not a KBS protocol version; expected auto, 0.1.0 or 0.4.0")
+            }
+        }
+        var gpuEvidence = true
+        if let raw = text("CAID_GPU_EVIDENCE") {
+            switch raw.lowercased() {
+            case "auto": gpuEvidence = true
+            case "off": gpuEvidence = false
+            default: error("CAID_GPU_EVIDENCE", "'\(raw)' is not a GPU evidence setting; expected auto or off")
+            }
+        }
         var level = Logger.Level.info
         if let raw = text("CAID_LOG_LEVEL") {
             if let value = Logger.Level(rawValue: raw.lowercased()) {
@@ -361,7 +392,7 @@ private struct Decoder {
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
-            cacheDirectory: cache, attester: attester, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
+            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gpuEvidence: gpuEvidence, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
     }
 
     static func isIPAddress(_ text: String) -> Bool {

@@ -1,0 +1,32 @@
+import Foundation
+
+/// The base64 forms JOSE and the attestation evidence use. Decoding is lenient about padding only; any other
+/// stray character makes it fail.
+public enum Base64 {
+    /// Standard alphabet with padding, as the TDX and sample evidence carry quotes and report data.
+    public static func standard(_ bytes: some Collection<UInt8>) -> String {
+        Data(bytes).base64EncodedString()
+    }
+
+    /// URL-safe alphabet without padding (RFC 7515 `base64url`).
+    public static func url(_ bytes: some Collection<UInt8>) -> String {
+        var text = Data(bytes).base64EncodedString()
+        while text.last == "=" { text.removeLast() }
+        return String(text.map { $0 == "+" ? "-" : $0 == "/" ? "_" : $0 })
+    }
+
+    /// Decodes `base64url`, with or without padding.
+    public static func decodeURL(_ text: some StringProtocol) -> [UInt8]? {
+        guard !text.contains("+"), !text.contains("/") else { return nil }
+        var standard = String(text.map { $0 == "-" ? "+" : $0 == "_" ? "/" : $0 })
+        while standard.utf8.count % 4 != 0 { standard += "=" }
+        return Data(base64Encoded: standard).map { Array($0) }
+    }
+
+    /// Decodes standard base64, with or without padding.
+    public static func decodeStandard(_ text: some StringProtocol) -> [UInt8]? {
+        var padded = String(text)
+        while padded.utf8.count % 4 != 0 { padded += "=" }
+        return Data(base64Encoded: padded).map { Array($0) }
+    }
+}

@@ -1,0 +1,127 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Attestation
+import CaidCore
+import CaidSystemd
+import Foundation
+import KeyBroker
+import Logging
+
+/// Builds the KBS client every attestation path of caid uses, from the configuration.
+enum KeyBrokerSetup {
+    /// The evidence provider `CAID_ATTESTER` and `CAID_GPU_EVIDENCE` ask for.
+    static func provider(for config: CaidConfig) throws(AttestationError) -> EvidenceProvider {
+        try EvidenceProvider.select(config.attester.rawValue, nvmlLibrary: config.gpuEvidence ? GPUAttester.defaultLibrary : nil)
+    }
+
+    static func client(for config: CaidConfig, provider: EvidenceProvider, http: HTTPClient, logger: Logger) -> KBSClient {
+        KBSClient(trusteeURL: config.trusteeURL.absoluteString, protocol: config.kbsProtocol, provider: provider, http: http, logger: logger)
+    }
+
+    /// Runs `body` with a client, shutting the HTTP client down afterwards. A host without a TEE is a configuration
+    /// problem (exit 78); a KBS failure prints the error and exits 1.
+    static func withClient<T>(_ config: CaidConfig, command: String, _ body: (KBSClient) async throws(KBSError) -> T) async throws -> T {
+        LogDestination.bootstrap(level: config.logLevel)
+        let logger = Logger(label: "caid.\(command)")
+        let provider: EvidenceProvider
+        do {
+            provider = try Self.provider(for: config)
+        } catch {
+            printError("caid \(command): \(error)")
+            throw ExitCode(ConfigError.exitCode)
+        }
+        if provider.attester.tee == .sample {
+            logger.warning("CAID_ATTESTER=sample: this host sends sample evidence, which proves nothing; use it only for development")
+        }
+        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        let client = client(for: config, provider: provider, http: http, logger: logger)
+        do {
+            let result = try await body(client)
+            try? await http.shutdown()
+            return result
+        } catch {
+            try? await http.shutdown()
+            printError("caid \(command): \(error)")
+            throw ExitCode.failure
+        }
+    }
+}
+
+struct AttestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attest",
+        abstract: "Prove this TEE to Trustee and print the TEE type, the protocol dialect and the token's claims.",
+        discussion: """
+            Runs the KBS handshake (RCAR) against TRUSTEE_URL with the evidence CAID_ATTESTER selects, in the dialect \
+            CAID_KBS_PROTOCOL selects (auto: 0.4.0, then 0.1.0). The TEE key never leaves memory and is not printed. \
+            Exit status: 0 attested, 1 refused or unreachable, 78 configuration error or no TEE.
+            """
+    )
+
+    @OptionGroup var env: EnvOption
+
+    func run() async throws {
+        let config = try env.load()
+        let session = try await KeyBrokerSetup.withClient(config, command: "attest") { client throws(KBSError) in
+            try await client.attest()
+        }
+        printOut("tee: \(session.tee)")
+        printOut("kbs protocol: \(session.dialect)")
+        printOut("token claims:")
+        printOut(Self.pretty(.object(session.token.summary)))
+    }
+
+    /// Indented JSON with sorted keys, for people.
+    static func pretty(_ value: JSONValue) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? value.canonicalString
+    }
+}
+
+struct GetResourceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "get-resource",
+        abstract: "Attest and fetch a kbs:/// resource from Trustee, as confidential-data-hub get-resource does.",
+        discussion: """
+            Writes the resource to standard output: its raw bytes, or with --base64 base64-encoded on one line, the \
+            way confidential-data-hub prints it. The resource is a secret: redirect it where it belongs. \
+            Exit status: 0 written, 1 refused, missing or unreachable, 78 configuration error or no TEE.
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The resource.", valueName: "kbs:///repository/type/tag"))
+    var uri: String
+
+    @Flag(help: "Print the resource base64-encoded.")
+    var base64 = false
+
+    @OptionGroup var env: EnvOption
+
+    func run() async throws {
+        let resource: ResourceURI
+        do {
+            resource = try ResourceURI(parsing: uri)
+        } catch {
+            printError("caid get-resource: \(error.message)")
+            throw ExitCode(64)
+        }
+        let config = try env.load()
+        let secret = try await KeyBrokerSetup.withClient(config, command: "get-resource") { client throws(KBSError) in
+            try await client.resource(resource)
+        }
+        defer { secret.wipe() }
+        var output = secret.withBytes { base64 ? Array((Base64.standard($0) + "\n").utf8) : Array($0) }
+        defer { wipeBytes(&output) }
+        var offset = 0
+        while offset < output.count {
+            let written = output[offset...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+            if written < 0, errno == EINTR { continue }
+            guard written > 0 else {
+                printError("caid get-resource: cannot write to standard output: \(String(cString: strerror(errno)))")
+                throw ExitCode.failure
+            }
+            offset += written
+        }
+    }
+}
