@@ -11,6 +11,11 @@ public enum RCAR {
         public var nonce: String
         /// The hash the server asked for (`selected-hash-algorithm`), SHA-384 when it asked for none.
         public var hash: HashName
+
+        public init(nonce: String, hash: HashName = .sha384) {
+            self.nonce = nonce
+            self.hash = hash
+        }
     }
 
     /// The hashes a 0.4.0 server may select.

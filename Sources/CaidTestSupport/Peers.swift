@@ -1,0 +1,127 @@
+import Foundation
+
+/// A test peer from `Tests/peers/` (Python) listening on a loopback port it picked and wrote to a file.
+public final class PeerProcess: @unchecked Sendable {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public let process: Programs.Running
+    public let port: Int
+
+    /// Starts `Tests/peers/<script>` with `arguments` plus `--port-file`, and waits until it listens.
+    public init(_ script: String, _ arguments: [String], directory: String) async throws {
+        let portFile = directory + "/\(script).\(UUID().uuidString.prefix(8)).port"
+        process = try Programs.start("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/" + script] + arguments + ["--port-file", portFile])
+        for _ in 0..<1000 {
+            if let text = try? String(contentsOfFile: portFile, encoding: .utf8), let port = Int(text) {
+                self.port = port
+                return
+            }
+            if let result = process.exited() { throw Failure(description: "\(script) exited: \(result.stderr)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        process.signal(SIGKILL)
+        throw Failure(description: "\(script) did not start: \(process.stderr)")
+    }
+
+    deinit {
+        process.signal(SIGTERM)
+        _ = process.wait()
+    }
+}
+
+/// The Trustee-compatible test KBS (`Tests/peers/trustee_server.py`), with its fault file and request log.
+public final class TrusteePeer: Sendable {
+    public let peer: PeerProcess
+    public let faultsPath: String
+    public let logPath: String
+    public let prefix: String
+
+    /// - Parameters:
+    ///   - dialect: `legacy` (0.1.0) or `current` (0.4.0).
+    ///   - resources: `repo/type/tag` → file served for it.
+    ///   - options: more arguments (`--replicas 3`, `--session-seconds 1`, `--jwe-layout jwcrypto`…).
+    public init(dialect: String, resources: [String: String], directory: String, prefix: String = "/trustee/", options: [String] = []) async throws {
+        faultsPath = directory + "/kbs-faults-\(UUID().uuidString.prefix(8)).json"
+        logPath = directory + "/kbs-log-\(UUID().uuidString.prefix(8)).jsonl"
+        self.prefix = prefix
+        var arguments = ["--dialect", dialect, "--prefix", prefix, "--faults", faultsPath, "--log", logPath] + options
+        for (path, file) in resources.sorted(by: { $0.key < $1.key }) { arguments += ["--resource", "\(path)=\(file)"] }
+        peer = try await PeerProcess("trustee_server.py", arguments, directory: directory)
+    }
+
+    /// `TRUSTEE_URL` for this KBS.
+    public var url: String { "http://127.0.0.1:\(peer.port)\(prefix)" }
+
+    /// Replaces the fault budgets, e.g. `{"unavailable": 2}`.
+    public func setFaults(_ json: String) throws {
+        try json.write(toFile: faultsPath, atomically: true, encoding: .utf8)
+    }
+
+    /// The requests served so far, one JSON object each.
+    public func requests() -> [[String: Any]] {
+        let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    /// How many requests went to `kbs/v0/<endpoint>` (`auth`, `attest`, `resource`).
+    public func count(_ endpoint: String) -> Int {
+        requests().filter { ($0["path"] as? String)?.contains("/kbs/v0/" + endpoint) == true }.count
+    }
+}
+
+/// A fake configfs-tsm tree (`Tests/peers/fake_tsm.py`, FUSE) mounted in a directory of the test's own.
+public final class FakeTSM: Sendable {
+    public let mountpoint: String
+    public let statsPath: String
+    private let process: Programs.Running
+
+    public init(directory: String, provider: String = "tdx_guest", race: Int = 0) async throws {
+        mountpoint = directory + "/tsm-\(UUID().uuidString.prefix(8))"
+        statsPath = mountpoint + ".json"
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        process = try Programs.start("/usr/bin/env", [
+            "python3", Programs.packageRoot + "/Tests/peers/fake_tsm.py", mountpoint, "--provider", provider,
+            "--race", String(race), "--stats", statsPath,
+        ])
+        for _ in 0..<500 {
+            var info = stat()
+            if stat(mountpoint + "/report", &info) == 0 { return }
+            if let result = process.exited() { throw PeerProcess.Failure(description: "fake_tsm.py exited: \(result.stderr)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw PeerProcess.Failure(description: "fake_tsm.py did not mount: \(process.stderr)")
+    }
+
+    /// Where the attester should look: `<mount>/report`.
+    public var reportRoot: String { mountpoint + "/report" }
+
+    /// How many report entries were made, and which are still there.
+    public func stats() -> (made: Int, left: [String]) {
+        guard let data = FileManager.default.contents(atPath: statsPath),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else { return (-1, []) }
+        return (object["made"] as? Int ?? -1, object["left"] as? [String] ?? [])
+    }
+
+    /// Unmounts (lazily, so a stuck test cannot keep it) and stops the file system.
+    public func stop() {
+        _ = try? Programs.run("/bin/umount", ["-l", mountpoint])
+        process.signal(SIGTERM)
+        _ = process.wait()
+        try? FileManager.default.removeItem(atPath: mountpoint)
+    }
+}
+
+/// The fake NVML library (`Tests/peers/fake_nvml.c`), compiled into `directory`.
+public enum FakeNVML {
+    /// Builds it and returns the path of the shared library; `failing` makes the report call fail.
+    public static func build(in directory: String, failing: Bool = false) throws -> String {
+        let output = directory + (failing ? "/libfake-nvml-failing.so" : "/libfake-nvml.so")
+        let result = try Programs.run("/usr/bin/env", ["cc", "-shared", "-fPIC", "-O1"] + (failing ? ["-DFAKE_NVML_FAIL"] : [])
+            + ["-o", output, Programs.packageRoot + "/Tests/peers/fake_nvml.c"])
+        guard result.status == 0 else { throw PeerProcess.Failure(description: "cc failed: \(result.stderr)") }
+        return output
+    }
+}

@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""A Trustee-compatible KBS on loopback for caid's tests, written from the Trustee sources.
+
+Dialects (the version gate, bodies, bindings, JWE layouts and status codes of each):
+  legacy  openanolis/trustee <= 1.5.2 and helm chart 1.0.0 (kbs/src/http/*.rs@9def33a, kbs/src/jwe.rs@v1.5.2):
+          version <=0.1.0, extra-params a string, {"tee-pubkey","tee-evidence": "<string>"}, sorted-compact JSON
+          SHA-384 binding, RSA1_5 only, JWE with a raw JSON protected header and the tag appended, no AAD.
+  current upstream trustee >= 0.14 / openanolis >= 1.6 (kbs/src/attestation/backend.rs, kbs/src/jwe/mod.rs):
+          version =0.4.0, runtime-data in the attestation, composite evidence, JCS binding including
+          additional-evidence, RFC 7516 JWE (RSA1_5, RSA-OAEP-256, ECDH-ES+A256KW).
+
+Other libraries than caid's on purpose: Python's json for canonical forms, `cryptography` for the legacy and
+Trustee-layout JWEs, `jwcrypto` for RFC 7516 JWEs and the RS384 "Simple" token.
+
+Evidence checked: `sample` ({"svn","report_data"}) byte for byte; `tdx` by the REPORTDATA field of the quote
+(offset 568 of a v4 quote, 64 bytes, the binding zero-padded), the fake quotes of tests/fake TSM carry it there;
+NVIDIA GPU evidence (legacy gpu_evidence or 0.4.0 additional evidence) by the nonce the fake NVML copies into the
+report's first 32 bytes.
+
+Faults and behaviour come from a JSON file read on each request (counts are budgets):
+  unavailable      answer 503 to this many requests
+  deny             answer 403 PolicyDeny to resource requests
+  garbage          answer 200 with a non-JSON body to this many resource requests
+  huge             answer 200 with a 2 MiB body to this many resource requests
+Requests are logged as JSON lines to --log for assertions.
+"""
+import argparse, base64, datetime, hashlib, json, os, secrets, sys, threading, time, uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cryptography.hazmat.primitives import hashes, keywrap
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from jwcrypto import jwe, jwk, jwt
+
+args = None
+lock = threading.Lock()
+sessions = {}  # (replica, session id) -> dict
+fault_used = {}
+replica_counter = [0]
+signer = jwk.JWK.generate(kty="RSA", size=2048)
+
+
+def b64u(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64u_decode(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def canonical(value):
+    """serde_json to_vec of a sorted map == JCS for ASCII content: compact, sorted keys, '/' not escaped."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def faults():
+    try:
+        with open(args.faults) as f:
+            return json.load(f)
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def take_fault(name):
+    with lock:
+        budget = faults().get(name, 0)
+        if fault_used.get(name, 0) < budget:
+            fault_used[name] = fault_used.get(name, 0) + 1
+            return True
+    return False
+
+
+def log(entry):
+    if args.log:
+        with lock, open(args.log, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def key_subset(pubkey):
+    """The JWK members the KBS keeps (TeePubKey), in the shape it hashes."""
+    if pubkey.get("kty") == "RSA":
+        return {k: pubkey[k] for k in ("alg", "e", "kty", "n")}
+    if pubkey.get("kty") == "EC":
+        return {k: pubkey[k] for k in ("alg", "crv", "kty", "x", "y")}
+    raise ValueError("unknown key type %r" % pubkey.get("kty"))
+
+
+def check_report_data(tee, evidence, expected):
+    """Raises unless the evidence carries `expected` (48 bytes) as its report data."""
+    if tee == "sample":
+        got = base64.b64decode(evidence["report_data"])
+        if got != expected:
+            raise ValueError("sample report_data %s does not match the binding %s" % (got.hex(), expected.hex()))
+    elif tee == "tdx":
+        quote = base64.b64decode(evidence["quote"])
+        if len(quote) < 632:
+            raise ValueError("TDX quote of %d bytes is too short" % len(quote))
+        if quote[568:632] != expected + bytes(64 - len(expected)):
+            raise ValueError("TDX REPORTDATA %s does not match the binding" % quote[568:632].hex())
+    else:
+        raise ValueError("tee %s is not accepted here" % tee)
+
+
+def check_gpu(reports, nonce):
+    for report in reports:
+        if report[:32] != nonce[:32]:
+            raise ValueError("GPU report nonce %s does not match %s" % (report[:32].hex(), nonce[:32].hex()))
+
+
+def make_token(tee, pubkey, nonce):
+    now = int(time.time())
+    claims = {
+        "iss": "CoCo-Attestation-Service", "iat": now, "nbf": now, "exp": now + args.token_seconds,
+        "jti": str(uuid.uuid4()), "jwk": json.loads(signer.export_public()), "tee": tee,
+        "evaluation-reports": [{"policy-id": "default", "policy-hash": hashlib.sha384(b"default").hexdigest()}],
+        "tcb-status": {"%s.svn" % tee: "1"},
+        "customized_claims": {"init_data": None, "runtime_data": {"nonce": nonce, "tee-pubkey": pubkey}},
+    }
+    token = jwt.JWT(header={"typ": "JWT", "alg": "RS384"}, claims=claims)
+    token.make_signed_token(signer)
+    return token.serialize()
+
+
+def legacy_jwe(pubkey, plaintext):
+    """openanolis kbs/src/jwe.rs@v1.5.2: RSA1_5-wrapped AES-256-GCM key, raw JSON header, tag appended, no AAD."""
+    public = rsa.RSAPublicNumbers(int.from_bytes(b64u_decode(pubkey["e"]), "big"),
+                                  int.from_bytes(b64u_decode(pubkey["n"]), "big")).public_key()
+    cek, iv = secrets.token_bytes(32), secrets.token_bytes(12)
+    return {
+        "protected": json.dumps({"alg": "RSA1_5", "enc": "A256GCM"}, separators=(",", ":")),
+        "encrypted_key": b64u(public.encrypt(cek, padding.PKCS1v15())),
+        "iv": b64u(iv), "ciphertext": b64u(AESGCM(cek).encrypt(iv, plaintext, None)), "tag": "",
+    }
+
+
+def concat_kdf(z, alg, bits):
+    out, counter = b"", 1
+    while len(out) * 8 < bits:
+        out += hashlib.sha256(counter.to_bytes(4, "big") + z + len(alg).to_bytes(4, "big") + alg.encode()
+                              + (0).to_bytes(4, "big") * 2 + bits.to_bytes(4, "big")).digest()
+        counter += 1
+    return out[: bits // 8]
+
+
+def trustee_ec_jwe(pubkey, plaintext):
+    """trustee kbs/src/jwe/mod.rs: ECDH-ES+A256KW with `epk` inside the base64url protected header (its AAD)."""
+    peer = ec.EllipticCurvePublicNumbers(int.from_bytes(b64u_decode(pubkey["x"]), "big"),
+                                         int.from_bytes(b64u_decode(pubkey["y"]), "big"), ec.SECP256R1()).public_key()
+    ephemeral = ec.generate_private_key(ec.SECP256R1())
+    numbers = ephemeral.public_key().public_numbers()
+    z = ephemeral.exchange(ec.ECDH(), peer)
+    kek = concat_kdf(z, "ECDH-ES+A256KW", 256)
+    cek, iv = secrets.token_bytes(32), secrets.token_bytes(12)
+    header = {"alg": "ECDH-ES+A256KW", "enc": "A256GCM",
+              "epk": {"crv": "P-256", "kty": "EC", "x": b64u(numbers.x.to_bytes(32, "big")), "y": b64u(numbers.y.to_bytes(32, "big"))}}
+    protected = b64u(json.dumps(header, separators=(",", ":")).encode())
+    sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode())
+    return {"protected": protected, "encrypted_key": b64u(keywrap.aes_key_wrap(kek, cek)), "iv": b64u(iv),
+            "ciphertext": b64u(sealed[:-16]), "tag": b64u(sealed[-16:])}
+
+
+def rfc_jwe(pubkey, plaintext, layout):
+    """RFC 7516 flattened JSON. `jwcrypto` layout: whatever jwcrypto writes (ECDH `epk` in the per-recipient
+    header). `trustee` layout: ECDH `epk` in the protected header, as Trustee writes it."""
+    if pubkey["alg"] == "ECDH-ES+A256KW" and layout == "trustee":
+        return trustee_ec_jwe(pubkey, plaintext)
+    token = jwe.JWE(plaintext, protected=json.dumps({"alg": pubkey["alg"], "enc": "A256GCM"}),
+                    algs=["RSA1_5", "RSA-OAEP-256", "ECDH-ES+A256KW", "A256GCM"])
+    token.add_recipient(jwk.JWK(**pubkey))
+    return json.loads(token.serialize())
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_):
+        pass
+
+    def reply(self, status, body, content_type="application/json", cookies=()):
+        data = body if isinstance(body, bytes) else (json.dumps(body) if content_type == "application/json" else body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for cookie in cookies:
+            self.send_header("Set-Cookie", cookie)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def error_info(self, status, variant, detail):
+        self.reply(status, {"type": "https://github.com/confidential-containers/kbs/errors/" + variant, "detail": detail})
+
+    def cookies(self):
+        jar = {}
+        for part in (self.headers.get("Cookie") or "").split(";"):
+            if "=" in part:
+                name, value = part.strip().split("=", 1)
+                jar[name] = value
+        return jar
+
+    def route(self):
+        """The sticky load balancer: a replica per client, remembered in the SERVERID cookie."""
+        jar = self.cookies()
+        if args.replicas > 1:
+            if "SERVERID" in jar:
+                return jar["SERVERID"], []
+            with lock:
+                replica_counter[0] += 1
+                replica = "r%d" % (replica_counter[0] % args.replicas)
+            return replica, ["SERVERID=%s; Path=/" % replica]
+        return "r0", []
+
+    def session(self, replica):
+        jar = self.cookies()
+        if "kbs-session-id" not in jar:
+            return None, "MissingCookie", "Missing cookie"
+        with lock:
+            found = sessions.get((replica, jar["kbs-session-id"]))
+        if found is None:
+            return None, "InvalidCookie", "Invalid cookie"
+        if found["expires"] < time.time():
+            return None, "ExpiredCookie", "The cookie is expired"
+        return found, None, None
+
+    def body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length)
+
+    def do_POST(self):
+        self.handle_request("POST")
+
+    def do_GET(self):
+        self.handle_request("GET")
+
+    def handle_request(self, method):
+        path = self.path.split("?")[0]
+        raw = self.body() if method == "POST" else b""
+        replica, lb_cookies = self.route()
+        log({"method": method, "path": path, "cookie": self.headers.get("Cookie"), "replica": replica})
+        prefix = args.prefix.rstrip("/") + "/kbs/v0/"
+        if not path.startswith(prefix):
+            return self.reply(404, b"not found", "text/plain")
+        if take_fault("unavailable"):
+            return self.reply(503, b"upstream unavailable", "text/plain")
+        endpoint = path[len(prefix):]
+        try:
+            if method == "POST" and endpoint == "auth":
+                return self.auth(raw, replica, lb_cookies)
+            if method == "POST" and endpoint == "attest":
+                return self.attest(raw, replica, lb_cookies)
+            if method == "GET" and endpoint.startswith("resource/"):
+                return self.resource(endpoint[len("resource/"):], replica)
+        except Exception as error:  # the server must answer, whatever the client sent
+            return self.reply(400, ("bad request: %s" % error).encode(), "text/plain")
+        return self.reply(404, b"not found", "text/plain")
+
+    def auth(self, raw, replica, lb_cookies):
+        if self.headers.get("Content-Type") != "application/json":
+            return self.reply(400, b"Content type error", "text/plain")
+        request = json.loads(raw)
+        if args.dialect == "legacy":
+            if not isinstance(request.get("extra-params"), str):
+                return self.reply(400, b"Json deserialize error: invalid type: map, expected a string", "text/plain")
+            if request.get("version") != "0.1.0":
+                return self.error_info(401, "ProtocolVersion",
+                                       "KBS Client Protocol Version Mismatch: expected version: <=0.1.0, requested version: %s" % request.get("version"))
+        elif request.get("version") != "0.4.0":
+            return self.error_info(401, "AttestationFailed",
+                                   "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: expect =0.4.0 while the request is %s" % request.get("version"))
+        if request.get("tee") not in ("sample", "tdx"):
+            return self.error_info(401, "AttestationFailed", "tee %r not supported" % request.get("tee"))
+        session_id = uuid.uuid4().hex
+        nonce = base64.b64encode(secrets.token_bytes(32)).decode()
+        with lock:
+            sessions[(replica, session_id)] = {"nonce": nonce, "tee": request["tee"], "expires": time.time() + args.session_seconds, "attested": None}
+        expires = datetime.datetime.fromtimestamp(time.time() + args.session_seconds, datetime.timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
+        self.reply(200, {"nonce": nonce, "extra-params": ""}, cookies=lb_cookies + ["kbs-session-id=%s; Expires=%s" % (session_id, expires)])
+
+    def attest(self, raw, replica, lb_cookies):
+        session, variant, detail = self.session(replica)
+        if session is None:
+            return self.error_info(401, variant, detail)
+        attestation = json.loads(raw)
+        tee = session["tee"]
+        try:
+            if args.dialect == "legacy":
+                pubkey = attestation["tee-pubkey"]
+                if pubkey.get("kty") != "RSA" or pubkey.get("alg") != "RSA1_5":
+                    raise ValueError("the legacy KBS needs an RSA1_5 key, got %s/%s" % (pubkey.get("kty"), pubkey.get("alg")))
+                evidence = json.loads(attestation["tee-evidence"])
+                binding = hashlib.sha384(canonical({"nonce": session["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
+                check_report_data(tee, evidence, binding)
+                gpu = (evidence.get("gpu_evidence") or {}).get("evidence_list") or []
+                check_gpu([base64.b64decode(d["attestation_report"]) for d in gpu], binding + bytes(16))
+            else:
+                runtime = attestation["runtime-data"]
+                if runtime.get("nonce") != session["nonce"]:
+                    raise ValueError("runtime-data nonce does not match the session")
+                pubkey = runtime["tee-pubkey"]
+                composite = attestation["tee-evidence"]
+                additional = composite["additional_evidence"]
+                binding = hashlib.sha384(canonical({"additional-evidence": additional, "nonce": runtime["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
+                check_report_data(tee, composite["primary_evidence"], binding)
+                if additional:
+                    device_nonce = hashlib.sha384(canonical({"nonce": runtime["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
+                    devices = json.loads(additional)["nvidia"]["device_evidence_list"]
+                    check_gpu([base64.b64decode(d["evidence"]) for d in devices], device_nonce)
+        except (KeyError, ValueError, TypeError) as error:
+            # Legacy maps AttestationFailed to 401; openanolis >= 1.4 to 500. Both are retried by clients.
+            return self.error_info(401 if args.dialect == "legacy" else 500, "AttestationFailed", "Attestation failed: %s" % error)
+        with lock:
+            session["attested"] = key_subset(pubkey)
+            session["gpu"] = bool(additional) if args.dialect != "legacy" else bool(gpu)
+        log({"attested": tee, "alg": pubkey["alg"], "gpu": session["gpu"]})
+        self.reply(200, {"token": make_token(tee, key_subset(pubkey), session["nonce"])}, cookies=lb_cookies)
+
+    def resource(self, path, replica):
+        session, variant, detail = self.session(replica)
+        if session is None or session["attested"] is None:
+            return self.error_info(401, variant or "UnAuthenticatedCookie", detail or "The session is not attested")
+        if take_fault("deny") or faults().get("deny_all"):
+            return self.error_info(403, "PolicyDeny", "Policy deny: resource policy denied the request")
+        if path not in args.resource:
+            return self.error_info(404, "ReadSecretFailed", "Read secret failed: resource %s not found" % path)
+        if take_fault("garbage"):
+            return self.reply(200, b"<html>not json</html>", "text/html")
+        if take_fault("huge"):
+            return self.reply(200, b"{" + b" " * (2 << 20) + b"}")
+        with open(args.resource[path], "rb") as f:
+            plaintext = f.read()
+        pubkey = session["attested"]
+        if args.dialect == "legacy":
+            body = legacy_jwe(pubkey, plaintext)
+        else:
+            body = rfc_jwe(pubkey, plaintext, args.jwe_layout)
+        self.reply(200, body)
+
+
+def main():
+    global args
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dialect", choices=["legacy", "current"])
+    parser.add_argument("--encrypt-for", metavar="JWK_FILE",
+                        help="instead of serving: print a JWE of --plaintext for this public JWK in --jwe-layout (or legacy)")
+    parser.add_argument("--plaintext")
+    parser.add_argument("--resource", action="append", default=[], help="repo/type/tag=FILE")
+    parser.add_argument("--prefix", default="/", help="path prefix before kbs/v0 (TRUSTEE_URL's path)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas behind a sticky load balancer")
+    parser.add_argument("--session-seconds", type=float, default=300)
+    parser.add_argument("--token-seconds", type=int, default=300)
+    parser.add_argument("--jwe-layout", choices=["trustee", "jwcrypto", "legacy"], default="trustee")
+    parser.add_argument("--faults")
+    parser.add_argument("--log")
+    parser.add_argument("--port-file")
+    args = parser.parse_args()
+    if args.encrypt_for:
+        with open(args.encrypt_for) as f:
+            pubkey = json.load(f)
+        with open(args.plaintext, "rb") as f:
+            plaintext = f.read()
+        body = legacy_jwe(pubkey, plaintext) if args.jwe_layout == "legacy" else rfc_jwe(pubkey, plaintext, args.jwe_layout)
+        print(json.dumps(body))
+        return
+    if not args.dialect or not args.port_file:
+        parser.error("--dialect and --port-file are required to serve")
+    args.resource = dict(item.split("=", 1) for item in args.resource)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    with open(args.port_file + ".tmp", "w") as f:
+        f.write(str(server.server_address[1]))
+    os.rename(args.port_file + ".tmp", args.port_file)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
