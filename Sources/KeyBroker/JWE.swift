@@ -54,9 +54,22 @@ public struct JWE: Sendable {
         } else {
             throw JWEError("the 'protected' header is neither JSON nor base64url")
         }
-        guard let headerValue = try? JSONDecoder().decode(JSONValue.self, from: Data(headerBytes)), case .object(let header) = headerValue,
-            let alg = header["alg"]?.stringValue, let enc = header["enc"]?.stringValue
-        else { throw JWEError("the protected header is not a JSON object with 'alg' and 'enc'") }
+        guard let headerValue = try? JSONDecoder().decode(JSONValue.self, from: Data(headerBytes)), case .object(var header) = headerValue else {
+            throw JWEError("the protected header is not a JSON object")
+        }
+        // The JOSE header is the union of the protected, shared unprotected and per-recipient headers (RFC 7516
+        // §7.2.1), which must not share names. Trustee puts `epk` in the protected one; other encoders (jwcrypto)
+        // put it in the per-recipient `header`.
+        for name in ["unprotected", "header"] {
+            guard let extra = members[name] else { continue }
+            guard case .object(let more) = extra else { throw JWEError("'\(name)' is not a JSON object") }
+            for (key, value) in more {
+                guard header.updateValue(value, forKey: key) == nil else { throw JWEError("header parameter '\(key)' appears twice") }
+            }
+        }
+        guard let alg = header["alg"]?.stringValue, let enc = header["enc"]?.stringValue else {
+            throw JWEError("the JWE header has no 'alg' and 'enc'")
+        }
         guard enc == "A256GCM" else { throw JWEError("content encryption '\(enc)' is not supported; the KBS uses A256GCM") }
         self.header = header
         self.protectedText = protected

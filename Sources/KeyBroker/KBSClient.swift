@@ -22,9 +22,9 @@ public actor KBSClient {
     public struct RetryPolicy: Sendable {
         public var attempts: Int
         public var firstDelay: Duration
-        public var requestTimeout: TimeAmount
+        public var requestTimeout: Duration
 
-        public init(attempts: Int = 4, firstDelay: Duration = .milliseconds(500), requestTimeout: TimeAmount = .seconds(60)) {
+        public init(attempts: Int = 4, firstDelay: Duration = .milliseconds(500), requestTimeout: Duration = .seconds(60)) {
             self.attempts = attempts
             self.firstDelay = firstDelay
             self.requestTimeout = requestTimeout
@@ -175,7 +175,7 @@ public actor KBSClient {
         if let cookie = jar.header() { request.headers.add(name: "Cookie", value: cookie) }
         let response: HTTPClientResponse
         do {
-            response = try await http.execute(request, timeout: retry.requestTimeout)
+            response = try await http.execute(request, timeout: TimeAmount(retry.requestTimeout))
         } catch {
             throw KBSError(.unavailable, step: step, detail: "cannot reach \(base)/kbs/v0/\(path): \(error)")
         }
