@@ -75,8 +75,20 @@ public enum Programs {
                 argv.forEach { free($0) }
                 envp.forEach { free($0) }
             }
+            // The test process blocks signals on some threads (swift-testing, signal watchers); a child would inherit
+            // that mask and never see SIGTERM. Start children with no blocked signals and default handlers.
+            var attributes = posix_spawnattr_t()
+            posix_spawnattr_init(&attributes)
+            defer { posix_spawnattr_destroy(&attributes) }
+            var none = sigset_t()
+            sigemptyset(&none)
+            var all = sigset_t()
+            sigfillset(&all)
+            posix_spawnattr_setsigmask(&attributes, &none)
+            posix_spawnattr_setsigdefault(&attributes, &all)
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
             var child: pid_t = 0
-            let status = posix_spawn(&child, path, &actions, nil, argv, envp)
+            let status = posix_spawn(&child, path, &actions, &attributes, argv, envp)
             guard status == 0 else {
                 throw CocoaError(.executableLoad, userInfo: [NSFilePathErrorKey: path, NSLocalizedDescriptionKey: String(cString: strerror(status))])
             }
