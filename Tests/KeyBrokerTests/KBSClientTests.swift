@@ -94,26 +94,27 @@ import Testing
     }
 
     @Test func expiredSessionMeansAFreshHandshake() async throws {
-        let setup = try await Setup(dialect: "legacy", options: ["--session-seconds", "1"])
+        let setup = try await Setup(dialect: "legacy", options: ["--session-seconds", "2"])
         defer { Task { await setup.finish() } }
         let client = setup.client(.legacy)
         _ = try await client.resource(Self.resource)
-        try await Task.sleep(for: .milliseconds(1300))
+        try await Task.sleep(for: .milliseconds(2200))
         // The server forgot the session (401 ExpiredCookie, and the cookie itself expired): attest again, succeed.
         let secret = try await client.resource(Self.resource)
         #expect(Self.text(secret) == Self.password)
-        #expect(setup.kbs.count("auth") == 2)
+        // At least one new handshake (another if a slow machine let the fresh session lapse too).
+        #expect(setup.kbs.count("auth") >= 2)
     }
 
     @Test func unauthorizedResourceTriggersReattestation() async throws {
         // The session cookie outlives the server's session: the KBS answers 401, the client handshakes again.
-        let setup = try await Setup(dialect: "current", options: ["--session-seconds", "1"])
+        let setup = try await Setup(dialect: "current", options: ["--session-seconds", "2"])
         defer { Task { await setup.finish() } }
         let client = setup.client(.current)
         _ = try await client.resource(Self.resource)
-        try await Task.sleep(for: .milliseconds(1300))
+        try await Task.sleep(for: .milliseconds(2200))
         _ = try await client.resource(Self.resource)
-        #expect(setup.kbs.count("auth") == 2)
+        #expect(setup.kbs.count("auth") >= 2)
     }
 
     @Test func policyDenialFailsFastWithTheServersDetail() async throws {
