@@ -236,6 +236,8 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.body() if method == "POST" else b""
         replica, lb_cookies = self.route()
         log({"method": method, "path": path, "cookie": self.headers.get("Cookie"), "replica": replica})
+        if method == "POST" and path == args.prefix.rstrip("/") + "/as/attestation":
+            return self.as_attestation(raw)
         prefix = args.prefix.rstrip("/") + "/kbs/v0/"
         if not path.startswith(prefix):
             return self.reply(404, b"not found", "text/plain")
@@ -252,6 +254,46 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as error:  # the server must answer, whatever the client sent
             return self.reply(400, ("bad request: %s" % error).encode(), "text/plain")
         return self.reply(404, b"not found", "text/plain")
+
+    def as_attestation(self, raw):
+        """The RESTful Attestation Service (openanolis attestation-service/src/bin/restful@9def33a): the flat
+        request of <= 1.5.2, or `verification_requests` of >= 1.6 (--as-api). Answers the Simple RS384 token as
+        text/plain; errors are plain text with status 500 (a missing field the way serde words it)."""
+        if take_fault("as_unavailable"):
+            return self.reply(503, b"unavailable", "text/plain")
+        body = json.loads(raw)
+        if args.as_api == "current":
+            if "verification_requests" not in body:
+                return self.reply(400, b"Json deserialize error: missing field `verification_requests`", "text/plain")
+            request = body["verification_requests"][0]
+        else:
+            if "tee" not in body:
+                return self.reply(400, b"Json deserialize error: missing field `tee`", "text/plain")
+            request = body
+        policies = body.get("policy_ids") or ["default"]
+        unknown = [p for p in policies if p not in args.as_policy]
+        if unknown:
+            return self.reply(500, ("Policy not found: %s" % unknown).encode(), "text/plain")
+        try:
+            evidence = json.loads(b64u_decode(request["evidence"]))
+            structured = request["runtime_data"]["structured"]
+            if request.get("runtime_data_hash_algorithm", "sha384") != "sha384":
+                raise ValueError("only sha384 runtime data here")
+            check_report_data(request["tee"], evidence, hashlib.sha384(canonical(structured)).digest())
+        except (KeyError, ValueError, TypeError) as error:
+            return self.reply(500, ("Evidence verification failed: %s" % error).encode(), "text/plain")
+        log({"as": request["tee"], "policies": policies})
+        now = int(time.time())
+        claims = {
+            "iss": "CoCo-Attestation-Service", "iat": now, "nbf": now, "exp": now + args.as_token_seconds,
+            "jti": str(uuid.uuid4()), "jwk": json.loads(signer.export_public()), "tee": request["tee"],
+            "evaluation-reports": [{"policy-id": p, "policy-hash": hashlib.sha384(p.encode()).hexdigest()} for p in policies],
+            "tcb-status": {"%s.svn" % request["tee"]: "1"}, "reference-data": {},
+            "customized_claims": {"init_data": None, "runtime_data": structured},
+        }
+        token = jwt.JWT(header={"typ": "JWT", "alg": "RS384"}, claims=claims)
+        token.make_signed_token(signer)
+        self.reply(200, token.serialize().encode(), "text/plain")
 
     def auth(self, raw, replica, lb_cookies):
         if self.headers.get("Content-Type") != "application/json":
@@ -348,6 +390,10 @@ def main():
     parser.add_argument("--session-seconds", type=float, default=300)
     parser.add_argument("--token-seconds", type=int, default=300)
     parser.add_argument("--jwe-layout", choices=["trustee", "jwcrypto", "legacy"], default="trustee")
+    parser.add_argument("--as-api", choices=["legacy", "current"], default="legacy",
+                        help="the Attestation Service's request form: flat (<= 1.5.2) or verification_requests (>= 1.6)")
+    parser.add_argument("--as-policy", action="append", default=["default"], help="policy ids the AS knows")
+    parser.add_argument("--as-token-seconds", type=int, default=300)
     parser.add_argument("--faults")
     parser.add_argument("--log")
     parser.add_argument("--port-file")
@@ -360,8 +406,9 @@ def main():
         body = legacy_jwe(pubkey, plaintext) if args.jwe_layout == "legacy" else rfc_jwe(pubkey, plaintext, args.jwe_layout)
         print(json.dumps(body))
         return
-    if not args.dialect or not args.port_file:
-        parser.error("--dialect and --port-file are required to serve")
+    if not args.port_file:
+        parser.error("--port-file is required to serve")
+    args.dialect = args.dialect or "current"
     args.resource = dict(item.split("=", 1) for item in args.resource)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -1,0 +1,227 @@
+import Attestation
+import CaidCore
+import Crypto
+import Logging
+import NIOCore
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the gateway listens and where it forwards.
+public struct GatewayConfiguration: Sendable {
+    public enum Mode: String, Sendable {
+        /// Clients dial `<host>:MODEL_SERVICE_PORT`; nat rules redirect that traffic to the gateway, which forwards
+        /// to the connection's original destination.
+        case netfilter
+        /// The gateway listens on a port of its own and forwards to the service on loopback.
+        case mapping
+    }
+
+    public var mode: Mode
+    public var listenHost = "0.0.0.0"
+    /// The port caid listens on (`CAID_GATEWAY_PORT`).
+    public var listenPort: UInt16
+    /// The inference service's port (`MODEL_SERVICE_PORT`).
+    public var servicePort: UInt16
+    /// Where the service is in `mapping` mode.
+    public var serviceHost = "127.0.0.1"
+    public var maxConnections = 256
+    public var maxStreamsPerConnection = 128
+    public var handshakeTimeout: Duration = .seconds(10)
+    public var idleTimeout: Duration = .seconds(600)
+    /// A new certificate with fresh evidence this often (TNG's default).
+    public var certificateLifetime: Duration = .seconds(600)
+
+    public init(mode: Mode, listenPort: UInt16, servicePort: UInt16) {
+        self.mode = mode
+        self.listenPort = listenPort
+        self.servicePort = servicePort
+    }
+}
+
+/// The server side of TNG's tunnel: TLS 1.3 with ALPN `h2` and an attested certificate, no client certificate,
+/// HTTP/2 `CONNECT` streams piped to the inference service.
+public final class GatewayServer: Sendable {
+    private let configuration: GatewayConfiguration
+    private let context: Mutex<NIOSSLContext>
+    private let connections = Atomic<Int>(0)
+    private let logger: Logger
+    private let channel: Mutex<(any Channel)?> = Mutex(nil)
+
+    /// - Parameter certificate: the first attested certificate; replace it with ``renew(_:)``.
+    public init(configuration: GatewayConfiguration, certificate: AttestedCertificate, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        self.context = Mutex(try Self.tlsContext(certificate))
+    }
+
+    /// TLS 1.3 only, ALPN `h2` only, no client certificate.
+    static func tlsContext(_ certificate: AttestedCertificate) throws -> NIOSSLContext {
+        var keyBytes = Array(certificate.key.derRepresentation)
+        defer { wipeBytes(&keyBytes) }
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: [.certificate(try NIOSSLCertificate(bytes: certificate.der, format: .der))],
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: keyBytes, format: .der)))
+        tls.minimumTLSVersion = .tlsv13
+        tls.maximumTLSVersion = .tlsv13
+        tls.applicationProtocols = ["h2"]
+        tls.certificateVerification = .none
+        return try NIOSSLContext(configuration: tls)
+    }
+
+    /// Serves new connections with `certificate` from now on; open connections keep theirs.
+    public func renew(_ certificate: AttestedCertificate) throws {
+        let fresh = try Self.tlsContext(certificate)
+        context.withLock { $0 = fresh }
+    }
+
+    /// The connections open now.
+    public var openConnections: Int { connections.load(ordering: .relaxed) }
+
+    /// Binds the listener. - Returns: the port it listens on.
+    public func start() async throws -> Int {
+        let configuration = configuration
+        let bound = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture { try self.initialize(channel) }
+            }
+            .bind(host: configuration.listenHost, port: Int(configuration.listenPort)).get()
+        channel.withLock { $0 = bound }
+        return bound.localAddress?.port ?? Int(configuration.listenPort)
+    }
+
+    /// Stops listening and closes every connection.
+    public func stop() async {
+        guard let bound = channel.withLock({ $0.take() }) else { return }
+        try? await bound.close()
+    }
+
+    private func initialize(_ channel: any Channel) throws {
+        let limit = configuration.maxConnections
+        let admitted = connections.wrappingAdd(1, ordering: .relaxed).newValue <= limit
+        channel.closeFuture.whenComplete { [self] _ in _ = connections.wrappingSubtract(1, ordering: .relaxed) }
+        guard admitted else {
+            logger.warning("refusing a connection: \(limit) gateway connections are open (CAID_GATEWAY_MAX_CONNECTIONS)")
+            channel.close(promise: nil)
+            return
+        }
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(NIOSSLServerHandler(context: context.withLock { $0 }))
+        try sync.addHandler(ConnectionGuard(handshakeTimeout: TimeAmount(configuration.handshakeTimeout)))
+        try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(configuration.idleTimeout)))
+        let upstream = upstreamConnector(for: channel)
+        let streams = configuration.maxStreamsPerConnection
+        let logger = logger
+        try sync.addHandler(ApplicationProtocolNegotiationHandler { [channel] result in
+            guard case .negotiated("h2") = result else {
+                logger.info("closing a gateway connection that did not negotiate ALPN h2")
+                return channel.close()
+            }
+            return channel.eventLoop.makeCompletedFuture {
+                var connection = NIOHTTP2Handler.ConnectionConfiguration()
+                connection.initialSettings = [
+                    HTTP2Setting(parameter: .maxConcurrentStreams, value: streams),
+                    // Wide windows: 64 KiB ones limit a tunnel's throughput badly (TNG measured it).
+                    HTTP2Setting(parameter: .initialWindowSize, value: 4 << 20),
+                    HTTP2Setting(parameter: .maxHeaderListSize, value: 16 << 10),
+                ]
+                var stream = NIOHTTP2Handler.StreamConfiguration()
+                stream.targetWindowSize = 4 << 20
+                _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+                    mode: .server, connectionConfiguration: connection, streamConfiguration: stream
+                ) { stream in
+                    stream.eventLoop.makeCompletedFuture {
+                        try stream.pipeline.syncOperations.addHandler(TunnelStreamHandler(upstream: upstream))
+                    }
+                }
+            }
+        })
+    }
+
+    /// Opens upstream connections for the streams of `connection`: to the service (mapping) or to the address the
+    /// client originally dialled (netfilter), marked so that caid's own nat rules leave them alone.
+    private func upstreamConnector(for connection: any Channel) -> @Sendable (any EventLoop) -> EventLoopFuture<any Channel> {
+        let configuration = configuration
+        return { loop in
+            switch configuration.mode {
+            case .mapping:
+                return Self.bootstrap(loop, marked: false).connect(host: configuration.serviceHost, port: Int(configuration.servicePort))
+            case .netfilter:
+                guard let provider = connection as? any SocketOptionProvider else {
+                    return loop.makeFailedFuture(ChannelError.operationUnsupported)
+                }
+                let servicePort = configuration.servicePort
+                return provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_IP), name: SocketOptionName(80 /* SO_ORIGINAL_DST */))
+                    .flatMap { (original: sockaddr_in) -> EventLoopFuture<any Channel> in
+                        var address = original.sin_addr
+                        var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+                        inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
+                        let host = String(decoding: text.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                        do {
+                            return Self.bootstrap(loop, marked: true).connect(to: try SocketAddress(ipAddress: host, port: Int(servicePort)))
+                        } catch {
+                            return loop.makeFailedFuture(error)
+                        }
+                    }
+            }
+        }
+    }
+
+    /// Upstream connections: half-close allowed, not read until the stream handler is attached, and in netfilter
+    /// mode marked so that caid's own nat rules leave them alone.
+    private static func bootstrap(_ loop: any EventLoop, marked: Bool) -> ClientBootstrap {
+        var bootstrap = ClientBootstrap(group: loop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(10))
+        if marked {
+            bootstrap = bootstrap.channelOption(
+                ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_MARK)),
+                value: SocketOptionValue(NatRules.mark))
+        }
+        return bootstrap
+    }
+}
+
+/// Closes a connection that has not finished its TLS handshake in time, or has been idle too long.
+final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    private let handshakeTimeout: TimeAmount
+    private var deadline: Scheduled<Void>?
+
+    init(handshakeTimeout: TimeAmount) {
+        self.handshakeTimeout = handshakeTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: handshakeTimeout) { channel.close(promise: nil) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            deadline?.cancel()
+            deadline = nil
+        }
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}

@@ -1,0 +1,183 @@
+import Attestation
+import CaidCore
+import CaidTestSupport
+import Crypto
+import Foundation
+import Gateway
+import Testing
+
+/// caid's gateway against an independent TNG 2.2.1 client (Tests/peers/tng_client.py: OpenSSL, cryptography, cbor2,
+/// jwcrypto, h2) and the test Attestation Service, over real sockets on loopback.
+@Suite(.serialized) struct GatewayInteropTests {
+    final class Setup: @unchecked Sendable {
+        let dir: TemporaryDirectory
+        let service: PeerProcess
+        let trustee: TrusteePeer
+        let server: GatewayServer
+        let port: Int
+        let page: String
+
+        init(asAPI: String = "legacy", configure: (inout GatewayConfiguration) -> Void = { _ in }) async throws {
+            dir = try TemporaryDirectory("caid-gateway")
+            page = "<html>tokens from the model " + String(repeating: "x", count: 300_000) + "</html>\n"
+            try FileManager.default.createDirectory(atPath: dir.path + "/www", withIntermediateDirectories: true)
+            try Data(page.utf8).write(to: URL(fileURLWithPath: dir.path + "/www/index.html"))
+            service = try await PeerProcess("static_server.py", ["--root", dir.path + "/www"], directory: dir.path)
+            trustee = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path, options: ["--as-api", asAPI, "--as-policy", "model-serving"])
+            var configuration = GatewayConfiguration(mode: .mapping, listenPort: 0, servicePort: UInt16(service.port))
+            configuration.listenHost = "127.0.0.1"
+            configure(&configuration)
+            server = try GatewayServer(configuration: configuration, certificate: try AttestedCertificate.make(attester: SampleAttester()), logger: quietLogger)
+            port = try await server.start()
+        }
+
+        var asAddress: String { trustee.url + "as/" }
+
+        func client(_ arguments: [String]) throws -> (status: Int32, report: [String: Any]) {
+            let result = try Programs.run("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/tng_client.py", "--port", String(port)] + arguments)
+            let report = (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]) ?? ["stderr": result.stderr]
+            return (result.status, report)
+        }
+
+        func finish() async {
+            await server.stop()
+            dir.remove()
+        }
+    }
+
+    static func streams(_ report: [String: Any]) -> [[String: Any]] { report["streams"] as? [[String: Any]] ?? [] }
+
+    @Test(arguments: ["legacy", "current"]) func tngClientVerifiesAndTunnels(asAPI: String) async throws {
+        let setup = try await Setup(asAPI: asAPI)
+        defer { Task { await setup.finish() } }
+        let (status, report) = try setup.client(["--as-addr", setup.asAddress, "--policy", "default", "--policy", "model-serving", "--path", "/index.html"])
+        #expect(status == 0, "\(report)")
+        #expect(report["tls_version"] as? String == "TLSv1.3")
+        #expect(report["alpn"] as? String == "h2")
+        #expect(report["tee"] as? String == "sample")
+        #expect(report["token_tee"] as? String == "sample")
+        let stream = try #require(Self.streams(report).first)
+        #expect(stream["status"] as? String == "200")
+        let body = stream["body"] as? String ?? ""
+        #expect(body.hasPrefix("HTTP/1.0 200") || body.hasPrefix("HTTP/1.1 200"))
+        #expect(body.hasSuffix(setup.page))
+        #expect(stream["ended"] as? Bool == true)
+    }
+
+    @Test func manyConcurrentStreamsOnOneConnection() async throws {
+        let setup = try await Setup()
+        defer { Task { await setup.finish() } }
+        let (status, report) = try setup.client(["--as-addr", setup.asAddress, "--streams", "40", "--path", "/index.html"])
+        #expect(status == 0, "\(report)")
+        let streams = Self.streams(report)
+        #expect(streams.count == 40)
+        #expect(streams.allSatisfy { ($0["status"] as? String) == "200" && (($0["body"] as? String)?.hasSuffix(setup.page) ?? false) })
+    }
+
+    @Test func tls12IsRefused() async throws {
+        let setup = try await Setup()
+        defer { Task { await setup.finish() } }
+        let (status, report) = try setup.client(["--tls12", "--skip-verify"])
+        #expect(status == 1)
+        #expect(report["handshake"] as? String == "failed")
+    }
+
+    @Test func clientWithoutALPNIsClosed() async throws {
+        let setup = try await Setup()
+        defer { Task { await setup.finish() } }
+        let (status, report) = try setup.client(["--no-alpn", "--skip-verify"])
+        #expect(status == 1)
+        #expect(report["alpn"] is NSNull || report["alpn"] == nil)
+        #expect(report["server_closed"] as? Bool == true)
+    }
+
+    @Test func nonConnectRequestGets400() async throws {
+        let setup = try await Setup()
+        defer { Task { await setup.finish() } }
+        let (_, report) = try setup.client(["--skip-verify", "--method", "GET"])
+        let stream = try #require(Self.streams(report).first, "\(report)")
+        #expect(stream["status"] as? String == "400")
+        #expect((stream["body"] as? String)?.contains("should be CONNECT") == true)
+    }
+
+    @Test func stalledHandshakeIsCut() async throws {
+        let setup = try await Setup { $0.handshakeTimeout = .seconds(1) }
+        defer { Task { await setup.finish() } }
+        let (_, report) = try setup.client(["--stall", "5"])
+        #expect(report["closed_by_server"] as? Bool == true)
+        #expect((report["after"] as? Double ?? 99) < 4)
+    }
+
+    @Test func connectionLimitHolds() async throws {
+        let setup = try await Setup { $0.maxConnections = 2 }
+        defer { Task { await setup.finish() } }
+        // Two connections that stall in the handshake take both places; a third is closed at once.
+        let stalled = try (0..<2).map { _ in
+            try Programs.start("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/tng_client.py", "--port", String(setup.port), "--stall", "8"])
+        }
+        try await Task.sleep(for: .milliseconds(700))
+        let (_, report) = try setup.client(["--stall", "3"])
+        #expect(report["closed_by_server"] as? Bool == true)
+        #expect((report["after"] as? Double ?? 99) < 1)
+        for process in stalled { process.signal(SIGKILL); _ = process.wait() }
+        // Places are given back when connections close.
+        try await Task.sleep(for: .milliseconds(300))
+        let (status, after) = try setup.client(["--as-addr", setup.asAddress, "--path", "/index.html"])
+        #expect(status == 0, "\(after)")
+    }
+
+    @Test func unreachableServiceGets502() async throws {
+        let setup = try await Setup { $0.servicePort = 1 }
+        defer { Task { await setup.finish() } }
+        let (_, report) = try setup.client(["--skip-verify"])
+        #expect(Self.streams(report).first?["status"] as? String == "502")
+    }
+}
+
+/// The attested certificate's structure and binding, checked by caid's own verifier.
+@Suite struct AttestedCertificateTests {
+    @Test func evidenceBindsTheKeyAndTheRuntimeData() throws {
+        let certificate = try AttestedCertificate.make(attester: SampleAttester())
+        let spki = Array(certificate.key.publicKey.derRepresentation)
+        let value = try #require(RATLSEvidenceProbe.extensionValue(in: certificate.der))
+        let parsed = try RATLSEvidence.verify(extensionValue: value, subjectPublicKeyInfo: spki)
+        #expect(parsed.tee == "sample")
+        // The sample evidence carries SHA-384 of exactly the runtime data text.
+        let evidence = try JSONDecoder().decode(JSONValue.self, from: Data(parsed.evidence))
+        let reportData = evidence["report_data"]?.stringValue.flatMap(Base64.decodeStandard)
+        #expect(reportData == Array(SHA384.hash(data: Array(parsed.runtimeData.utf8))))
+        #expect(parsed.runtimeData.hasPrefix(#"{"rats-rs.raw_runtime_data":""#))
+        #expect(!certificate.eventLogOmitted)
+    }
+
+    @Test func evidenceForAnotherKeyIsRejected() throws {
+        let certificate = try AttestedCertificate.make(attester: SampleAttester())
+        let value = try #require(RATLSEvidenceProbe.extensionValue(in: certificate.der))
+        let other = Array(P256.Signing.PrivateKey().publicKey.derRepresentation)
+        let error = #expect(throws: VerificationError.self) { try RATLSEvidence.verify(extensionValue: value, subjectPublicKeyInfo: other) }
+        #expect(error?.message.contains("does not bind the certificate's key") == true)
+    }
+
+    @Test func cborMatchesTheRatsRsVector() throws {
+        // rats-cert: pubkey-hash claim [1, h'00010203'] encodes as 82 01 44 00010203.
+        #expect(CBOR.array([.unsigned(1), .bytes([0, 1, 2, 3])]).encoded == [0x82, 0x01, 0x44, 0x00, 0x01, 0x02, 0x03])
+        #expect(try CBOR(decoding: [0x82, 0x01, 0x44, 0x00, 0x01, 0x02, 0x03]) == .array([.unsigned(1), .bytes([0, 1, 2, 3])]))
+        #expect(CBOR.tagged(0xC0C000, .array([])).encoded == [0xDA, 0x00, 0xC0, 0xC0, 0x00, 0x80])
+    }
+
+    @Test func cborDecoderSurvivesGarbage() throws {
+        let certificate = try AttestedCertificate.make(attester: SampleAttester())
+        let valid = try #require(RATLSEvidenceProbe.extensionValue(in: certificate.der))
+        let spki = Array(certificate.key.publicKey.derRepresentation)
+        for round in 0..<5000 {
+            var input = round % 4 == 0 ? (0..<Int.random(in: 0...64)).map { _ in UInt8.random(in: 0...255) } : valid
+            if round % 4 != 0 {
+                for _ in 0..<Int.random(in: 1...6) where !input.isEmpty {
+                    input[Int.random(in: 0..<input.count)] = UInt8.random(in: 0...255)
+                }
+            }
+            _ = try? CBOR(decoding: input)
+            _ = try? RATLSEvidence.verify(extensionValue: input, subjectPublicKeyInfo: spki)
+        }
+    }
+}

@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""An independent TNG 2.2.1 ingress (client) for interop tests of caid's gateway, written from TNG v2.2.1 and
+rats-rs (see shared/reference/tng-wire.md) with other libraries than caid: Python ssl (OpenSSL), `cryptography`
+for X.509, `cbor2` for the evidence, `jwcrypto` for the token, `h2` for HTTP/2.
+
+It connects with TLS 1.3 and ALPN h2, takes the server's self-signed certificate, checks the self-signature, the DICE
+evidence extension (2.23.133.5.4.9, CBOR tag 0xC0C000) and that the evidence binds the certificate's key, asks the
+Attestation Service (flat request of Trustee <= 1.5.2, falling back on "missing field `tee`" to
+verification_requests of >= 1.6, the way TNG converts), checks the RS384 "simple" token (signature with its jwk,
+exp/nbf, runtime data, every policy id), and then sends one HTTP/1.1 request per CONNECT stream, `--streams` of
+them at once on the one connection. Prints a JSON report; exits 0 when everything held, 1 otherwise.
+
+Negative modes: --tls12 (offer only TLS 1.2), --no-alpn, --method GET (a non-CONNECT request), --stall (open TCP,
+send nothing, report how long the server keeps it), --skip-verify (tunnel without checking attestation).
+"""
+import argparse, base64, hashlib, json, socket, ssl, sys, threading, time, urllib.error, urllib.request
+
+import cbor2
+import h2.config, h2.connection, h2.events
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwcrypto import jwk, jws
+
+EVIDENCE_OID = "2.23.133.5.4.9"
+HASHES = {1: hashlib.sha256, 7: hashlib.sha384, 8: hashlib.sha512}
+
+
+def b64u(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def verify_certificate(der):
+    """rats-cert verify.rs: self-signed, DICE extension present, pubkey hash recomputed."""
+    cert = x509.load_der_x509_certificate(der)
+    if cert.issuer != cert.subject:
+        raise ValueError("issuer differs from subject")
+    public = cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise ValueError("not a P-256 key")
+    public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+    value = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(EVIDENCE_OID)).value.value
+    tagged = cbor2.loads(value)
+    if not isinstance(tagged, cbor2.CBORTag) or tagged.tag != 0xC0C000:
+        raise ValueError("evidence is not CBOR tag 0xC0C000")
+    raw_evidence, claims_buffer = tagged.value
+    raw = cbor2.loads(raw_evidence)
+    claims = cbor2.loads(claims_buffer)
+    hash_id, digest = cbor2.loads(claims["pubkey-hash"])
+    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if HASHES[hash_id](spki).digest() != digest:
+        raise ValueError("pubkey-hash does not match the certificate key")
+    report_data = hashlib.sha256(claims_buffer).digest()
+    expected_runtime = {"rats-rs.raw_runtime_data": b64u(report_data)}
+    runtime = json.loads(raw["aa_runtime_data"])
+    if runtime != expected_runtime:
+        raise ValueError("aa_runtime_data %r does not bind the claims" % raw["aa_runtime_data"])
+    if raw["aa_runtime_data_hash_algo"] != 7:
+        raise ValueError("runtime data hash is not sha384")
+    return raw, expected_runtime, len(der)
+
+
+def ask_as(as_addr, raw, runtime, policies):
+    """rats-cert converter/restful.rs: POST {as}/attestation; fall back to verification_requests."""
+    url = as_addr.rstrip("/") + "/attestation"
+    request = {"tee": raw["tee_type"], "evidence": b64u(raw["aa_evidence"]), "runtime_data": {"structured": runtime},
+               "init_data": None, "runtime_data_hash_algorithm": "sha384", "init_data_hash_algorithm": None,
+               "policy_ids": policies}
+    def post(body):
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.read().decode()
+    try:
+        return post(request)
+    except urllib.error.HTTPError as error:
+        text = error.read().decode(errors="replace")
+        if "missing field `tee`" not in text:
+            raise ValueError("AS refused: %s %s" % (error.code, text))
+    newer = {"verification_requests": [{k: request[k] for k in ("tee", "evidence", "runtime_data", "init_data", "runtime_data_hash_algorithm")}],
+             "policy_ids": policies}
+    return post(newer)
+
+
+def verify_token(token, runtime, policies):
+    """rats-cert coco/verifier.rs @34a0ed47: RS384 with the jwk (header, else claims), exp/nbf, runtime, policies."""
+    parts = token.split(".")
+    header = json.loads(base64.urlsafe_b64decode(parts[0] + "=="))
+    claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=="))
+    if header.get("alg") != "RS384":
+        raise ValueError("token alg %s is not RS384" % header.get("alg"))
+    key = jwk.JWK(**(header.get("jwk") or claims["jwk"]))
+    signed = jws.JWS()
+    signed.deserialize(token)
+    signed.verify(key, alg="RS384")
+    now = time.time()
+    if claims["exp"] < now:
+        raise ValueError("token expired")
+    if claims.get("nbf", 0) > now + 5:
+        raise ValueError("token not yet valid")
+    if json.dumps(claims["customized_claims"]["runtime_data"], separators=(",", ":")) != json.dumps(runtime, separators=(",", ":")):
+        raise ValueError("token runtime data differs")
+    reported = {r["policy-id"] for r in claims["evaluation-reports"]}
+    for policy in policies:
+        if policy not in reported:
+            raise ValueError("policy %s missing from the token" % policy)
+    return claims
+
+
+def tunnel(sock, count, method, request_bytes):
+    """One h2 connection, `count` CONNECT streams at once, each carrying `request_bytes`; returns each response."""
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    streams = {}
+    for _ in range(count):
+        stream_id = conn.get_next_available_stream_id()
+        headers = [(":method", method), (":authority", "tng.internal")]
+        if method != "CONNECT":
+            headers += [(":scheme", "https"), (":path", "/")]
+        conn.send_headers(stream_id, headers, end_stream=(method != "CONNECT"))
+        streams[stream_id] = {"status": None, "body": b"", "ended": False}
+    sock.sendall(conn.data_to_send())
+    pending_request = set(streams) if method == "CONNECT" else set()
+    deadline = time.time() + 30
+    while not all(s["ended"] for s in streams.values()) and time.time() < deadline:
+        data = sock.recv(65536)
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                streams[event.stream_id]["status"] = dict(event.headers)[":status"]
+                if event.stream_id in pending_request and streams[event.stream_id]["status"] == "200":
+                    conn.send_data(event.stream_id, request_bytes, end_stream=False)
+                    pending_request.discard(event.stream_id)
+            elif isinstance(event, h2.events.DataReceived):
+                streams[event.stream_id]["body"] += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                streams[event.stream_id]["ended"] = True
+                if isinstance(event, h2.events.StreamReset):
+                    streams[event.stream_id]["reset"] = True
+        sock.sendall(conn.data_to_send())
+    return [{"status": s["status"], "body": s["body"].decode(errors="replace"), "ended": s["ended"]} for s in streams.values()]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--as-addr")
+    parser.add_argument("--policy", action="append", default=[])
+    parser.add_argument("--path", default="/")
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--method", default="CONNECT")
+    parser.add_argument("--tls12", action="store_true")
+    parser.add_argument("--no-alpn", action="store_true")
+    parser.add_argument("--stall", type=float)
+    parser.add_argument("--skip-verify", action="store_true")
+    args = parser.parse_args()
+    report = {}
+    sock = socket.create_connection((args.host, args.port), timeout=30)
+    if args.stall:
+        sock.settimeout(args.stall)
+        start = time.time()
+        try:
+            closed = sock.recv(1) == b""
+        except socket.timeout:
+            closed = False
+        report = {"closed_by_server": closed, "after": round(time.time() - start, 2)}
+        print(json.dumps(report))
+        return 0
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the RA certificate is checked below, as TNG's verifier does
+    if args.tls12:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    else:
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+    if not args.no_alpn:
+        context.set_alpn_protocols(["h2"])
+    try:
+        tls = context.wrap_socket(sock, server_hostname="tng.internal")
+    except (ssl.SSLError, OSError) as error:
+        print(json.dumps({"handshake": "failed", "error": str(error)}))
+        return 1
+    report["tls_version"] = tls.version()
+    report["alpn"] = tls.selected_alpn_protocol()
+    try:
+        if tls.selected_alpn_protocol() != "h2":
+            # A TNG client would give up here; see whether the server talks at all.
+            tls.settimeout(3)
+            report["server_closed"] = tls.recv(1) == b""
+            print(json.dumps(report))
+            return 1
+        if not args.skip_verify:
+            raw, runtime, size = verify_certificate(tls.getpeercert(binary_form=True))
+            report["certificate_bytes"] = size
+            report["tee"] = raw["tee_type"]
+            token = ask_as(args.as_addr, raw, runtime, args.policy or ["default"])
+            claims = verify_token(token, runtime, args.policy or ["default"])
+            report["token_tee"] = claims["tee"]
+        request = ("GET %s HTTP/1.1\r\nHost: service\r\nConnection: close\r\n\r\n" % args.path).encode()
+        report["streams"] = tunnel(tls, args.streams, args.method, request)
+    except Exception as error:  # report, do not crash: the test reads the reason
+        report["error"] = "%s: %s" % (type(error).__name__, error)
+        print(json.dumps(report))
+        return 1
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
