@@ -5,8 +5,8 @@ for X.509, `cbor2` for the evidence, `jwcrypto` for the token, `h2` for HTTP/2.
 
 It connects with TLS 1.3 and ALPN h2, takes the server's self-signed certificate, checks the self-signature, the DICE
 evidence extension (2.23.133.5.4.9, CBOR tag 0xC0C000) and that the evidence binds the certificate's key, asks the
-Attestation Service (flat request of Trustee <= 1.5.2, falling back on "missing field `tee`" to
-verification_requests of >= 1.6, the way TNG converts), checks the RS384 "simple" token (signature with its jwk,
+Attestation Service (verification_requests of Trustee >= 1.6, falling back on "missing field `tee`" to the
+flat request of <= 1.5.2, as TNG's converter does; 2.2.1 itself sends only the flat one), checks the RS384 "simple" token (signature with its jwk,
 exp/nbf, runtime data, every policy id), and then sends one HTTP/1.1 request per CONNECT stream, `--streams` of
 them at once on the one connection. Prints a JSON report; exits 0 when everything held, 1 otherwise.
 
@@ -70,15 +70,15 @@ def ask_as(as_addr, raw, runtime, policies):
         req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as response:
             return response.read().decode()
+    newer = {"verification_requests": [{k: request[k] for k in ("tee", "evidence", "runtime_data", "init_data", "runtime_data_hash_algorithm")}],
+             "policy_ids": policies}
     try:
-        return post(request)
+        return post(newer)
     except urllib.error.HTTPError as error:
         text = error.read().decode(errors="replace")
         if "missing field `tee`" not in text:
             raise ValueError("AS refused: %s %s" % (error.code, text))
-    newer = {"verification_requests": [{k: request[k] for k in ("tee", "evidence", "runtime_data", "init_data", "runtime_data_hash_algorithm")}],
-             "policy_ids": policies}
-    return post(newer)
+    return post(request)
 
 
 def verify_token(token, runtime, policies):
