@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in pkg-config libsystemd-dev libfuse3-dev fuse3 libfuse2 gocryptfs systemd gcc; do
+for pkg in pkg-config libsystemd-dev libfuse3-dev fuse3 libfuse2 gocryptfs systemd gcc iptables iproute2; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

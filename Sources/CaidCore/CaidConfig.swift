@@ -26,6 +26,26 @@ public struct CaidConfig: Sendable {
         case current = "0.4.0"
     }
 
+    /// The attested gateway's settings (`CAID_GATEWAY_*`).
+    public struct Gateway: Sendable {
+        public enum Mode: String, Sendable, CaseIterable {
+            /// Clients dial `<host>:MODEL_SERVICE_PORT`; nat rules redirect it to the gateway.
+            case netfilter
+            /// Clients dial the gateway's own port.
+            case mapping
+            case off
+        }
+
+        public var mode: Mode = .netfilter
+        /// In `mapping` mode the port clients dial; in `netfilter` mode the local port the nat rules redirect to.
+        public var port: UInt16 = 41001
+        public var maxConnections = 256
+        public var maxStreams = 128
+        public var handshakeTimeout: Duration = .seconds(10)
+        public var idleTimeout: Duration = .seconds(600)
+        public var certificateRefresh: Duration = .seconds(600)
+    }
+
     /// Where the model ciphertext lives in OSS and how to reach it.
     public struct ObjectStorage: Sendable {
         public var bucket: String
@@ -53,6 +73,7 @@ public struct CaidConfig: Sendable {
     public var cacheDirectory: String
     public var attester: Attester
     public var kbsProtocol: KBSProtocol
+    public var gateway: Gateway
     /// Whether GPU evidence is collected through NVML when it is there (`CAID_GPU_EVIDENCE=auto`, default) or never (`off`).
     public var gpuEvidence: Bool
     public var logLevel: Logger.Level
@@ -84,7 +105,9 @@ public struct CaidConfig: Sendable {
         "TRUSTEE_URL", "TRUSTEE_POLICY", "MODEL_KEY_ID", "MODEL_ENCRYPTION_METHOD",
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
-        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
+        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
+        "CAID_GATEWAY_MODE", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
+        "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -179,6 +202,13 @@ extension CaidConfig {
             ("CAID_ATTESTER", attester.rawValue),
             ("CAID_KBS_PROTOCOL", kbsProtocol.rawValue),
             ("CAID_GPU_EVIDENCE", gpuEvidence ? "auto" : "off"),
+            ("CAID_GATEWAY_MODE", gateway.mode.rawValue),
+            ("CAID_GATEWAY_PORT", String(gateway.port)),
+            ("CAID_GATEWAY_MAX_CONNECTIONS", String(gateway.maxConnections)),
+            ("CAID_GATEWAY_MAX_STREAMS", String(gateway.maxStreams)),
+            ("CAID_GATEWAY_HANDSHAKE_TIMEOUT", String(gateway.handshakeTimeout.components.seconds)),
+            ("CAID_GATEWAY_IDLE_TIMEOUT", String(gateway.idleTimeout.components.seconds)),
+            ("CAID_GATEWAY_CERT_REFRESH", String(gateway.certificateRefresh.components.seconds)),
             ("CAID_LOG_LEVEL", logLevel.rawValue),
             ("CAID_OSS_REGION", ossRegion ?? "(from the endpoint)"),
             ("CAID_OSS_SIGNATURE", ossSignature),
@@ -364,6 +394,27 @@ private struct Decoder {
             default: error("CAID_GPU_EVIDENCE", "'\(raw)' is not a GPU evidence setting; expected auto or off")
             }
         }
+        var gateway = CaidConfig.Gateway()
+        if let raw = text("CAID_GATEWAY_MODE") {
+            if let value = CaidConfig.Gateway.Mode(rawValue: raw.lowercased()) {
+                gateway.mode = value
+            } else {
+                error("CAID_GATEWAY_MODE", "'\(raw)' is not a gateway mode; expected netfilter, mapping or off")
+            }
+        }
+        if let raw = text("CAID_GATEWAY_PORT") {
+            if let value = UInt16(raw), value > 0 { gateway.port = value } else {
+                error("CAID_GATEWAY_PORT", "'\(raw)' is not a TCP port; expected a number from 1 to 65535")
+            }
+        }
+        if gateway.mode != .off, gateway.port == port {
+            error("CAID_GATEWAY_PORT", "is \(port), the same as MODEL_SERVICE_PORT; the gateway needs a port of its own")
+        }
+        gateway.maxConnections = count("CAID_GATEWAY_MAX_CONNECTIONS", default: gateway.maxConnections)
+        gateway.maxStreams = count("CAID_GATEWAY_MAX_STREAMS", default: gateway.maxStreams)
+        gateway.handshakeTimeout = .seconds(count("CAID_GATEWAY_HANDSHAKE_TIMEOUT", default: 10))
+        gateway.idleTimeout = .seconds(count("CAID_GATEWAY_IDLE_TIMEOUT", default: 600))
+        gateway.certificateRefresh = .seconds(count("CAID_GATEWAY_CERT_REFRESH", default: 600))
         var level = Logger.Level.info
         if let raw = text("CAID_LOG_LEVEL") {
             if let value = Logger.Level(rawValue: raw.lowercased()) {
@@ -392,7 +443,17 @@ private struct Decoder {
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
-            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gpuEvidence: gpuEvidence, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
+            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, gpuEvidence: gpuEvidence, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
+    }
+
+    /// A positive whole number setting (a limit, or seconds).
+    mutating func count(_ key: String, default value: Int) -> Int {
+        guard let raw = text(key) else { return value }
+        guard let parsed = Int(raw), parsed > 0, parsed <= 1_000_000 else {
+            error(key, "'\(raw)' is not a positive whole number")
+            return value
+        }
+        return parsed
     }
 
     static func isIPAddress(_ text: String) -> Bool {

@@ -9,6 +9,13 @@ public struct ServiceHandle: Sendable {
     /// A logger with the service's name as metadata (`CAID_SERVICE` in the journal).
     public let logger: Logger
 
+    /// A handle outside a supervisor, for a command that runs one service on its own.
+    public init(name: String, registry: HealthRegistry, logger: Logger) {
+        self.name = name
+        self.registry = registry
+        self.logger = logger
+    }
+
     /// Declares the service ready: services that need it may start, and caid is ready once all required ones are.
     public func running(_ detail: String? = nil) async {
         await registry.set(name, .running, detail: detail)

@@ -397,6 +397,7 @@ def main():
     parser.add_argument("--faults")
     parser.add_argument("--log")
     parser.add_argument("--port-file")
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     if args.encrypt_for:
         with open(args.encrypt_for) as f:
@@ -410,7 +411,7 @@ def main():
         parser.error("--port-file is required to serve")
     args.dialect = args.dialect or "current"
     args.resource = dict(item.split("=", 1) for item in args.resource)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((args.host, 0), Handler)
     server.daemon_threads = True
     with open(args.port_file + ".tmp", "w") as f:
         f.write(str(server.server_address[1]))

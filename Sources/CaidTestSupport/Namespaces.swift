@@ -1,0 +1,49 @@
+import Foundation
+
+/// Two network namespaces joined by a veth pair (`server` 10.231.N.1, `client` 10.231.N.2), made for one test and
+/// removed with everything in them (addresses, nat rules) by ``remove()``. Needs root.
+public final class NamespacePair: Sendable {
+    public let server: String
+    public let client: String
+    public let serverAddress: String
+    public let clientAddress: String
+
+    public init() throws {
+        let tag = String(UInt32.random(in: 0..<0xFFFF), radix: 16)
+        let subnet = Int.random(in: 1...254)
+        server = "caid-s-\(tag)"
+        client = "caid-c-\(tag)"
+        serverAddress = "10.231.\(subnet).1"
+        clientAddress = "10.231.\(subnet).2"
+        let steps: [[String]] = [
+            ["netns", "add", server], ["netns", "add", client],
+            ["link", "add", "cs\(tag)", "type", "veth", "peer", "name", "cc\(tag)"],
+            ["link", "set", "cs\(tag)", "netns", server], ["link", "set", "cc\(tag)", "netns", client],
+            ["-n", server, "addr", "add", "\(serverAddress)/24", "dev", "cs\(tag)"],
+            ["-n", client, "addr", "add", "\(clientAddress)/24", "dev", "cc\(tag)"],
+            ["-n", server, "link", "set", "cs\(tag)", "up"], ["-n", client, "link", "set", "cc\(tag)", "up"],
+            ["-n", server, "link", "set", "lo", "up"], ["-n", client, "link", "set", "lo", "up"],
+        ]
+        for step in steps {
+            let result = try Programs.run("/usr/sbin/ip", step)
+            guard result.status == 0 else {
+                remove()
+                throw PeerProcess.Failure(description: "ip \(step.joined(separator: " ")) failed: \(result.stderr)")
+            }
+        }
+    }
+
+    /// Runs a program inside a namespace.
+    public func start(in namespace: String, _ path: String, _ arguments: [String], environment: [String: String] = Programs.environment()) throws -> Programs.Running {
+        try Programs.start("/usr/sbin/ip", ["netns", "exec", namespace, path] + arguments, environment: environment)
+    }
+
+    public func run(in namespace: String, _ path: String, _ arguments: [String]) throws -> Programs.Result {
+        try Programs.run("/usr/sbin/ip", ["netns", "exec", namespace, path] + arguments)
+    }
+
+    /// Deletes both namespaces; the veth pair and their nat tables go with them.
+    public func remove() {
+        for namespace in [server, client] { _ = try? Programs.run("/usr/sbin/ip", ["netns", "delete", namespace]) }
+    }
+}

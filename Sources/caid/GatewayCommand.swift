@@ -1,0 +1,53 @@
+import ArgumentParser
+import Attestation
+import CaidCore
+import CaidSystemd
+import Gateway
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+struct GatewayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gateway",
+        abstract: "Run the attested gateway alone, in the foreground, as the TNG egress does.",
+        discussion: """
+            Serves TNG clients on CAID_GATEWAY_PORT (mapping mode) or on MODEL_SERVICE_PORT through nat rules \
+            (netfilter mode, the default; needs root), with the evidence CAID_ATTESTER selects in its certificate. \
+            `caid run` runs the same gateway as one of its services; this command is for hosts where the model is \
+            served otherwise, and for trying the gateway. Ctrl-C or SIGTERM stops it and removes the nat rules. \
+            Exit status: 0 stopped, 1 failed, 78 configuration error (or the gateway is off).
+            """
+    )
+
+    @OptionGroup var env: EnvOption
+
+    func run() async throws {
+        let config = try env.load()
+        LogDestination.bootstrap(level: config.logLevel)
+        let logger = Logger(label: "caid.gateway")
+        guard let gateway = GatewayConfiguration(config) else {
+            printError("caid gateway: CAID_GATEWAY_MODE is off in \(config.file); set netfilter or mapping")
+            throw ExitCode(ConfigError.exitCode)
+        }
+        let provider: EvidenceProvider
+        do {
+            provider = try KeyBrokerSetup.provider(for: config)
+        } catch {
+            printError("caid gateway: \(error)")
+            throw ExitCode(ConfigError.exitCode)
+        }
+        let registry = HealthRegistry()
+        let handle = ServiceHandle(name: "gateway", registry: registry, logger: logger)
+        let service = GatewayService(configuration: gateway, attester: provider.attester, handle: handle)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            printError("caid gateway: \(error)")
+            throw ExitCode((error as? any ClassifiedFailure)?.isPermanent == true ? ConfigError.exitCode : 1)
+        }
+    }
+}
