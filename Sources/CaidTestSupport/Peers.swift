@@ -4,6 +4,7 @@ import Foundation
 public final class PeerProcess: @unchecked Sendable {
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
+        public init(description: String) { self.description = description }
     }
 
     public let process: Programs.Running

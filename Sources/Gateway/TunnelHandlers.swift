@@ -25,7 +25,7 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
     private let upstream: @Sendable (any EventLoop) -> EventLoopFuture<any Channel>
 
     /// - Parameter upstream: opens the upstream connection (mapping: the service; netfilter: the original
-    ///   destination) on the given loop, with an ``UpstreamHandler`` not yet attached.
+    ///   destination) on the given loop, with a ``SocketToStreamHandler`` not yet attached.
     init(upstream: @escaping @Sendable (any EventLoop) -> EventLoopFuture<any Channel>) {
         self.upstream = upstream
     }
@@ -80,7 +80,7 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
         case .success(let channel):
             state = .open(upstream: channel)
             do {
-                try channel.pipeline.syncOperations.addHandler(UpstreamHandler(stream: context.channel))
+                try channel.pipeline.syncOperations.addHandler(SocketToStreamHandler(stream: context.channel))
             } catch {
                 channel.close(promise: nil)
                 refuse(context: context, status: "502", message: "the service behind the gateway is not reachable\n")
@@ -130,9 +130,9 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
     }
 }
 
-/// The upstream TCP side of a tunnel stream: bytes from the service become DATA frames; its EOF becomes
-/// END_STREAM; when the service cannot take more, the stream stops reading.
-final class UpstreamHandler: ChannelInboundHandler {
+/// The TCP side of a tunnel stream (the service, or a proxy client): its bytes become DATA frames; its EOF becomes
+/// END_STREAM; when it cannot take more, the stream stops reading.
+final class SocketToStreamHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
     private let stream: any Channel
@@ -166,7 +166,7 @@ final class UpstreamHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if !ended {
-            // The service dropped the connection without a clean end: reset the stream.
+            // The socket dropped without a clean end: reset the stream.
             ended = true
             stream.writeAndFlush(HTTP2Frame.FramePayload.rstStream(.cancel), promise: nil)
         }

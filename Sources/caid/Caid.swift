@@ -13,7 +13,7 @@ struct Caid: AsyncParsableCommand {
         subcommands: [
             RunCommand.self, CheckConfigCommand.self, HealthCommand.self,
             EncryptCommand.self, MountCommand.self,
-            FetchCommand.self, AttestCommand.self, GetResourceCommand.self, GatewayCommand.self, NotBuilt.Tunnel.self,
+            FetchCommand.self, AttestCommand.self, GetResourceCommand.self, GatewayCommand.self, TunnelCommand.self,
         ]
     )
 }

@@ -1,0 +1,62 @@
+import ArgumentParser
+import Foundation
+import AsyncHTTPClient
+import CaidSystemd
+import Gateway
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+struct TunnelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tunnel",
+        abstract: "Run the client side of the attested gateway: an HTTP proxy whose every connection goes through a verified TEE.",
+        discussion: """
+            Point clients at the proxy (for example `curl -x http://127.0.0.1:41000 http://<host>:8080/v1/models`). \
+            For each destination caid opens one TLS 1.3 + HTTP/2 connection, checks the gateway's certificate and \
+            its TEE evidence with the Attestation Service (--as-addr, Trustee's `.../as/`), requires every --policy \
+            in the token, and then carries each proxied connection in a stream of its own. A destination that does \
+            not verify gets 403 with the reason. Works with caid's gateway and with TNG 2.2 egresses. \
+            Exit status: 0 stopped, 1 failed, 64 bad arguments.
+            """
+    )
+
+    @Option(help: ArgumentHelp("Where the proxy listens.", valueName: "host:port"))
+    var listen = "127.0.0.1:41000"
+
+    @Option(name: .customLong("as-addr"), help: ArgumentHelp("The Attestation Service, e.g. http://<trustee>/as/.", valueName: "url"))
+    var asAddress: String
+
+    @Option(name: .customLong("policy"), help: ArgumentHelp("A policy id the token must list (repeat for several; default: default).", valueName: "id"))
+    var policies: [String] = []
+
+    @Option(help: ArgumentHelp("Log level.", valueName: "level"))
+    var logLevel: Logger.Level = .info
+
+    func run() async throws {
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
+            printError("caid tunnel: --listen '\(listen)' is not host:port")
+            throw ExitCode(64)
+        }
+        let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        LogDestination.bootstrap(level: logLevel)
+        let logger = Logger(label: "caid.tunnel")
+        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        let verifier = PeerVerifier(attestationService: asAddress, policyIDs: policies, http: http)
+        let proxy = TunnelProxy(client: try TunnelClient(verifier: verifier, logger: logger), logger: logger)
+        do {
+            let bound = try await proxy.start(host: host, port: port)
+            printOut("caid tunnel: proxy listening on \(host):\(bound); verifying with \(verifier.attestationService) for policies \(verifier.policyIDs.joined(separator: ", "))")
+            let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+            for await _ in signals { break }
+        } catch {
+            printError("caid tunnel: cannot listen on \(listen): \(error)")
+            try? await http.shutdown()
+            throw ExitCode.failure
+        }
+        await proxy.stop()
+        try? await http.shutdown()
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}

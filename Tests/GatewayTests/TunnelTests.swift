@@ -1,0 +1,127 @@
+import Attestation
+import CaidCore
+import CaidTestSupport
+import Foundation
+import Gateway
+import Testing
+
+/// `caid tunnel` (the built executable) against caid's gateway and the test Attestation Service, with curl as the
+/// proxy user, as a CAI client would use it.
+@Suite(.serialized) struct TunnelTests {
+    final class Tunnel: @unchecked Sendable {
+        let process: Programs.Running
+        let port: Int
+
+        init(asAddress: String, policies: [String] = []) async throws {
+            let port = Int.random(in: 42000...47000)
+            process = try Programs.start(Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(port)", "--as-addr", asAddress] + policies.flatMap { ["--policy", $0] })
+            self.port = port
+            for _ in 0..<500 {
+                if process.stdout.contains("proxy listening") { return }
+                if let exited = process.exited() { throw PeerProcess.Failure(description: "caid tunnel exited: \(exited.stderr)") }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            throw PeerProcess.Failure(description: "caid tunnel did not start: \(process.stderr)")
+        }
+
+        func curl(_ url: String, connect: Bool = false) throws -> Programs.Result {
+            try Programs.run("/usr/bin/env", ["curl", "-sS", "--max-time", "20", "-x", "http://127.0.0.1:\(port)"] + (connect ? ["-p"] : []) + ["-D", "-", url])
+        }
+
+        deinit {
+            process.signal(SIGTERM)
+            _ = process.wait()
+        }
+    }
+
+    @Test func curlThroughTheTunnelBothWays() async throws {
+        let setup = try await GatewayInteropTests.Setup()
+        defer { Task { await setup.finish() } }
+        let tunnel = try await Tunnel(asAddress: setup.asAddress, policies: ["default", "model-serving"])
+        let url = "http://127.0.0.1:\(setup.port)/index.html"
+        let forwarded = try tunnel.curl(url)
+        #expect(forwarded.status == 0, "\(forwarded.stderr)")
+        #expect(forwarded.stdout.contains("200"))
+        #expect(forwarded.stdout.hasSuffix(setup.page))
+        let connected = try tunnel.curl(url, connect: true)
+        #expect(connected.status == 0, "\(connected.stderr)")
+        #expect(connected.stdout.contains("200 Connection Established"))
+        #expect(connected.stdout.hasSuffix(setup.page))
+        // Several requests share one verified connection: one attestation for all of them.
+        for _ in 0..<3 { _ = try tunnel.curl(url) }
+        let attestations = setup.trustee.requests().filter { $0["as"] != nil }.count
+        #expect(attestations == 1)
+    }
+
+    @Test func missingPolicyIsRefusedWithTheReason() async throws {
+        let setup = try await GatewayInteropTests.Setup()
+        defer { Task { await setup.finish() } }
+        // The AS knows no policy "strict": it refuses, and the proxy user is told why.
+        let tunnel = try await Tunnel(asAddress: setup.asAddress, policies: ["strict"])
+        let result = try tunnel.curl("http://127.0.0.1:\(setup.port)/index.html")
+        #expect(result.stdout.contains("403"))
+        #expect(result.stdout.contains("did not prove a trusted TEE"))
+        #expect(result.stdout.contains("strict"))
+        #expect(!result.stdout.contains(setup.page))
+    }
+
+    @Test func expiredTokenIsRefused() async throws {
+        let dir = try TemporaryDirectory("caid-tunnel")
+        defer { dir.remove() }
+        let setup = try await GatewayInteropTests.Setup()
+        defer { Task { await setup.finish() } }
+        let expiring = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path, options: ["--as-token-seconds", "-60"])
+        let tunnel = try await Tunnel(asAddress: expiring.url + "as/")
+        let result = try tunnel.curl("http://127.0.0.1:\(setup.port)/index.html")
+        #expect(result.stdout.contains("403"))
+        #expect(result.stdout.contains("expired"))
+    }
+
+    @Test func evidenceThatDoesNotBindTheKeyIsRefused() async throws {
+        let setup = try await GatewayInteropTests.Setup()
+        defer { Task { await setup.finish() } }
+        let cert = setup.dir.path + "/forged.pem"
+        let key = setup.dir.path + "/forged.key"
+        let forged = try Programs.run("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/forge_cert.py", String(setup.port), cert, key])
+        try #require(forged.status == 0, "\(forged.stderr)")
+        let port = Int.random(in: 47001...49000)
+        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", cert, "-key", key, "-tls1_3", "-alpn", "h2"])
+        defer { server.signal(SIGKILL); _ = server.wait() }
+        try await Task.sleep(for: .milliseconds(500))
+        let tunnel = try await Tunnel(asAddress: setup.asAddress)
+        let result = try tunnel.curl("http://127.0.0.1:\(port)/index.html")
+        #expect(result.stdout.contains("403"))
+        #expect(result.stdout.contains("does not bind the certificate's key"))
+    }
+
+    @Test func plainTLSServerIsNotAGateway() async throws {
+        let dir = try TemporaryDirectory("caid-tunnel")
+        defer { dir.remove() }
+        let made = try Programs.run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", dir.path + "/k.pem", "-out", dir.path + "/c.pem", "-subj", "/CN=plain", "-days", "1"])
+        try #require(made.status == 0, "\(made.stderr)")
+        let port = Int.random(in: 49001...51000)
+        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", dir.path + "/c.pem", "-key", dir.path + "/k.pem", "-tls1_3", "-alpn", "h2"])
+        defer { server.signal(SIGKILL); _ = server.wait() }
+        try await Task.sleep(for: .milliseconds(500))
+        let tunnel = try await Tunnel(asAddress: "http://127.0.0.1:1/as/")
+        let result = try tunnel.curl("http://127.0.0.1:\(port)/")
+        #expect(result.stdout.contains("403"))
+        #expect(result.stdout.contains("carries no TEE evidence"))
+    }
+
+    @Test func proxyRequestParsing() throws {
+        let connect = try ProxyRequestProbe.parse("CONNECT 10.0.0.5:8080 HTTP/1.1\r\nHost: 10.0.0.5:8080\r\n\r\n")
+        #expect(connect.isConnect && connect.host == "10.0.0.5" && connect.port == 8080)
+        let absolute = try ProxyRequestProbe.parse("POST http://srv:8080/v1/completions HTTP/1.1\r\nHost: srv:8080\r\nProxy-Connection: keep-alive\r\nContent-Length: 2\r\n\r\n")
+        #expect(!absolute.isConnect && absolute.host == "srv" && absolute.port == 8080)
+        #expect(absolute.forwardedHead.hasPrefix("POST /v1/completions HTTP/1.1\r\n"))
+        #expect(absolute.forwardedHead.contains("X-Tng-Http-Forward: true\r\n"))
+        #expect(absolute.forwardedHead.contains("Content-Length: 2\r\n"))
+        #expect(!absolute.forwardedHead.contains("Proxy-Connection"))
+        #expect(try ProxyRequestProbe.parse("GET http://[::1]/ HTTP/1.1\r\n\r\n").port == 80)
+        #expect(throws: (any Error).self) { try ProxyRequestProbe.parse("GET /local HTTP/1.1\r\n\r\n") }
+        #expect(throws: (any Error).self) { try ProxyRequestProbe.parse("GET http://a/ HTTP/1.1\r\nX-Tng-Http-Forward: true\r\n\r\n") }
+        #expect(throws: (any Error).self) { try ProxyRequestProbe.parse("CONNECT nohost HTTP/1.1\r\n\r\n") }
+    }
+}
