@@ -46,8 +46,8 @@ public final class TunnelClient: Sendable {
                     try stream.pipeline.syncOperations.addHandler(
                         ClientStreamHandler(socket: socket, preamble: preamble, request: request, opened: opened))
                 }
-            }.flatMap { stream in opened.futureResult.map { stream } }.hop(to: loop)
-        }
+            }.flatMap { stream in opened.futureResult.map { stream } }
+        }.hop(to: loop)
     }
 
     private func connection(host: String, port: Int, on loop: any EventLoop) -> EventLoopFuture<Connection> {
@@ -83,6 +83,8 @@ public final class TunnelClient: Sendable {
                 let handshake = channel.eventLoop.makePromise(of: [UInt8].self)
                 let added = channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(HandshakeWaiter(promise: handshake))
+                    // The gateway's SETTINGS may arrive while its evidence is being checked: keep them for HTTP/2.
+                    try channel.pipeline.syncOperations.addHandler(HoldInbound(), name: HoldInbound.name)
                 }
                 return added.flatMap { handshake.futureResult }.flatMap { der in
                     channel.eventLoop.makeFutureWithTask {
@@ -93,6 +95,7 @@ public final class TunnelClient: Sendable {
                     let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
                         mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
                     ) { stream in stream.eventLoop.makeSucceededVoidFuture() }
+                    channel.pipeline.removeHandler(name: HoldInbound.name, promise: nil)
                     return Connection(channel: channel, multiplexer: multiplexer)
                 }.flatMapErrorThrowing { error in
                     channel.close(promise: nil)
@@ -141,6 +144,27 @@ private final class HandshakeWaiter: ChannelInboundHandler, RemovableChannelHand
     func channelInactive(context: ChannelHandlerContext) {
         promise.fail(VerificationError("the gateway closed the connection during the TLS handshake (TLS 1.3 with ALPN h2 is required)"))
         context.fireChannelInactive()
+    }
+}
+
+/// Keeps what arrives until it is removed, then passes it on: bytes the server sends before HTTP/2 is set up.
+private final class HoldInbound: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    static let name = "caid.hold-inbound"
+    private var held: [NIOAny] = []
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        held.append(data)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {}
+
+    func removeHandler(context: ChannelHandlerContext, removalToken: ChannelHandlerContext.RemovalToken) {
+        let pending = held
+        held = []
+        for data in pending { context.fireChannelRead(data) }
+        if !pending.isEmpty { context.fireChannelReadComplete() }
+        context.leavePipeline(removalToken: removalToken)
     }
 }
 

@@ -156,7 +156,7 @@ public struct ProxyRequest: Sendable {
             return .failure(Problem(status: 508, message: "the request already went through a tunnel (X-Tng-Http-Forward); refusing a loop"))
         }
         if parts[0] == "CONNECT" {
-            guard let (host, port) = splitAuthority(parts[1], defaultPort: 443) else {
+            guard let (host, port) = splitAuthority(parts[1], defaultPort: nil) else {
                 return .failure(Problem(status: 400, message: "CONNECT needs host:port, got '\(parts[1])'"))
             }
             return .success(ProxyRequest(isConnect: true, host: host, port: port, forwardedHead: ""))
@@ -188,18 +188,19 @@ public struct ProxyRequest: Sendable {
         self.forwardedHead = forwardedHead
     }
 
-    private static func splitAuthority(_ authority: String, defaultPort: Int) -> (String, Int)? {
+    /// `host[:port]`; without a port, `defaultPort`, or nil when there is none (CONNECT names its port).
+    private static func splitAuthority(_ authority: String, defaultPort: Int?) -> (String, Int)? {
         if authority.hasPrefix("[") {
             guard let close = authority.firstIndex(of: "]") else { return nil }
             let host = String(authority[authority.index(after: authority.startIndex)..<close])
             let rest = authority[authority.index(after: close)...]
-            if rest.isEmpty { return (host, defaultPort) }
+            if rest.isEmpty { return defaultPort.map { (host, $0) } }
             guard rest.hasPrefix(":"), let port = Int(rest.dropFirst()), (1...65535).contains(port) else { return nil }
             return (host, port)
         }
         let pieces = authority.split(separator: ":", omittingEmptySubsequences: false)
         guard let host = pieces.first, !host.isEmpty, pieces.count <= 2 else { return nil }
-        if pieces.count == 1 { return (String(host), defaultPort) }
+        if pieces.count == 1 { return defaultPort.map { (String(host), $0) } }
         guard let port = Int(pieces[1]), (1...65535).contains(port) else { return nil }
         return (String(host), port)
     }
