@@ -11,7 +11,7 @@ import Testing
     let example = Programs.packageRoot + "/etc/caid/cai.env.example"
 
     @Test func everyCommandHasHelp() throws {
-        for command in ["", "run", "check-config", "health", "mount", "encrypt", "fetch", "attest", "get-resource", "tunnel"] {
+        for command in ["", "run", "check-config", "health", "mount", "encrypt", "fetch", "attest", "get-resource", "gateway", "tunnel"] {
             let result = try Programs.run(Programs.caid, (command.isEmpty ? [] : [command]) + ["--help"])
             #expect(result.status == 0, "caid \(command) --help")
             #expect(result.stdout.contains("USAGE"), "caid \(command) --help")
@@ -123,10 +123,10 @@ import Testing
         }
     }
 
-    @Test func notBuiltCommandsSaySoPlainly() throws {
+    @Test func tunnelNeedsTheAttestationService() throws {
         let result = try Programs.run(Programs.caid, ["tunnel"])
-        #expect(result.status == 69)
-        #expect(result.stderr.contains("not built in this version"))
+        #expect(result.status == 64)
+        #expect(result.stderr.contains("--as-addr"))
     }
 
     @Test func systemdUnitVerifies() throws {
