@@ -29,28 +29,17 @@ struct FetchCommand: AsyncParsableCommand {
         let config = try env.load()
         LogDestination.bootstrap(level: config.logLevel)
         let logger = Logger(label: "caid.fetch")
-        let storage = config.objectStorage
-        let endpoint: Endpoint
-        switch Endpoint.resolve(endpoint: storage.endpoint, bucket: storage.bucket, region: config.ossRegion) {
-        case .success(let value): endpoint = value
-        case .failure(let error):
-            printError("\(config.file): MODEL_OSS_ENDPOINT: \(error)")
-            throw ExitCode(ConfigError.exitCode)
-        }
-        var httpConfiguration = HTTPClient.Configuration()
-        if let proxy = ProxySettings.resolve(for: endpoint.bucketURL, override: config.ossProxy, environment: ProcessInfo.processInfo.environment) {
-            httpConfiguration.proxy = .server(host: proxy.host, port: proxy.port)
-            logger.info("fetching through the proxy \(proxy.host):\(proxy.port)")
-        }
-        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: httpConfiguration)
-        let client = OSSClient(
-            endpoint: endpoint, bucket: storage.bucket,
-            credentials: OSSCredentials(accessKeyID: storage.accessKeyID, secret: storage.secretAccessKey, securityToken: storage.sessionToken),
-            signature: OSSClient.Signature(rawValue: config.ossSignature) ?? .v4, http: http)
         var options = Fetcher.Options()
         options.partSize = UInt64(max(1, partSize)) << 20
         options.concurrency = max(1, concurrency)
-        let fetcher = Fetcher(client: client, prefix: storage.prefix, cacheDirectory: config.modelCacheDirectory, options: options, logger: logger)
+        let fetcher: Fetcher
+        let http: HTTPClient
+        do {
+            (fetcher, http) = try ObjectStoreSetup.fetcher(for: config, options: options, logger: logger)
+        } catch {
+            printError(error.description)
+            throw ExitCode(ConfigError.exitCode)
+        }
         let meter = ProgressMeter(label: "fetching", total: 0)
         do {
             let summary: Fetcher.Summary

@@ -1,4 +1,10 @@
 import ArgumentParser
+import Attestation
+import AsyncHTTPClient
+import CacheFS
+import Gateway
+import KeyBroker
+import ObjectStore
 import CaidControl
 import CaidCore
 import CaidSystemd
@@ -26,14 +32,14 @@ struct RunCommand: AsyncParsableCommand {
         let metrics = HealthMetrics()
         metrics.bootstrap()
 
-        let services = ServiceCatalog.services(for: config, logger: logger)
-        if services.isEmpty {
-            logger.warning("""
-                this build of caid supervises no model services yet (attestation, key, fetch, mount and gateway \
-                are still to come): it runs its health socket and systemd integration only
-                """)
+        let catalog: ServiceCatalog
+        do {
+            catalog = try ServiceCatalog(config: config, logger: logger)
+        } catch {
+            printError("caid run: \(error)")
+            throw ExitCode(ConfigError.exitCode)
         }
-        let supervisor = Supervisor(services: services, registry: registry, logger: logger)
+        let supervisor = Supervisor(services: catalog.specs, registry: registry, logger: logger)
         let health = HealthServer(path: config.healthSocket, registry: registry, metrics: metrics, logger: logger)
         let notifier = NotifierService(registry: registry, logger: logger)
 
@@ -52,17 +58,60 @@ struct RunCommand: AsyncParsableCommand {
         do {
             try await ServiceGroup(configuration: groupConfig).run()
         } catch {
+            await catalog.shutdown()
             logger.critical("caid cannot go on: \(error)")
             throw ExitCode.failure
         }
+        await catalog.shutdown()
         logger.info("caid stopped")
     }
 }
 
-/// The services `caid run` supervises, built from the configuration. Later releases add attestation, key, fetch,
-/// mount and gateway here; none is registered before it does real work.
-enum ServiceCatalog {
-    static func services(for config: CaidConfig, logger: Logger) -> [ServiceSpec] {
-        []
+/// The services `caid run` supervises, built from the configuration, and the HTTP clients they share.
+///
+/// `attestation` proves the host to Trustee; `key` (after attestation) fetches `MODEL_KEY_ID`; `fetch` brings the
+/// ciphertext meanwhile; `cachefs` mounts once both are there; `gateway` (after attestation) serves clients while
+/// the model may still be arriving. All are required: caid is ready when the model is mounted and the gateway
+/// listens.
+struct ServiceCatalog {
+    let specs: [ServiceSpec]
+    private let clients: [HTTPClient]
+
+    /// - Throws: when the host has no TEE (and sample is not chosen) or the OSS settings cannot work.
+    init(config: CaidConfig, logger: Logger) throws {
+        let provider = try KeyBrokerSetup.provider(for: config)
+        if provider.attester.tee == .sample {
+            logger.warning("CAID_ATTESTER=sample: this host sends sample evidence, which proves nothing; use it only for development")
+        }
+        let kbsHTTP = HTTPClient(eventLoopGroupProvider: .singleton)
+        let (fetcher, ossHTTP) = try ObjectStoreSetup.fetcher(for: config, logger: logger)
+        clients = [kbsHTTP, ossHTTP]
+        let kbs = KeyBrokerSetup.client(for: config, provider: provider, http: kbsHTTP, logger: logger)
+        let handoff = KeyHandoff()
+        let resource = config.modelKeyID
+        let cache = config.modelCacheDirectory
+        let mountpoint = config.modelMountPoint
+        var specs = [
+            ServiceSpec(name: "attestation") { AttestationService(client: kbs, handle: $0) },
+            ServiceSpec(name: "key", dependencies: ["attestation"]) { KeyService(client: kbs, resource: resource, handoff: handoff, handle: $0) },
+            ServiceSpec(name: "fetch") { FetchService(fetcher: fetcher, handle: $0) },
+            ServiceSpec(name: "cachefs", dependencies: ["key", "fetch"]) { handle in
+                // vLLM usually runs in a container as another user: let it read the mount (caid runs as root).
+                var options = FuseMount.Options()
+                options.allowOther = true
+                return MountService(cipherDirectory: cache, mountpoint: mountpoint, options: options, password: { try await handoff.take() }, handle: handle)
+            },
+        ]
+        if let gateway = GatewayConfiguration(config) {
+            let attester = provider.attester
+            specs.append(ServiceSpec(name: "gateway", dependencies: ["attestation"]) { GatewayService(configuration: gateway, attester: attester, handle: $0) })
+        } else {
+            logger.warning("CAID_GATEWAY_MODE=off: the inference service is not protected by an attested gateway")
+        }
+        self.specs = specs
+    }
+
+    func shutdown() async {
+        for client in clients { try? await client.shutdown() }
     }
 }
