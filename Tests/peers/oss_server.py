@@ -213,10 +213,16 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--page-size", type=int, default=1000)
     p.add_argument("--faults", default="/nonexistent")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port-file", help="also write the port here (atomically)")
     args = p.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     print("listening %d" % server.server_address[1], flush=True)
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write(str(server.server_address[1]))
+        os.rename(args.port_file + ".tmp", args.port_file)
     server.serve_forever()
 
 

@@ -1,0 +1,94 @@
+import Foundation
+
+/// Everything a caid host talks to, on loopback, around a small real model: the model encrypted with `caid
+/// encrypt` in a bucket of the test OSS server, its password in the test KBS (which is also the Attestation Service),
+/// and a stand-in inference service that serves the mounted model's files over HTTP. ``environment`` is a cai.env
+/// for `caid run` against them (sample attester, gateway in mapping mode).
+public final class ModelHost: Sendable {
+    public let dir: TemporaryDirectory
+    public let plain: String
+    public let mountpoint: String
+    public let oss: PeerProcess
+    public let trustee: TrusteePeer
+    public let service: PeerProcess
+    public let gatewayPort: Int
+    public let env: String
+    public let socket: String
+
+    public static let password = "demo model password"
+
+    public init(extraSettings: String = "") async throws {
+        dir = try TemporaryDirectory("caid-host")
+        plain = dir.path + "/model"
+        mountpoint = dir.path + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        try Self.makeModel(at: plain)
+        let passfile = try dir.write("password", Self.password + "\n")
+        let encrypt = try Programs.run(Programs.caid, ["encrypt", "--passfile", passfile, plain, dir.path + "/bucket/qwen"])
+        guard encrypt.status == 0 else { throw PeerProcess.Failure(description: "caid encrypt failed: \(encrypt.stderr)") }
+
+        oss = try await PeerProcess("oss_server.py", [
+            "--root", dir.path + "/bucket", "--bucket", "models", "--ak", "LTAItest", "--sk", "oss-secret-value",
+            "--faults", dir.path + "/oss-faults.json",
+        ], directory: dir.path)
+        trustee = try await TrusteePeer(
+            dialect: "current", resources: ["default/aliyun/model-decryption-key": passfile], directory: dir.path)
+        service = try await PeerProcess("static_server.py", ["--root", mountpoint], directory: dir.path)
+        gatewayPort = Int.random(in: 51001...56000)
+        socket = dir.path + "/run/caid.sock"
+        env = try dir.write("cai.env", """
+            TRUSTEE_URL="\(trustee.url)"
+            TRUSTEE_POLICY="default"
+            MODEL_KEY_ID="kbs:///default/aliyun/model-decryption-key"
+            MODEL_ENCRYPTION_METHOD="gocryptfs"
+            MODEL_OSS_BUCKET_PATH="models:/qwen"
+            MODEL_OSS_ENDPOINT="http://127.0.0.1:\(oss.port)"
+            MODEL_OSS_ACCESS_KEY_ID="LTAItest"
+            MODEL_OSS_SECRET_ACCESS_KEY="oss-secret-value"
+            MODEL_OSS_SESSION_TOKEN=
+            MODEL_SERVICE_PORT=\(service.port)
+            MODEL_MOUNT_POINT=\(mountpoint)
+            CAID_HEALTH_SOCKET=\(socket)
+            CAID_CACHE_DIR=\(dir.path)/cache
+            CAID_ATTESTER=sample
+            CAID_OSS_REGION=cn-test
+            CAID_GATEWAY_MODE=mapping
+            CAID_GATEWAY_PORT=\(gatewayPort)
+            \(extraSettings)
+            """)
+    }
+
+    /// A small model as vLLM expects one: a real safetensors file, a config and a tokenizer file.
+    public static func makeModel(at path: String) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let script = """
+            import json, sys, numpy as np
+            from safetensors.numpy import save_file
+            root = sys.argv[1]
+            rng = np.random.default_rng(7)
+            save_file({"embed.weight": rng.standard_normal((256, 64)).astype(np.float32),
+                       "lm_head.weight": rng.standard_normal((64, 256)).astype(np.float16)}, root + "/model.safetensors")
+            json.dump({"architectures": ["DemoForCausalLM"], "hidden_size": 64, "vocab_size": 256}, open(root + "/config.json", "w"), indent=2)
+            json.dump({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}}, open(root + "/tokenizer.json", "w"))
+            """
+        let result = try Programs.run("/usr/bin/env", ["python3", "-c", script, path])
+        guard result.status == 0 else { throw PeerProcess.Failure(description: "making the sample model failed: \(result.stderr)") }
+    }
+
+    /// Bytes the OSS server has served in object GETs so far.
+    public func ossServedBytes() throws -> Int {
+        let fetched = try Programs.run("/usr/bin/env", ["python3", "-c", "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())", "http://127.0.0.1:\(oss.port)/__stats"])
+        let stats = try JSONSerialization.jsonObject(with: Data(fetched.stdout.utf8)) as? [String: Any]
+        return stats?["get_bytes"] as? Int ?? -1
+    }
+
+    public func setOSSFaults(_ json: String) throws {
+        try json.write(toFile: dir.path + "/oss-faults.json", atomically: true, encoding: .utf8)
+    }
+
+    /// Unmounts anything left and removes the directory.
+    public func remove() {
+        _ = try? Programs.run("/bin/umount", ["-l", mountpoint])
+        dir.remove()
+    }
+}
