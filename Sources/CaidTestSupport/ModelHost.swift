@@ -24,7 +24,8 @@ public final class ModelHost: Sendable {
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         try Self.makeModel(at: plain)
         let passfile = try dir.write("password", Self.password + "\n")
-        let encrypt = try Programs.run(Programs.caid, ["encrypt", "--passfile", passfile, plain, dir.path + "/bucket/qwen"])
+        try FileManager.default.createDirectory(atPath: dir.path + "/bucket", withIntermediateDirectories: true)
+        let encrypt = try Programs.run(Programs.caid, ["encrypt", "--plain", plain, "--cipher", dir.path + "/bucket/qwen", "--passfile", passfile])
         guard encrypt.status == 0 else { throw PeerProcess.Failure(description: "caid encrypt failed: \(encrypt.stderr)") }
 
         oss = try await PeerProcess("oss_server.py", [
