@@ -19,12 +19,15 @@ public struct AttestedCertificate: Sendable {
     /// Whether the CC event log had to be left out to fit ``uncompressedLimit``.
     public let eventLogOmitted: Bool
 
-    /// Makes a certificate with fresh evidence from `attester`.
-    public static func make(attester: any Attester, now: Date = Date()) throws -> AttestedCertificate {
+    /// Makes a certificate with fresh evidence from `attester`, with the GPUs' evidence inside it (the legacy
+    /// `gpu_evidence` form an attestation agent gives TNG) when `gpu` finds any.
+    public static func make(attester: any Attester, gpu: GPUAttester? = nil, now: Date = Date()) throws -> AttestedCertificate {
         let key = P256.Signing.PrivateKey()
         let spki = Array(key.publicKey.derRepresentation)
         let claims = RATLSEvidence.claims(subjectPublicKeyInfo: spki)
-        var evidence = try attester.evidence(reportData: RATLSEvidence.reportData(claims: claims), gpuEvidence: nil)
+        let reportData = RATLSEvidence.reportData(claims: claims)
+        let gpuEvidence = try gpu?.collect(nonce: Array(reportData.prefix(32)))?.legacyEvidence
+        var evidence = try attester.evidence(reportData: reportData, gpuEvidence: gpuEvidence)
         var der = try build(key: key, tee: attester.tee.rawValue, evidence: evidence.canonicalBytes, claims: claims, now: now)
         var omitted = false
         if der.count > uncompressedLimit, case .object(var members) = evidence, members["cc_eventlog"] != nil, members["cc_eventlog"] != .null {

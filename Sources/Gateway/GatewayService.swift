@@ -15,11 +15,13 @@ extension NatError: ClassifiedFailure {
 public struct GatewayService: Service {
     private let configuration: GatewayConfiguration
     private let attester: any Attester
+    private let gpu: GPUAttester?
     private let handle: ServiceHandle
 
-    public init(configuration: GatewayConfiguration, attester: any Attester, handle: ServiceHandle) {
+    public init(configuration: GatewayConfiguration, attester: any Attester, gpu: GPUAttester? = nil, handle: ServiceHandle) {
         self.configuration = configuration
         self.attester = attester
+        self.gpu = gpu
         self.handle = handle
     }
 
@@ -70,7 +72,7 @@ public struct GatewayService: Service {
 
     private func certificate() throws -> AttestedCertificate {
         do {
-            let certificate = try AttestedCertificate.make(attester: attester)
+            let certificate = try AttestedCertificate.make(attester: attester, gpu: gpu)
             if certificate.eventLogOmitted {
                 handle.logger.warning("the CC event log was left out of the gateway certificate to keep it under 64 KiB for TNG 2.2.1 clients")
             }

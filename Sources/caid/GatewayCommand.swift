@@ -39,7 +39,7 @@ struct GatewayCommand: AsyncParsableCommand {
         }
         let registry = HealthRegistry()
         let handle = ServiceHandle(name: "gateway", registry: registry, logger: logger)
-        let service = GatewayService(configuration: gateway, attester: provider.attester, handle: handle)
+        let service = GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, handle: handle)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

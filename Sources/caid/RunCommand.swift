@@ -103,8 +103,9 @@ struct ServiceCatalog {
             },
         ]
         if let gateway = GatewayConfiguration(config) {
-            let attester = provider.attester
-            specs.append(ServiceSpec(name: "gateway", dependencies: ["attestation"]) { GatewayService(configuration: gateway, attester: attester, handle: $0) })
+            specs.append(ServiceSpec(name: "gateway", dependencies: ["attestation"]) {
+                GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, handle: $0)
+            })
         } else {
             logger.warning("CAID_GATEWAY_MODE=off: the inference service is not protected by an attested gateway")
         }

@@ -181,3 +181,26 @@ import Testing
         }
     }
 }
+
+/// TDX and GPU evidence in the certificate, through the fake configfs-tsm and NVML, as a TNG client's AS sees it.
+@Suite(.serialized) struct TDXCertificateTests {
+    @Test func tdxQuoteAndGPUEvidenceBindTheCertificateKey() async throws {
+        let dir = try TemporaryDirectory("caid-tdx-cert")
+        defer { dir.remove() }
+        let tsm = try await FakeTSM(directory: dir.path)
+        defer { tsm.stop() }
+        let library = try FakeNVML.build(in: dir.path)
+        let certificate = try AttestedCertificate.make(attester: TDXAttester(reportRoot: tsm.reportRoot), gpu: GPUAttester(library: library))
+        let value = try #require(RATLSEvidenceProbe.extensionValue(in: certificate.der))
+        let parsed = try RATLSEvidence.verify(extensionValue: value, subjectPublicKeyInfo: Array(certificate.key.publicKey.derRepresentation))
+        #expect(parsed.tee == "tdx")
+        let evidence = try JSONDecoder().decode(JSONValue.self, from: Data(parsed.evidence))
+        let quote = try #require(evidence["quote"]?.stringValue.flatMap(Base64.decodeStandard))
+        let expected = Array(SHA384.hash(data: Array(parsed.runtimeData.utf8)))
+        #expect(Array(quote[568..<616]) == expected)
+        let gpus = evidence["gpu_evidence"]?["evidence_list"]?.arrayValue ?? []
+        #expect(gpus.count == 2)
+        let report = gpus.first?["attestation_report"]?.stringValue.flatMap(Base64.decodeStandard) ?? []
+        #expect(Array(report.prefix(32)) == Array(expected.prefix(32)))
+    }
+}
