@@ -10,14 +10,22 @@ public final class ModelHost: Sendable {
     public let mountpoint: String
     public let oss: PeerProcess
     public let trustee: TrusteePeer
-    public let service: PeerProcess
+    /// The stand-in inference service; nil until ``startService()`` when the host starts without it.
+    public let service: PeerProcess?
+    public let servicePort: Int
     public let gatewayPort: Int
+    public let namespace: String?
     public let env: String
     public let socket: String
 
     public static let password = "demo model password"
 
-    public init(extraSettings: String = "") async throws {
+    /// - Parameters:
+    ///   - namespace: run the servers in this network namespace, listening on all its addresses (`caid run` must
+    ///     then run there too); the inference stand-in is then on port 8080 and started by ``startService()``.
+    ///   - gateway: `CAID_GATEWAY_MODE`.
+    public init(extraSettings: String = "", namespace: String? = nil, gateway: String = "mapping") async throws {
+        self.namespace = namespace
         dir = try TemporaryDirectory("caid-host")
         plain = dir.path + "/model"
         mountpoint = dir.path + "/mnt"
@@ -28,13 +36,22 @@ public final class ModelHost: Sendable {
         let encrypt = try Programs.run(Programs.caid, ["encrypt", "--plain", plain, "--cipher", dir.path + "/bucket/qwen", "--passfile", passfile])
         guard encrypt.status == 0 else { throw PeerProcess.Failure(description: "caid encrypt failed: \(encrypt.stderr)") }
 
+        let host = namespace == nil ? "127.0.0.1" : "0.0.0.0"
         oss = try await PeerProcess("oss_server.py", [
             "--root", dir.path + "/bucket", "--bucket", "models", "--ak", "LTAItest", "--sk", "oss-secret-value",
-            "--faults", dir.path + "/oss-faults.json",
-        ], directory: dir.path)
+            "--faults", dir.path + "/oss-faults.json", "--host", host,
+        ], directory: dir.path, namespace: namespace)
         trustee = try await TrusteePeer(
-            dialect: "current", resources: ["default/aliyun/model-decryption-key": passfile], directory: dir.path)
-        service = try await PeerProcess("static_server.py", ["--root", mountpoint], directory: dir.path)
+            dialect: "current", resources: ["default/aliyun/model-decryption-key": passfile], directory: dir.path,
+            options: ["--host", host], namespace: namespace)
+        if namespace == nil {
+            let service = try await PeerProcess("static_server.py", ["--root", mountpoint], directory: dir.path)
+            self.service = service
+            servicePort = service.port
+        } else {
+            service = nil
+            servicePort = 8080
+        }
         gatewayPort = Int.random(in: 51001...56000)
         socket = dir.path + "/run/caid.sock"
         env = try dir.write("cai.env", """
@@ -47,13 +64,13 @@ public final class ModelHost: Sendable {
             MODEL_OSS_ACCESS_KEY_ID="LTAItest"
             MODEL_OSS_SECRET_ACCESS_KEY="oss-secret-value"
             MODEL_OSS_SESSION_TOKEN=
-            MODEL_SERVICE_PORT=\(service.port)
+            MODEL_SERVICE_PORT=\(servicePort)
             MODEL_MOUNT_POINT=\(mountpoint)
             CAID_HEALTH_SOCKET=\(socket)
             CAID_CACHE_DIR=\(dir.path)/cache
             CAID_ATTESTER=sample
             CAID_OSS_REGION=cn-test
-            CAID_GATEWAY_MODE=mapping
+            CAID_GATEWAY_MODE=\(gateway)
             CAID_GATEWAY_PORT=\(gatewayPort)
             \(extraSettings)
             """)
@@ -76,9 +93,16 @@ public final class ModelHost: Sendable {
         guard result.status == 0 else { throw PeerProcess.Failure(description: "making the sample model failed: \(result.stderr)") }
     }
 
+    /// Starts the inference stand-in on port 8080 of the namespace (a service that comes up after caid).
+    public func startService() async throws -> PeerProcess {
+        try await PeerProcess("static_server.py", ["--root", mountpoint, "--host", "0.0.0.0", "--port", "8080"], directory: dir.path, namespace: namespace)
+    }
+
     /// Bytes the OSS server has served in object GETs so far.
     public func ossServedBytes() throws -> Int {
-        let fetched = try Programs.run("/usr/bin/env", ["python3", "-c", "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())", "http://127.0.0.1:\(oss.port)/__stats"])
+        let command = ["/usr/bin/env", "python3", "-c", "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())", "http://127.0.0.1:\(oss.port)/__stats"]
+        let fetched = try namespace.map { try Programs.run("/usr/sbin/ip", ["netns", "exec", $0] + command) }
+            ?? Programs.run(command[0], Array(command.dropFirst()))
         let stats = try JSONSerialization.jsonObject(with: Data(fetched.stdout.utf8)) as? [String: Any]
         return stats?["get_bytes"] as? Int ?? -1
     }

@@ -11,9 +11,15 @@ public final class PeerProcess: @unchecked Sendable {
     public let port: Int
 
     /// Starts `Tests/peers/<script>` with `arguments` plus `--port-file`, and waits until it listens.
-    public init(_ script: String, _ arguments: [String], directory: String) async throws {
+    /// - Parameter namespace: a network namespace to run it in (`ip netns exec`).
+    public init(_ script: String, _ arguments: [String], directory: String, namespace: String? = nil) async throws {
         let portFile = directory + "/\(script).\(UUID().uuidString.prefix(8)).port"
-        process = try Programs.start("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/" + script] + arguments + ["--port-file", portFile])
+        let command = ["python3", Programs.packageRoot + "/Tests/peers/" + script] + arguments + ["--port-file", portFile]
+        if let namespace {
+            process = try Programs.start("/usr/sbin/ip", ["netns", "exec", namespace, "/usr/bin/env"] + command)
+        } else {
+            process = try Programs.start("/usr/bin/env", command)
+        }
         for _ in 0..<1000 {
             if let text = try? String(contentsOfFile: portFile, encoding: .utf8), let port = Int(text) {
                 self.port = port
@@ -43,13 +49,16 @@ public final class TrusteePeer: Sendable {
     ///   - dialect: `legacy` (0.1.0) or `current` (0.4.0).
     ///   - resources: `repo/type/tag` → file served for it.
     ///   - options: more arguments (`--replicas 3`, `--session-seconds 1`, `--jwe-layout jwcrypto`…).
-    public init(dialect: String, resources: [String: String], directory: String, prefix: String = "/trustee/", options: [String] = []) async throws {
+    public init(
+        dialect: String, resources: [String: String], directory: String, prefix: String = "/trustee/", options: [String] = [],
+        namespace: String? = nil
+    ) async throws {
         faultsPath = directory + "/kbs-faults-\(UUID().uuidString.prefix(8)).json"
         logPath = directory + "/kbs-log-\(UUID().uuidString.prefix(8)).jsonl"
         self.prefix = prefix
         var arguments = ["--dialect", dialect, "--prefix", prefix, "--faults", faultsPath, "--log", logPath] + options
         for (path, file) in resources.sorted(by: { $0.key < $1.key }) { arguments += ["--resource", "\(path)=\(file)"] }
-        peer = try await PeerProcess("trustee_server.py", arguments, directory: directory)
+        peer = try await PeerProcess("trustee_server.py", arguments, directory: directory, namespace: namespace)
     }
 
     /// `TRUSTEE_URL` for this KBS.
