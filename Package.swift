@@ -230,7 +230,7 @@ let package = Package(
         .testTarget(
             name: "CaidCLITests",
             dependencies: [
-                "caid", "CaidControl", "CaidTestSupport",
+                "caid", "CaidControl", "CaidCore", "CaidTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

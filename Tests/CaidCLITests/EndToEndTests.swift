@@ -1,4 +1,5 @@
 import CaidControl
+import CaidCore
 import CaidTestSupport
 import Foundation
 import Testing
