@@ -101,7 +101,7 @@ public final class ModelHost: Sendable {
     /// Bytes the OSS server has served in object GETs so far.
     public func ossServedBytes() throws -> Int {
         let command = ["/usr/bin/env", "python3", "-c", "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())", "http://127.0.0.1:\(oss.port)/__stats"]
-        let fetched = try namespace.map { try Programs.run("/usr/sbin/ip", ["netns", "exec", $0] + command) }
+        let fetched = try namespace.map { try Programs.run("/usr/bin/nsenter", NamespacePair.enter($0) + command) }
             ?? Programs.run(command[0], Array(command.dropFirst()))
         let stats = try JSONSerialization.jsonObject(with: Data(fetched.stdout.utf8)) as? [String: Any]
         return stats?["get_bytes"] as? Int ?? -1

@@ -33,13 +33,19 @@ public final class NamespacePair: Sendable {
         }
     }
 
-    /// Runs a program inside a namespace.
+    /// Runs a program inside a namespace's network, sharing this process's mounts (`ip netns exec` would give it a
+    /// mount namespace of its own, hiding a FUSE mount it makes).
     public func start(in namespace: String, _ path: String, _ arguments: [String], environment: [String: String] = Programs.environment()) throws -> Programs.Running {
-        try Programs.start("/usr/sbin/ip", ["netns", "exec", namespace, path] + arguments, environment: environment)
+        try Programs.start("/usr/bin/nsenter", Self.enter(namespace) + [path] + arguments, environment: environment)
     }
 
     public func run(in namespace: String, _ path: String, _ arguments: [String]) throws -> Programs.Result {
-        try Programs.run("/usr/sbin/ip", ["netns", "exec", namespace, path] + arguments)
+        try Programs.run("/usr/bin/nsenter", Self.enter(namespace) + [path] + arguments)
+    }
+
+    /// `nsenter` arguments that enter only the network namespace `name`.
+    public static func enter(_ name: String) -> [String] {
+        ["--net=/run/netns/\(name)", "--"]
     }
 
     /// Deletes both namespaces; the veth pair and their nat tables go with them.

@@ -16,7 +16,7 @@ public final class PeerProcess: @unchecked Sendable {
         let portFile = directory + "/\(script).\(UUID().uuidString.prefix(8)).port"
         let command = ["python3", Programs.packageRoot + "/Tests/peers/" + script] + arguments + ["--port-file", portFile]
         if let namespace {
-            process = try Programs.start("/usr/sbin/ip", ["netns", "exec", namespace, "/usr/bin/env"] + command)
+            process = try Programs.start("/usr/bin/nsenter", NamespacePair.enter(namespace) + ["/usr/bin/env"] + command)
         } else {
             process = try Programs.start("/usr/bin/env", command)
         }
