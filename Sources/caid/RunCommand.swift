@@ -83,6 +83,9 @@ struct ServiceCatalog {
         if provider.attester.tee == .sample {
             logger.warning("CAID_ATTESTER=sample: this host sends sample evidence, which proves nothing; use it only for development")
         }
+        if !config.sharingPeers.isEmpty {
+            logger.warning("MODEL_SHARING_PEER is set, but model sharing is not built in this version of caid: this host downloads the model from OSS itself")
+        }
         let kbsHTTP = HTTPClient(eventLoopGroupProvider: .singleton)
         let (fetcher, ossHTTP) = try ObjectStoreSetup.fetcher(for: config, logger: logger)
         clients = [kbsHTTP, ossHTTP]
