@@ -11,7 +11,7 @@ exp/nbf, runtime data, every policy id), and then sends one HTTP/1.1 request per
 them at once on the one connection. Prints a JSON report; exits 0 when everything held, 1 otherwise.
 
 Negative modes: --tls12 (offer only TLS 1.2), --no-alpn, --method GET (a non-CONNECT request), --stall (open TCP,
-send nothing, report how long the server keeps it), --skip-verify (tunnel without checking attestation).
+send half a ClientHello, report how long the server keeps it), --skip-verify (tunnel without checking attestation).
 """
 import argparse, base64, hashlib, json, socket, ssl, sys, threading, time, urllib.error, urllib.request
 
@@ -160,6 +160,8 @@ def main():
     report = {}
     sock = socket.create_connection((args.host, args.port), timeout=30)
     if args.stall:
+        # Start a TLS handshake and stop in the middle of the ClientHello record.
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
         sock.settimeout(args.stall)
         start = time.time()
         try:
