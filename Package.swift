@@ -143,6 +143,20 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Model sharing between hosts: mutually attested TLS and ranged reads of the verified ciphertext cache.
+        .target(
+            name: "Sharing",
+            dependencies: [
+                "Gateway", "ObjectStore", "CaidCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strict
+        ),
         // The command line: a thin layer over the modules above.
         .executableTarget(
             name: "caid",
@@ -214,6 +228,15 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SharingTests",
+            dependencies: [
+                "Sharing", "Gateway", "Attestation", "ObjectStore", "CaidTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
