@@ -147,8 +147,9 @@ let package = Package(
         .target(
             name: "Sharing",
             dependencies: [
-                "Gateway", "ObjectStore", "CaidCore",
+                "Gateway", "ObjectStore", "CaidCore", "Attestation",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -161,7 +162,7 @@ let package = Package(
         .executableTarget(
             name: "caid",
             dependencies: [
-                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs", "CacheFS", "ObjectStore", "Attestation", "KeyBroker", "Gateway",
+                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs", "CacheFS", "ObjectStore", "Attestation", "KeyBroker", "Gateway", "Sharing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -67,6 +67,8 @@ public struct CaidConfig: Sendable {
     public var objectStorage: ObjectStorage
     /// IP addresses of the other hosts of the model-sharing group; empty when sharing is off.
     public var sharingPeers: [String]
+    /// The port sharing peers serve and fetch verified ciphertext on (`CAID_SHARING_PORT`).
+    public var sharingPort: UInt16
     public var modelServicePort: UInt16
     public var modelMountPoint: String
     public var healthSocket: String
@@ -107,7 +109,7 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
-        "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
+        "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -196,6 +198,7 @@ extension CaidConfig {
             ("MODEL_OSS_SESSION_TOKEN", objectStorage.sessionToken == nil ? "(not set)" : "<redacted>"),
             ("MODEL_SHARING_PEER", sharingPeers.isEmpty ? "(sharing off)" : sharingPeers.joined(separator: " ")),
             ("MODEL_SERVICE_PORT", String(modelServicePort)),
+            ("CAID_SHARING_PORT", String(sharingPort)),
             ("MODEL_MOUNT_POINT", modelMountPoint),
             ("CAID_HEALTH_SOCKET", healthSocket),
             ("CAID_CACHE_DIR", cacheDirectory),
@@ -394,6 +397,12 @@ private struct Decoder {
             default: error("CAID_GPU_EVIDENCE", "'\(raw)' is not a GPU evidence setting; expected auto or off")
             }
         }
+        var sharingPort: UInt16 = 41002
+        if let raw = text("CAID_SHARING_PORT") {
+            if let value = UInt16(raw), value > 0 { sharingPort = value } else {
+                error("CAID_SHARING_PORT", "'\(raw)' is not a TCP port; expected a number from 1 to 65535")
+            }
+        }
         var gateway = CaidConfig.Gateway()
         if let raw = text("CAID_GATEWAY_MODE") {
             if let value = CaidConfig.Gateway.Mode(rawValue: raw.lowercased()) {
@@ -442,7 +451,7 @@ private struct Decoder {
             objectStorage: .init(
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
-            sharingPeers: peers, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
+            sharingPeers: peers, sharingPort: sharingPort, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
             cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, gpuEvidence: gpuEvidence, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
     }
 

@@ -18,6 +18,8 @@ public struct Fetcher: Sendable {
         public var partSize: UInt64 = 8 << 20
         public var concurrency = 8
         public var attempts = 6
+        /// Where to try ranges before OSS (sharing peers); nil for OSS only.
+        public var alternate: (any AlternateSource)?
 
         public init() {}
     }
@@ -164,11 +166,14 @@ public struct Fetcher: Sendable {
             await report(kept.reduce(0) { $0 + $1.length })
             logger.info("resuming \(object.key): \(kept.count) of \(plan.parts.count) parts already here")
         }
+        // Parts a peer gave, and who: blamed if the object does not verify.
+        var fromPeers: [Int: String] = [:]
         do {
-            try await withThrowingTaskGroup(of: (Int, UInt64, UInt64?).self) { group in
+            try await withThrowingTaskGroup(of: (Int, UInt64, UInt64?, String?).self) { group in
                 var running = 0
-                func record(_ result: (Int, UInt64, UInt64?)) throws {
+                func record(_ result: (Int, UInt64, UInt64?, String?)) throws {
                     checkpoint.crcs[result.0] = result.1
+                    if let peer = result.3 { fromPeers[result.0] = peer }
                     if let reported = result.2 {
                         if let known = checkpoint.serverCRC, known != reported {
                             throw FetchError.changed("\(object.key) reported two different CRC-64 values during one download")
@@ -183,8 +188,11 @@ public struct Fetcher: Sendable {
                         running -= 1
                     }
                     group.addTask {
+                        if let (crc, peer) = try await self.fetchPartFromAlternate(part, of: object, into: fd, report: report) {
+                            return (part.index, crc, nil, peer)
+                        }
                         let (crc, reported) = try await self.fetchPart(part, of: object, into: fd, report: report)
-                        return (part.index, crc, reported)
+                        return (part.index, crc, reported, nil)
                     }
                     running += 1
                 }
@@ -200,12 +208,32 @@ public struct Fetcher: Sendable {
             if case FetchError.changed = error { discard(stagingPath, checkpointPath) }
             throw error
         }
-        let serverCRC = checkpoint.serverCRC
-        guard let combined = plan.parts.isEmpty ? CRC64().value : plan.combinedCRC(checkpoint.crcs) else {
-            throw FetchError.verification("\(object.key): a part is missing")
+        if checkpoint.serverCRC == nil, !plan.parts.isEmpty {
+            // Every part came from peers: OSS's CRC-64 still decides, asked for with a one-byte range.
+            let response = try await client.get(object.key, range: "bytes=0-0", ifMatch: object.etag)
+            checkpoint.serverCRC = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) }
+            for try await _ in response.body {}
         }
-        guard let expected = serverCRC else {
+        guard let expected = checkpoint.serverCRC else {
             throw FetchError.verification("\(object.key): OSS sent no x-oss-hash-crc64ecma; cannot verify it")
+        }
+        var combined = plan.parts.isEmpty ? CRC64().value : plan.combinedCRC(checkpoint.crcs)
+        if combined != expected, !fromPeers.isEmpty {
+            // A peer's bytes are wrong: take every part a peer gave from OSS instead, and blame the peers whose part
+            // differs from OSS's.
+            for part in plan.parts {
+                guard let peer = fromPeers[part.index] else { continue }
+                let (crc, _) = try await fetchPart(part, of: object, into: fd, report: { _ in })
+                if crc != checkpoint.crcs[part.index] {
+                    logger.warning("sharing peer \(peer) served bytes of \(object.key) that do not match OSS's; avoiding it")
+                    options.alternate?.distrust(peer, key: object.key)
+                }
+                checkpoint.crcs[part.index] = crc
+            }
+            combined = plan.combinedCRC(checkpoint.crcs)
+        }
+        guard let combined else {
+            throw FetchError.verification("\(object.key): a part is missing")
         }
         guard combined == expected else {
             discard(stagingPath, checkpointPath)
@@ -221,6 +249,29 @@ public struct Fetcher: Sendable {
         }
         logger.info("verified \(object.key)", metadata: ["size": "\(object.size)", "crc64": "\(combined)"])
         return Manifest.Entry(size: object.size, etag: object.etag, crc64: combined)
+    }
+
+    /// Tries the alternate source (a sharing peer) for one range; returns its CRC-64 and who gave it, or nil when
+    /// OSS must be asked.
+    private func fetchPartFromAlternate(
+        _ part: DownloadPlan.Part, of object: ObjectSummary, into fd: Int32, report: @escaping @Sendable (UInt64) async -> Void
+    ) async throws -> (UInt64, String)? {
+        guard let alternate = options.alternate, part.length > 0,
+            let (bytes, peer) = await alternate.fetch(key: object.key, etag: object.etag, range: part.offset...(part.offset + part.length - 1)),
+            bytes.count == Int(part.length)
+        else { return nil }
+        var crc = CRC64()
+        try bytes.withUnsafeBytes { buffer in
+            crc.update(buffer)
+            var offset = 0
+            while offset < buffer.count, let base = buffer.baseAddress {
+                let n = pwrite(fd, base + offset, buffer.count - offset, off_t(part.offset) + off_t(offset))
+                guard n > 0 else { throw FetchError.cache("cannot write \(object.key): \(String(cString: strerror(errno)))") }
+                offset += n
+            }
+        }
+        await report(part.length)
+        return (crc.value, peer)
     }
 
     /// Fetches one range with retries; returns its CRC-64 and the object CRC OSS reported.

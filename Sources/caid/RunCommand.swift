@@ -1,10 +1,12 @@
 import ArgumentParser
+import Foundation
 import Attestation
 import AsyncHTTPClient
 import CacheFS
 import Gateway
 import KeyBroker
 import ObjectStore
+import Sharing
 import CaidControl
 import CaidCore
 import CaidSystemd
@@ -83,11 +85,24 @@ struct ServiceCatalog {
         if provider.attester.tee == .sample {
             logger.warning("CAID_ATTESTER=sample: this host sends sample evidence, which proves nothing; use it only for development")
         }
-        if !config.sharingPeers.isEmpty {
-            logger.warning("MODEL_SHARING_PEER is set, but model sharing is not built in this version of caid: this host downloads the model from OSS itself")
-        }
         let kbsHTTP = HTTPClient(eventLoopGroupProvider: .singleton)
-        let (fetcher, ossHTTP) = try ObjectStoreSetup.fetcher(for: config, logger: logger)
+        var options = Fetcher.Options()
+        var sharing: ServiceSpec?
+        if !config.sharingPeers.isEmpty {
+            // Peers check each other with Trustee's Attestation Service under TRUSTEE_POLICY.
+            var trustee = config.trusteeURL.absoluteString
+            if !trustee.hasSuffix("/") { trustee += "/" }
+            let verifier = PeerVerifier(attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], http: kbsHTTP)
+            let peers = try AttestedPeers(certificate: try AttestedCertificate.make(attester: provider.attester), verifier: verifier, logger: logger)
+            let port = Int(config.sharingPort)
+            let source = PeerRangeSource(hosts: config.sharingPeers, client: PeerObjectClient(peers: peers, port: port), logger: logger)
+            let server = PeerObjectServer(peers: peers, cacheDirectory: config.modelCacheDirectory, logger: logger)
+            options.alternate = source
+            sharing = ServiceSpec(name: "sharing", required: false) {
+                SharingService(peers: peers, server: server, source: source, port: port, attester: provider.attester, handle: $0)
+            }
+        }
+        let (fetcher, ossHTTP) = try ObjectStoreSetup.fetcher(for: config, options: options, logger: logger)
         clients = [kbsHTTP, ossHTTP]
         let kbs = KeyBrokerSetup.client(for: config, provider: provider, http: kbsHTTP, logger: logger)
         let handoff = KeyHandoff()
@@ -112,6 +127,7 @@ struct ServiceCatalog {
         } else {
             logger.warning("CAID_GATEWAY_MODE=off: the inference service is not protected by an attested gateway")
         }
+        if let sharing { specs.append(sharing) }
         self.specs = specs
     }
 
