@@ -15,6 +15,7 @@ public final class ModelHost: Sendable {
     public let servicePort: Int
     public let gatewayPort: Int
     public let namespace: String?
+    public let serverAddress: String
     public let env: String
     public let socket: String
 
@@ -24,8 +25,10 @@ public final class ModelHost: Sendable {
     ///   - namespace: run the servers in this network namespace, listening on all its addresses (`caid run` must
     ///     then run there too); the inference stand-in is then on port 8080 and started by ``startService()``.
     ///   - gateway: `CAID_GATEWAY_MODE`.
-    public init(extraSettings: String = "", namespace: String? = nil, gateway: String = "mapping") async throws {
+    ///   - serverAddress: where caid reaches the servers (their namespace's address when caid runs elsewhere).
+    public init(extraSettings: String = "", namespace: String? = nil, serverAddress: String = "127.0.0.1", gateway: String = "mapping") async throws {
         self.namespace = namespace
+        self.serverAddress = serverAddress
         dir = try TemporaryDirectory("caid-host")
         plain = dir.path + "/model"
         mountpoint = dir.path + "/mnt"
@@ -55,12 +58,12 @@ public final class ModelHost: Sendable {
         gatewayPort = Int.random(in: 51001...56000)
         socket = dir.path + "/run/caid.sock"
         env = try dir.write("cai.env", """
-            TRUSTEE_URL="\(trustee.url)"
+            TRUSTEE_URL="http://\(serverAddress):\(trustee.peer.port)\(trustee.prefix)"
             TRUSTEE_POLICY="default"
             MODEL_KEY_ID="kbs:///default/aliyun/model-decryption-key"
             MODEL_ENCRYPTION_METHOD="gocryptfs"
             MODEL_OSS_BUCKET_PATH="models:/qwen"
-            MODEL_OSS_ENDPOINT="http://127.0.0.1:\(oss.port)"
+            MODEL_OSS_ENDPOINT="http://\(serverAddress):\(oss.port)"
             MODEL_OSS_ACCESS_KEY_ID="LTAItest"
             MODEL_OSS_SECRET_ACCESS_KEY="oss-secret-value"
             MODEL_OSS_SESSION_TOKEN=
@@ -93,6 +96,19 @@ public final class ModelHost: Sendable {
         guard result.status == 0 else { throw PeerProcess.Failure(description: "making the sample model failed: \(result.stderr)") }
     }
 
+    /// A cai.env for another host of the same deployment, with its own cache, mount point and health socket under
+    /// `<dir>/<name>/`. - Returns: the file and those paths.
+    public func hostEnvironment(_ name: String, extraSettings: String) throws -> (env: String, mountpoint: String, socket: String, cache: String) {
+        let base = dir.path + "/" + name
+        try FileManager.default.createDirectory(atPath: base + "/mnt", withIntermediateDirectories: true)
+        var text = try String(contentsOfFile: env, encoding: .utf8)
+        text = text.replacingOccurrences(of: "MODEL_MOUNT_POINT=\(mountpoint)", with: "MODEL_MOUNT_POINT=\(base)/mnt")
+            .replacingOccurrences(of: "CAID_HEALTH_SOCKET=\(socket)", with: "CAID_HEALTH_SOCKET=\(base)/run/caid.sock")
+            .replacingOccurrences(of: "CAID_CACHE_DIR=\(dir.path)/cache", with: "CAID_CACHE_DIR=\(base)/cache")
+        let file = try dir.write(name + ".env", text + "\n" + extraSettings + "\n")
+        return (file, base + "/mnt", base + "/run/caid.sock", base + "/cache/model")
+    }
+
     /// Starts the inference stand-in on port 8080 of the namespace (a service that comes up after caid).
     public func startService() async throws -> PeerProcess {
         try await PeerProcess("static_server.py", ["--root", mountpoint, "--host", "0.0.0.0", "--port", "8080"], directory: dir.path, namespace: namespace)
@@ -113,7 +129,10 @@ public final class ModelHost: Sendable {
 
     /// Unmounts anything left and removes the directory.
     public func remove() {
-        _ = try? Programs.run("/bin/umount", ["-l", mountpoint])
+        let others = ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []).map { dir.path + "/" + $0 + "/mnt" }
+        for path in [mountpoint] + others where FileManager.default.fileExists(atPath: path) {
+            _ = try? Programs.run("/bin/umount", ["-l", path])
+        }
         dir.remove()
     }
 }

@@ -1,0 +1,94 @@
+import CaidControl
+import CaidCore
+import CaidTestSupport
+import Foundation
+import Testing
+
+/// Model sharing for real: three hosts in network namespaces on one bridge, the test OSS server and KBS/AS beside
+/// them. The first host downloads from OSS, the others from their peers; a peer whose cache was altered is caught by
+/// OSS's CRC-64, avoided, and the download still completes from OSS.
+@Suite(.serialized) struct SharingEndToEndTests {
+    @Test func threeHostsShareTheCiphertext() async throws {
+        let network = try NamespaceNetwork(hosts: 3)
+        defer { network.remove() }
+        let host = try await ModelHost(namespace: network.infra, serverAddress: network.infraAddress, gateway: "off")
+        defer { host.remove() }
+        let a = network.addresses
+        let modelBytes = try Self.treeSize(host.dir.path + "/bucket/qwen")
+
+        func start(_ index: Int, peers: [String]) throws -> (Programs.Running, (env: String, mountpoint: String, socket: String, cache: String)) {
+            let paths = try host.hostEnvironment("h\(index + 1)", extraSettings: "MODEL_SHARING_PEER=\"\(peers.joined(separator: " "))\"")
+            return (try network.start(in: network.hosts[index], Programs.caid, ["run", "--env", paths.env]), paths)
+        }
+        func waitReady(_ index: Int, _ process: Programs.Running, _ socket: String) async throws -> String {
+            for _ in 0..<600 {
+                let health = try network.run(in: network.hosts[index], Programs.caid, ["health", "--socket", socket])
+                if health.status == 0 { return health.stdout }
+                if let exited = process.exited() { Issue.record("host \(index + 1) exited: \(exited.stderr)"); return "" }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            Issue.record("host \(index + 1) not ready: \(process.stderr)")
+            return ""
+        }
+        func sameAsPlain(_ mountpoint: String) -> Bool {
+            ["model.safetensors", "config.json", "tokenizer.json"].allSatisfy { name in
+                let mounted = FileManager.default.contents(atPath: mountpoint + "/" + name)
+                return mounted != nil && mounted == FileManager.default.contents(atPath: host.plain + "/" + name)
+            }
+        }
+
+        // Host 1 first: its peers are not up yet, so it takes everything from OSS.
+        let (first, p1) = try start(0, peers: [a[1], a[2]])
+        defer { first.signal(SIGKILL); _ = first.wait() }
+        _ = try await waitReady(0, first, p1.socket)
+        let afterFirst = try host.ossServedBytes()
+        #expect(afterFirst >= modelBytes)
+
+        // Host 2 takes it from host 1 (host 3 is not up and is avoided for a while).
+        let (second, p2) = try start(1, peers: [a[0], a[2]])
+        defer { second.signal(SIGKILL); _ = second.wait() }
+        let health2 = try await waitReady(1, second, p2.socket)
+        #expect(health2.contains("sharing"))
+        let afterSecond = try host.ossServedBytes()
+        #expect(afterSecond - afterFirst < modelBytes / 4, "host 2 took \(afterSecond - afterFirst) bytes from OSS")
+        #expect(sameAsPlain(p1.mountpoint))
+        #expect(sameAsPlain(p2.mountpoint))
+
+        // Host 2's cache is altered behind its back (disk damage or a dishonest host): its manifest still lists it.
+        let victim = try #require(Self.largestFile(p2.cache))
+        let handle = try #require(FileHandle(forUpdatingAtPath: victim))
+        try handle.seek(toOffset: 100)
+        handle.write(Data(repeating: 0xEE, count: 64))
+        try handle.close()
+
+        // Host 3 asks only host 2: the bad object fails OSS's CRC-64, host 2 is avoided, OSS supplies that object.
+        let (third, p3) = try start(2, peers: [a[1]])
+        defer { third.signal(SIGKILL); _ = third.wait() }
+        let health3 = try await waitReady(2, third, p3.socket)
+        #expect(sameAsPlain(p3.mountpoint))
+        #expect(health3.contains("avoided"), "\(health3)")
+        #expect(health3.contains("did not verify"), "\(health3)")
+        let total = try host.ossServedBytes()
+        #expect(total < 2 * modelBytes, "OSS served \(total) bytes for a \(modelBytes)-byte model")
+
+        for (index, process) in [first, second, third].enumerated() {
+            process.signal(SIGTERM)
+            let result = await process.wait(timeout: .seconds(15))
+            #expect(result?.status == 0, "host \(index + 1): \(result?.stderr ?? "killed")")
+        }
+    }
+
+    static func treeSize(_ path: String) throws -> Int {
+        let files = FileManager.default.enumerator(atPath: path)?.allObjects as? [String] ?? []
+        return try files.reduce(0) { total, file in
+            let attributes = try FileManager.default.attributesOfItem(atPath: path + "/" + file)
+            return total + ((attributes[.type] as? FileAttributeType) == .typeRegular ? (attributes[.size] as? Int ?? 0) : 0)
+        }
+    }
+
+    static func largestFile(_ path: String) -> String? {
+        let files = FileManager.default.enumerator(atPath: path)?.allObjects as? [String] ?? []
+        func size(_ file: String) -> Int { ((try? FileManager.default.attributesOfItem(atPath: file))?[.size] as? Int) ?? 0 }
+        return files.map { path + "/" + $0 }.max { size($0) < size($1) }
+    }
+}
