@@ -117,12 +117,19 @@ public struct Fetcher: Sendable {
 
     /// Where an object lives in the cache; refuses keys that would leave it.
     func localPath(_ key: String) throws -> String {
-        let relative = String(key.dropFirst(prefix.count))
-        let parts = relative.split(separator: "/", omittingEmptySubsequences: false)
-        guard key.hasPrefix(prefix), !relative.isEmpty, !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+        guard let path = Self.cachePath(of: key, prefix: prefix, cacheDirectory: cache) else {
             throw FetchError.verification("object key '\(key)' does not map to a safe path under the cache; refusing it")
         }
-        return cache + "/" + relative
+        return path
+    }
+
+    /// Where object `key` lives in the cache, or nil when the key would leave it (`..`, empty segments, another prefix).
+    /// - Parameter prefix: the bucket prefix, empty or ending in `/`.
+    public static func cachePath(of key: String, prefix: String, cacheDirectory: String) -> String? {
+        let relative = String(key.dropFirst(prefix.count))
+        let parts = relative.split(separator: "/", omittingEmptySubsequences: false)
+        guard key.hasPrefix(prefix), !relative.isEmpty, !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else { return nil }
+        return cacheDirectory + "/" + relative
     }
 
     /// Downloads one object into the staging area, verifies it and moves it into place; restarts it once if it

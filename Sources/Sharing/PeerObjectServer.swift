@@ -16,15 +16,18 @@ public final class PeerObjectServer: Sendable {
 
     private let peers: AttestedPeers
     private let cacheDirectory: String
+    private let prefix: String
     private let manifestPath: String
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
 
     /// - Parameters:
     ///   - cacheDirectory: `CAID_CACHE_DIR/model`; the manifest is `<cacheDirectory>.manifest.json`.
-    public init(peers: AttestedPeers, cacheDirectory: String, logger: Logger) {
+    ///   - prefix: the bucket prefix the object keys start with (the cache holds them without it).
+    public init(peers: AttestedPeers, cacheDirectory: String, prefix: String, logger: Logger) {
         self.peers = peers
         self.cacheDirectory = cacheDirectory
+        self.prefix = prefix.isEmpty || prefix.hasSuffix("/") ? prefix : prefix + "/"
         self.manifestPath = cacheDirectory + ".manifest.json"
         self.logger = logger
     }
@@ -32,7 +35,7 @@ public final class PeerObjectServer: Sendable {
     /// Listens on `host:port`. - Returns: the port.
     public func start(host: String, port: Int) async throws -> Int {
         let peers = peers
-        let files = ObjectFiles(cacheDirectory: cacheDirectory, manifestPath: manifestPath)
+        let files = ObjectFiles(cacheDirectory: cacheDirectory, prefix: prefix, manifestPath: manifestPath)
         let bound = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
@@ -58,6 +61,7 @@ public final class PeerObjectServer: Sendable {
 /// Where verified objects are and what the manifest says about them.
 struct ObjectFiles: Sendable {
     let cacheDirectory: String
+    let prefix: String
     let manifestPath: String
 
     enum Answer {
@@ -68,16 +72,16 @@ struct ObjectFiles: Sendable {
     /// The answer to a request, read from disk (called off the event loop).
     func answer(key: String, range: ClosedRange<UInt64>?, etag: String?) -> Answer {
         let manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: manifestPath))) ?? Data())
-        guard !key.isEmpty, !key.split(separator: "/", omittingEmptySubsequences: false).contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }),
-            let entry = manifest.entries[key]
-        else { return .refused(.notFound, "not a verified object here") }
+        guard let path = Fetcher.cachePath(of: key, prefix: prefix, cacheDirectory: cacheDirectory), let entry = manifest.entries[key] else {
+            return .refused(.notFound, "not a verified object here")
+        }
         if let etag, etag != entry.etag { return .refused(.preconditionFailed, "this host has another version (\(entry.etag))") }
         guard entry.size > 0 else { return .bytes(Data(), total: 0, range: 0...0) }
         let wanted = range ?? 0...(entry.size - 1)
         guard wanted.upperBound < entry.size, wanted.upperBound - wanted.lowerBound < PeerObjectServer.maximumRange else {
             return .refused(.rangeNotSatisfiable, "range outside the object or larger than 16 MiB")
         }
-        guard let handle = FileHandle(forReadingAtPath: cacheDirectory + "/" + key) else { return .refused(.notFound, "not in the cache") }
+        guard let handle = FileHandle(forReadingAtPath: path) else { return .refused(.notFound, "not in the cache") }
         defer { try? handle.close() }
         do {
             try handle.seek(toOffset: wanted.lowerBound)

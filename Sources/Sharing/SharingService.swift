@@ -41,7 +41,7 @@ public struct SharingService: Service {
                     await handle.running(line)
                     last = line
                 }
-                try? await Task.sleep(for: .seconds(2))
+                try? await Task.sleep(for: .milliseconds(500))
                 if ContinuousClock.now - renewed > .seconds(600) {
                     renewed = ContinuousClock.now
                     do { try peers.renew(try AttestedCertificate.make(attester: attester)) } catch {

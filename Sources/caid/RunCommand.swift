@@ -96,7 +96,7 @@ struct ServiceCatalog {
             let peers = try AttestedPeers(certificate: try AttestedCertificate.make(attester: provider.attester), verifier: verifier, logger: logger)
             let port = Int(config.sharingPort)
             let source = PeerRangeSource(hosts: config.sharingPeers, client: PeerObjectClient(peers: peers, port: port), logger: logger)
-            let server = PeerObjectServer(peers: peers, cacheDirectory: config.modelCacheDirectory, logger: logger)
+            let server = PeerObjectServer(peers: peers, cacheDirectory: config.modelCacheDirectory, prefix: config.objectStorage.prefix, logger: logger)
             options.alternate = source
             sharing = ServiceSpec(name: "sharing", required: false) {
                 SharingService(peers: peers, server: server, source: source, port: port, attester: provider.attester, handle: $0)

@@ -30,7 +30,7 @@ import Testing
             try manifest.encoded().write(to: URL(fileURLWithPath: cache + ".manifest.json"))
             // Bytes that are in the cache directory but not in the manifest: never served.
             try Data("half-downloaded".utf8).write(to: URL(fileURLWithPath: cache + "/unverified.bin"))
-            server = PeerObjectServer(peers: try Self.peers(trustee: trustee, http: http), cacheDirectory: cache, logger: quietLogger)
+            server = PeerObjectServer(peers: try Self.peers(trustee: trustee, http: http), cacheDirectory: cache, prefix: "", logger: quietLogger)
             port = try await server.start(host: "127.0.0.1", port: 0)
         }
 
