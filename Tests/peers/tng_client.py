@@ -160,14 +160,16 @@ def main():
     report = {}
     sock = socket.create_connection((args.host, args.port), timeout=30)
     if args.stall:
-        # Start a TLS handshake and stop in the middle of the ClientHello record.
-        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
-        sock.settimeout(args.stall)
+        # Start a TLS handshake and stop in the middle of the ClientHello record. A reset counts as closed.
         start = time.time()
         try:
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            sock.settimeout(args.stall)
             closed = sock.recv(1) == b""
         except socket.timeout:
             closed = False
+        except OSError:
+            closed = True
         report = {"closed_by_server": closed, "after": round(time.time() - start, 2)}
         print(json.dumps(report))
         return 0
