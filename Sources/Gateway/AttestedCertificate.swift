@@ -15,7 +15,6 @@ public struct AttestedCertificate: Sendable {
 
     public let key: P256.Signing.PrivateKey
     public let der: [UInt8]
-    public let created: Date
     /// Whether the CC event log had to be left out to fit ``uncompressedLimit``.
     public let eventLogOmitted: Bool
 
@@ -44,7 +43,7 @@ public struct AttestedCertificate: Sendable {
                 64 KiB without RFC 8879 certificate compression, which caid's TLS stack does not offer
                 """)
         }
-        return AttestedCertificate(key: key, der: der, created: now, eventLogOmitted: omitted)
+        return AttestedCertificate(key: key, der: der, eventLogOmitted: omitted)
     }
 
     private static func build(key: P256.Signing.PrivateKey, tee: String, evidence: [UInt8], claims: [UInt8], now: Date) throws -> [UInt8] {

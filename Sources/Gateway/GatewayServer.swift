@@ -81,9 +81,6 @@ public final class GatewayServer: Sendable {
         context.withLock { $0 = fresh }
     }
 
-    /// The connections open now.
-    public var openConnections: Int { connections.load(ordering: .relaxed) }
-
     /// Binds the listener. - Returns: the port it listens on.
     public func start() async throws -> Int {
         let configuration = configuration

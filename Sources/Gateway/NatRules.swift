@@ -53,9 +53,6 @@ public struct NatRules: Sendable {
         _ = run(["-t", "nat", "-X", Self.chain])
     }
 
-    /// Whether caid's chain exists (for tests and the health detail).
-    public var isInstalled: Bool { run(["-t", "nat", "-S", Self.chain]).status == 0 }
-
     private func run(_ arguments: [String]) -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")

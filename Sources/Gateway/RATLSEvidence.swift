@@ -9,8 +9,6 @@ import Foundation
 public enum RATLSEvidence {
     /// CBOR tag of CoCo evidence (`OCBR_TAG_EVIDENCE_COCO_EVIDENCE`).
     public static let cocoEvidenceTag: UInt64 = 0xC0C000
-    /// IANA hash ids used in the `pubkey-hash` claim.
-    static let hashIDs: [UInt64: String] = [1: "sha-256", 7: "sha-384", 8: "sha-512"]
 
     /// The CBOR claims buffer for a public key: `{"pubkey-hash": h'<CBOR [1, h'SHA-256(SPKI)']>'}`.
     public static func claims(subjectPublicKeyInfo spki: [UInt8]) -> [UInt8] {

@@ -89,17 +89,22 @@ struct ServiceCatalog {
         var options = Fetcher.Options()
         var sharing: ServiceSpec?
         if !config.sharingPeers.isEmpty {
-            // Peers check each other with Trustee's Attestation Service under TRUSTEE_POLICY.
-            var trustee = config.trusteeURL.absoluteString
-            if !trustee.hasSuffix("/") { trustee += "/" }
-            let verifier = PeerVerifier(attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], http: kbsHTTP)
-            let peers = try AttestedPeers(certificate: try AttestedCertificate.make(attester: provider.attester), verifier: verifier, logger: logger)
-            let port = Int(config.sharingPort)
-            let source = PeerRangeSource(hosts: config.sharingPeers, client: PeerObjectClient(peers: peers, port: port), logger: logger)
-            let server = PeerObjectServer(peers: peers, cacheDirectory: config.modelCacheDirectory, prefix: config.objectStorage.prefix, logger: logger)
-            options.alternate = source
-            sharing = ServiceSpec(name: "sharing", required: false) {
-                SharingService(peers: peers, server: server, source: source, port: port, attester: provider.attester, handle: $0)
+            do {
+                // Peers check each other with Trustee's Attestation Service under TRUSTEE_POLICY.
+                var trustee = config.trusteeURL.absoluteString
+                if !trustee.hasSuffix("/") { trustee += "/" }
+                let verifier = PeerVerifier(attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], http: kbsHTTP)
+                let peers = try AttestedPeers(certificate: try AttestedCertificate.make(attester: provider.attester), verifier: verifier, logger: logger)
+                let port = Int(config.sharingPort)
+                let source = PeerRangeSource(hosts: config.sharingPeers, client: PeerObjectClient(peers: peers, port: port), logger: logger)
+                let server = PeerObjectServer(peers: peers, cacheDirectory: config.modelCacheDirectory, prefix: config.objectStorage.prefix, logger: logger)
+                options.alternate = source
+                sharing = ServiceSpec(name: "sharing", required: false) {
+                    SharingService(peers: peers, server: server, source: source, port: port, attester: provider.attester, handle: $0)
+                }
+            } catch {
+                // Sharing only saves bandwidth: without it this host downloads from OSS, as it would alone.
+                logger.error("model sharing is off for this run: cannot make the attested sharing certificate: \(error)")
             }
         }
         let (fetcher, ossHTTP) = try ObjectStoreSetup.fetcher(for: config, options: options, logger: logger)
