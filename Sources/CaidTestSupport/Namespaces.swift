@@ -1,46 +1,25 @@
 import Foundation
 
-/// Two network namespaces joined by a veth pair (`server` 10.231.N.1, `client` 10.231.N.2), made for one test and
-/// removed with everything in them (addresses, nat rules) by ``remove()``. Needs root.
+/// A server and a client network namespace on one link (a ``NamespaceNetwork`` of two hosts), made for one test and
+/// removed with everything in them (addresses, nat rules, mounts' network) by ``remove()``. Needs root.
 public final class NamespacePair: Sendable {
-    public let server: String
-    public let client: String
-    public let serverAddress: String
-    public let clientAddress: String
+    private let network: NamespaceNetwork
+
+    public var server: String { network.hosts[0] }
+    public var client: String { network.hosts[1] }
+    public var serverAddress: String { network.addresses[0] }
+    public var clientAddress: String { network.addresses[1] }
 
     public init() throws {
-        let tag = String(UInt32.random(in: 0..<0xFFFF), radix: 16)
-        let subnet = Int.random(in: 1...254)
-        server = "caid-s-\(tag)"
-        client = "caid-c-\(tag)"
-        serverAddress = "10.231.\(subnet).1"
-        clientAddress = "10.231.\(subnet).2"
-        let steps: [[String]] = [
-            ["netns", "add", server], ["netns", "add", client],
-            ["link", "add", "cs\(tag)", "type", "veth", "peer", "name", "cc\(tag)"],
-            ["link", "set", "cs\(tag)", "netns", server], ["link", "set", "cc\(tag)", "netns", client],
-            ["-n", server, "addr", "add", "\(serverAddress)/24", "dev", "cs\(tag)"],
-            ["-n", client, "addr", "add", "\(clientAddress)/24", "dev", "cc\(tag)"],
-            ["-n", server, "link", "set", "cs\(tag)", "up"], ["-n", client, "link", "set", "cc\(tag)", "up"],
-            ["-n", server, "link", "set", "lo", "up"], ["-n", client, "link", "set", "lo", "up"],
-        ]
-        for step in steps {
-            let result = try Programs.run("/usr/sbin/ip", step)
-            guard result.status == 0 else {
-                remove()
-                throw PeerProcess.Failure(description: "ip \(step.joined(separator: " ")) failed: \(result.stderr)")
-            }
-        }
+        network = try NamespaceNetwork(hosts: 2)
     }
 
-    /// Runs a program inside a namespace's network, sharing this process's mounts (`ip netns exec` would give it a
-    /// mount namespace of its own, hiding a FUSE mount it makes).
     public func start(in namespace: String, _ path: String, _ arguments: [String], environment: [String: String] = Programs.environment()) throws -> Programs.Running {
-        try Programs.start("/usr/bin/nsenter", Self.enter(namespace) + [path] + arguments, environment: environment)
+        try network.start(in: namespace, path, arguments, environment: environment)
     }
 
     public func run(in namespace: String, _ path: String, _ arguments: [String]) throws -> Programs.Result {
-        try Programs.run("/usr/bin/nsenter", Self.enter(namespace) + [path] + arguments)
+        try network.run(in: namespace, path, arguments)
     }
 
     /// `nsenter` arguments that enter only the network namespace `name`.
@@ -48,10 +27,7 @@ public final class NamespacePair: Sendable {
         ["--net=/run/netns/\(name)", "--"]
     }
 
-    /// Deletes both namespaces; the veth pair and their nat tables go with them.
-    public func remove() {
-        for namespace in [server, client] { _ = try? Programs.run("/usr/sbin/ip", ["netns", "delete", namespace]) }
-    }
+    public func remove() { network.remove() }
 }
 
 /// A small LAN of network namespaces: `infra` holds a bridge (10.232.N.254, where shared servers listen) and each
@@ -94,6 +70,8 @@ public final class NamespaceNetwork: Sendable {
         }
     }
 
+    /// Runs a program inside a namespace's network, sharing this process's mounts (`ip netns exec` would give it a
+    /// mount namespace of its own, hiding a FUSE mount it makes).
     public func start(in namespace: String, _ path: String, _ arguments: [String], environment: [String: String] = Programs.environment()) throws -> Programs.Running {
         try Programs.start("/usr/bin/nsenter", NamespacePair.enter(namespace) + [path] + arguments, environment: environment)
     }
@@ -102,6 +80,7 @@ public final class NamespaceNetwork: Sendable {
         try Programs.run("/usr/bin/nsenter", NamespacePair.enter(namespace) + [path] + arguments)
     }
 
+    /// Deletes every namespace; the links, addresses and nat tables go with them.
     public func remove() {
         for namespace in hosts + [infra] { _ = try? Programs.run("/usr/sbin/ip", ["netns", "delete", namespace]) }
     }

@@ -135,3 +135,19 @@ public enum FakeNVML {
         return output
     }
 }
+
+/// An ordinary self-signed P-256 certificate with no TEE evidence (made with openssl): what a host that cannot
+/// attest would present.
+public enum PlainCertificate {
+    /// Writes `c.pem` and `k.pem` into `directory`. - Returns: their paths.
+    public static func make(in directory: String) throws -> (certificate: String, key: String) {
+        let certificate = directory + "/plain-cert.pem"
+        let key = directory + "/plain-key.pem"
+        let made = try Programs.run("/usr/bin/env", [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", key, "-out", certificate, "-subj", "/CN=plain", "-days", "1",
+        ])
+        guard made.status == 0 else { throw PeerProcess.Failure(description: "openssl req failed: \(made.stderr)") }
+        return (certificate, key)
+    }
+}

@@ -52,7 +52,7 @@ public final class GatewayServer: Sendable {
     private let context: Mutex<NIOSSLContext>
     private let connections = Atomic<Int>(0)
     private let logger: Logger
-    private let channel: Mutex<(any Channel)?> = Mutex(nil)
+    private let listener = Listener()
 
     /// - Parameter certificate: the first attested certificate; replace it with ``renew(_:)``.
     public init(configuration: GatewayConfiguration, certificate: AttestedCertificate, logger: Logger) throws {
@@ -83,23 +83,18 @@ public final class GatewayServer: Sendable {
 
     /// Binds the listener. - Returns: the port it listens on.
     public func start() async throws -> Int {
-        let configuration = configuration
-        let bound = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture { try self.initialize(channel) }
-            }
-            .bind(host: configuration.listenHost, port: Int(configuration.listenPort)).get()
-        channel.withLock { $0 = bound }
-        return bound.localAddress?.port ?? Int(configuration.listenPort)
+        try await listener.bind(host: configuration.listenHost, port: Int(configuration.listenPort)) { bootstrap in
+            bootstrap
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture { try self.initialize(channel) }
+                }
+        }
     }
 
     /// Stops listening and closes every connection.
     public func stop() async {
-        guard let bound = channel.withLock({ $0.take() }) else { return }
-        try? await bound.close()
+        await listener.close()
     }
 
     private func initialize(_ channel: any Channel) throws {

@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
 
 /// The HTTP proxy of `caid tunnel` (TNG's `http_proxy` ingress): `CONNECT host:port` tunnels the raw bytes after
 /// `200`; an absolute-form request (`GET http://host:port/path`) is re-sent in origin form with
@@ -11,7 +10,7 @@ import Synchronization
 public final class TunnelProxy: Sendable {
     private let client: TunnelClient
     private let logger: Logger
-    private let channel = Mutex<(any Channel)?>(nil)
+    private let listener = Listener()
 
     public init(client: TunnelClient, logger: Logger) {
         self.client = client
@@ -22,23 +21,20 @@ public final class TunnelProxy: Sendable {
     public func start(host: String, port: Int) async throws -> Int {
         let client = client
         let logger = logger
-        let bound = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ProxyRequestHandler(client: client, logger: logger))
+        return try await listener.bind(host: host, port: port) { bootstrap in
+            bootstrap
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ProxyRequestHandler(client: client, logger: logger))
+                    }
                 }
-            }
-            .bind(host: host, port: port).get()
-        channel.withLock { $0 = bound }
-        return bound.localAddress?.port ?? port
+        }
     }
 
     public func stop() async {
-        guard let bound = channel.withLock({ $0.take() }) else { return }
-        try? await bound.close()
+        await listener.close()
     }
 }
 

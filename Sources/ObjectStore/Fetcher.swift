@@ -270,12 +270,7 @@ public struct Fetcher: Sendable {
         var crc = CRC64()
         try bytes.withUnsafeBytes { buffer in
             crc.update(buffer)
-            var offset = 0
-            while offset < buffer.count, let base = buffer.baseAddress {
-                let n = pwrite(fd, base + offset, buffer.count - offset, off_t(part.offset) + off_t(offset))
-                guard n > 0 else { throw FetchError.cache("cannot write \(object.key): \(String(cString: strerror(errno)))") }
-                offset += n
-            }
+            try Self.write(buffer, to: fd, at: part.offset, key: object.key)
         }
         await report(part.length)
         return (crc.value, peer)
@@ -309,12 +304,7 @@ public struct Fetcher: Sendable {
             }
             try buffer.withUnsafeReadableBytes { bytes in
                 crc.update(bytes)
-                var offset = 0
-                while offset < bytes.count {
-                    let n = pwrite(fd, bytes.baseAddress! + offset, bytes.count - offset, off_t(part.offset + written) + off_t(offset))
-                    guard n > 0 else { throw FetchError.cache("cannot write \(object.key): \(String(cString: strerror(errno)))") }
-                    offset += n
-                }
+                try Self.write(bytes, to: fd, at: part.offset + written, key: object.key)
             }
             written += UInt64(buffer.readableBytes)
         }
@@ -323,6 +313,17 @@ public struct Fetcher: Sendable {
         }
         await report(part.length)
         return (crc.value, response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) })
+    }
+
+    /// Writes all of `bytes` at `offset` of the staging file.
+    private static func write(_ bytes: UnsafeRawBufferPointer, to fd: Int32, at offset: UInt64, key: String) throws {
+        guard let base = bytes.baseAddress else { return }
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, base + done, bytes.count - done, off_t(offset) + off_t(done))
+            guard n > 0 else { throw FetchError.cache("cannot write \(key): \(String(cString: strerror(errno)))") }
+            done += n
+        }
     }
 
     private func discard(_ paths: String...) {

@@ -1,11 +1,11 @@
 import Foundation
+import Gateway
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import ObjectStore
-import Synchronization
 
 /// Serves this host's verified ciphertext to its sharing peers: `GET /v1/objects/<percent-encoded key>` with one
 /// `Range: bytes=a-b` and `If-Match: <ETag>`, over mutually attested TLS. Only objects in the manifest (complete and
@@ -19,7 +19,7 @@ public final class PeerObjectServer: Sendable {
     private let prefix: String
     private let manifestPath: String
     private let logger: Logger
-    private let channel = Mutex<(any Channel)?>(nil)
+    private let listener = Listener()
 
     /// - Parameters:
     ///   - cacheDirectory: `CAID_CACHE_DIR/model`; the manifest is `<cacheDirectory>.manifest.json`.
@@ -36,9 +36,8 @@ public final class PeerObjectServer: Sendable {
     public func start(host: String, port: Int) async throws -> Int {
         let peers = peers
         let files = ObjectFiles(cacheDirectory: cacheDirectory, prefix: prefix, manifestPath: manifestPath)
-        let bound = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
+        return try await listener.bind(host: host, port: port) { bootstrap in
+            bootstrap.childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let peer = channel.remoteAddress?.ipAddress ?? "unknown"
                     let sync = channel.pipeline.syncOperations
@@ -47,14 +46,11 @@ public final class PeerObjectServer: Sendable {
                     try sync.addHandler(ObjectRequestHandler(files: files))
                 }
             }
-            .bind(host: host, port: port).get()
-        channel.withLock { $0 = bound }
-        return bound.localAddress?.port ?? port
+        }
     }
 
     public func stop() async {
-        guard let bound = channel.withLock({ $0.take() }) else { return }
-        try? await bound.close()
+        await listener.close()
     }
 }
 

@@ -100,11 +100,9 @@ import Testing
     @Test func plainTLSServerIsNotAGateway() async throws {
         let dir = try TemporaryDirectory("caid-tunnel")
         defer { dir.remove() }
-        let made = try Programs.run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", dir.path + "/k.pem", "-out", dir.path + "/c.pem", "-subj", "/CN=plain", "-days", "1"])
-        try #require(made.status == 0, "\(made.stderr)")
+        let plain = try PlainCertificate.make(in: dir.path)
         let port = Int.random(in: 49001...51000)
-        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", dir.path + "/c.pem", "-key", dir.path + "/k.pem", "-tls1_3", "-alpn", "h2"])
+        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", plain.certificate, "-key", plain.key, "-tls1_3", "-alpn", "h2"])
         defer { server.signal(SIGKILL); _ = server.wait() }
         try await Task.sleep(for: .milliseconds(500))
         let tunnel = try await Tunnel(asAddress: "http://127.0.0.1:1/as/")

@@ -90,9 +90,7 @@ import Testing
     @Test func clientWithoutEvidenceIsRefusedByTheServer() async throws {
         let setup = try await Setup()
         defer { Task { await setup.finish() } }
-        let made = try Programs.run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", setup.dir.path + "/k.pem", "-out", setup.dir.path + "/c.pem", "-subj", "/CN=plain", "-days", "1"])
-        try #require(made.status == 0, "\(made.stderr)")
+        let plain = try PlainCertificate.make(in: setup.dir.path)
         let script = """
             import socket, ssl, sys
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -107,7 +105,7 @@ import Testing
             except (ssl.SSLError, OSError) as error:
                 print("REFUSED", error)
             """
-        let result = try Programs.run("/usr/bin/env", ["python3", "-c", script, String(setup.port), setup.dir.path + "/c.pem", setup.dir.path + "/k.pem"])
+        let result = try Programs.run("/usr/bin/env", ["python3", "-c", script, String(setup.port), plain.certificate, plain.key])
         #expect(result.stdout.hasPrefix("REFUSED") || result.stdout.hasPrefix("CLOSED"), "\(result.stdout) \(result.stderr)")
         #expect(!result.stdout.contains("SERVED"))
     }
@@ -115,12 +113,10 @@ import Testing
     @Test func serverWithoutEvidenceIsRefusedByTheClient() async throws {
         let setup = try await Setup()
         defer { Task { await setup.finish() } }
-        let made = try Programs.run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", setup.dir.path + "/k.pem", "-out", setup.dir.path + "/c.pem", "-subj", "/CN=plain", "-days", "1"])
-        try #require(made.status == 0, "\(made.stderr)")
+        let plain = try PlainCertificate.make(in: setup.dir.path)
         let port = Int.random(in: 60001...62000)
-        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", setup.dir.path + "/c.pem",
-            "-key", setup.dir.path + "/k.pem", "-tls1_3", "-Verify", "1"])
+        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", plain.certificate,
+            "-key", plain.key, "-tls1_3", "-Verify", "1"])
         defer { server.signal(SIGKILL); _ = server.wait() }
         try await Task.sleep(for: .milliseconds(500))
         let client = PeerObjectClient(peers: try setup.peers(), port: port)

@@ -13,6 +13,7 @@ from alibabacloud_oss_v2.signer import SignerV4
 from alibabacloud_oss_v2.credentials import StaticCredentialsProvider
 from alibabacloud_oss_v2.types import HttpRequest, SigningContext
 from alibabacloud_oss_v2.crc import Crc64
+from peerutil import announce_port
 
 args = None
 lock = threading.Lock()
@@ -220,9 +221,7 @@ def main():
     server.daemon_threads = True
     print("listening %d" % server.server_address[1], flush=True)
     if args.port_file:
-        with open(args.port_file + ".tmp", "w") as f:
-            f.write(str(server.server_address[1]))
-        os.rename(args.port_file + ".tmp", args.port_file)
+        announce_port(args.port_file, server.server_address[1])
     server.serve_forever()
 
 

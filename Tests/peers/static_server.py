@@ -3,6 +3,7 @@
 connection after its response. Writes its port to --port-file."""
 import argparse, functools, os
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from peerutil import announce_port
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--root", required=True)
@@ -19,7 +20,5 @@ class Handler(SimpleHTTPRequestHandler):
 
 server = ThreadingHTTPServer((args.host, args.port), functools.partial(Handler, directory=args.root))
 server.daemon_threads = True
-with open(args.port_file + ".tmp", "w") as f:
-    f.write(str(server.server_address[1]))
-os.rename(args.port_file + ".tmp", args.port_file)
+announce_port(args.port_file, server.server_address[1])
 server.serve_forever()

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, keywrap
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwcrypto import jwe, jwk, jwt
+from peerutil import announce_port
 
 args = None
 lock = threading.Lock()
@@ -413,9 +414,7 @@ def main():
     args.resource = dict(item.split("=", 1) for item in args.resource)
     server = ThreadingHTTPServer((args.host, 0), Handler)
     server.daemon_threads = True
-    with open(args.port_file + ".tmp", "w") as f:
-        f.write(str(server.server_address[1]))
-    os.rename(args.port_file + ".tmp", args.port_file)
+    announce_port(args.port_file, server.server_address[1])
     server.serve_forever()
 
 
