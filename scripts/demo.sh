@@ -57,7 +57,7 @@ pids+=($!)
 python3 Tests/peers/static_server.py --root "$work/mnt" --port-file "$work/service.port" &
 pids+=($!)
 wait_for_file "$work/oss.port"; wait_for_file "$work/kbs.port"; wait_for_file "$work/service.port"
-gateway_port=$((41100 + RANDOM % 800))
+gateway_port=$((21000 + RANDOM % 5000))  # below the ephemeral port range
 cat > "$work/cai.env" <<ENV
 TRUSTEE_URL="http://127.0.0.1:$(cat "$work/kbs.port")/trustee/"
 TRUSTEE_POLICY="default"
@@ -100,7 +100,7 @@ step "6/8 caid health"
 echo; echo "the decrypted model at $work/mnt:"; ls -l "$work/mnt"
 
 step "7/8 a client request through caid tunnel (verified against the Attestation Service)"
-tunnel_port=$((42100 + RANDOM % 800))
+tunnel_port=$((26000 + RANDOM % 5000))
 "$caid" tunnel --listen "127.0.0.1:$tunnel_port" --as-addr "http://127.0.0.1:$(cat "$work/kbs.port")/trustee/as/" &
 pids+=($!)
 for _ in $(seq 1 100); do curl -s "http://127.0.0.1:$tunnel_port" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -55,7 +55,7 @@ public final class ModelHost: Sendable {
             service = nil
             servicePort = 8080
         }
-        gatewayPort = Int.random(in: 51001...56000)
+        gatewayPort = Programs.unusedPort()
         socket = dir.path + "/run/caid.sock"
         env = try dir.write("cai.env", """
             TRUSTEE_URL="http://\(serverAddress):\(trustee.peer.port)\(trustee.prefix)"

@@ -13,6 +13,24 @@ public enum Programs {
         return directory.path
     }
 
+    /// A loopback TCP port nobody listens on, below the kernel's ephemeral range (32768 and up) so that no outgoing
+    /// connection can be handed it meanwhile: for servers whose port must be fixed before they start.
+    public static func unusedPort() -> Int {
+        while true {
+            let port = Int.random(in: 20000...32000)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            close(fd)
+            if bound == 0 { return port }
+        }
+    }
+
     /// The built `caid` executable.
     public static var caid: String { buildDirectory + "/caid" }
 

@@ -102,7 +102,7 @@ import Testing
         }
 
         // A client request through the attested tunnel, answered by the stand-in service from the mount.
-        let tunnelPort = Int.random(in: 56001...60000)
+        let tunnelPort = Programs.unusedPort()
         let tunnel = try Programs.start(Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(tunnelPort)", "--as-addr", host.trustee.url + "as/"])
         defer { tunnel.signal(SIGTERM); _ = tunnel.wait() }
         for _ in 0..<250 where !tunnel.stdout.contains("listening") { try await Task.sleep(for: .milliseconds(20)) }

@@ -13,7 +13,7 @@ import Testing
         let port: Int
 
         init(asAddress: String, policies: [String] = []) async throws {
-            let port = Int.random(in: 42000...47000)
+            let port = Programs.unusedPort()
             process = try Programs.start(Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(port)", "--as-addr", asAddress] + policies.flatMap { ["--policy", $0] })
             self.port = port
             for _ in 0..<500 {
@@ -87,7 +87,7 @@ import Testing
         let key = setup.dir.path + "/forged.key"
         let forged = try Programs.run("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/forge_cert.py", String(setup.port), cert, key])
         try #require(forged.status == 0, "\(forged.stderr)")
-        let port = Int.random(in: 47001...49000)
+        let port = Programs.unusedPort()
         let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", cert, "-key", key, "-tls1_3", "-alpn", "h2"])
         defer { server.signal(SIGKILL); _ = server.wait() }
         try await Task.sleep(for: .milliseconds(500))
@@ -101,7 +101,7 @@ import Testing
         let dir = try TemporaryDirectory("caid-tunnel")
         defer { dir.remove() }
         let plain = try PlainCertificate.make(in: dir.path)
-        let port = Int.random(in: 49001...51000)
+        let port = Programs.unusedPort()
         let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", plain.certificate, "-key", plain.key, "-tls1_3", "-alpn", "h2"])
         defer { server.signal(SIGKILL); _ = server.wait() }
         try await Task.sleep(for: .milliseconds(500))

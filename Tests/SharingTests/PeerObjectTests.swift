@@ -114,7 +114,7 @@ import Testing
         let setup = try await Setup()
         defer { Task { await setup.finish() } }
         let plain = try PlainCertificate.make(in: setup.dir.path)
-        let port = Int.random(in: 60001...62000)
+        let port = Programs.unusedPort()
         let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", plain.certificate,
             "-key", plain.key, "-tls1_3", "-Verify", "1"])
         defer { server.signal(SIGKILL); _ = server.wait() }
