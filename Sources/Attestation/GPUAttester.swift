@@ -4,8 +4,12 @@ import Foundation
 /// on hosts without a GPU driver.
 ///
 /// Each GPU signs an attestation report over a 32-byte nonce and hands out its certificate chain. The evidence goes
-/// to Trustee in one of two forms: `gpu_evidence` inside the TDX evidence (Trustiflux and openanolis Trustee up to
-/// 1.5.2) or `{"nvidia":{"device_evidence_list":[…]}}` as the 0.4.0 protocol's additional evidence.
+/// to Trustee in one of two forms (``GPUEvidenceForm``): `gpu_evidence` inside the TDX evidence, which openanolis
+/// Trustee verifies, or `{"nvidia":{"device_evidence_list":[…]}}` as the 0.4.0 protocol's additional evidence,
+/// which upstream Trustee's `nvidia` verifier takes.
+///
+/// A GPU whose report or certificate NVML cannot give is left out and named in ``Collection/missing``, as
+/// Trustiflux's attester does; Trustee's policy then decides whether the remaining GPUs are enough.
 public struct GPUAttester: Sendable {
     /// One GPU's evidence.
     public struct Device: Sendable, Equatable {
@@ -19,14 +23,28 @@ public struct GPUAttester: Sendable {
         public var certificateChain: [UInt8]
     }
 
+    /// A GPU NVML sees but whose evidence it could not give.
+    public struct MissingDevice: Sendable, Equatable, CustomStringConvertible {
+        public var index: Int
+        public var uuid: String
+        public var reason: String
+
+        public var description: String { "GPU \(index) (\(uuid)): \(reason)" }
+    }
+
     /// What NVML gave for all GPUs, with the driver version and the time it was collected.
     public struct Collection: Sendable {
         public var driverVersion: String
+        /// GPUs in confidential-computing mode whose evidence NVML gave.
         public var devices: [Device]
+        /// GPUs left out, and why.
+        public var missing: [MissingDevice]
         public var collected: Date
 
-        /// The legacy `gpu_evidence` object carried inside the TDX evidence.
-        public var legacyEvidence: JSONValue {
+        /// The `gpu_evidence` object carried inside the TDX evidence: openanolis/trustee
+        /// `deps/verifier/src/tdx/gpu/mod.rs` `GpuEvidenceList` (v1.5.2–v1.9.0; every field but the report and the
+        /// certificate is required, `collection_time` as RFC 3339, report and certificate standard base64).
+        public var embeddedEvidence: JSONValue {
             let formatter = ISO8601DateFormatter()
             return [
                 "evidence_list": .array(devices.map { device in
@@ -42,13 +60,16 @@ public struct GPUAttester: Sendable {
             ]
         }
 
-        /// The `nvidia` member of the 0.4.0 additional evidence: only GPUs in confidential-computing mode.
-        public var additionalEvidence: JSONValue {
+        /// The `nvidia` member of the 0.4.0 additional evidence, in the one form every confidential-containers/trustee
+        /// release takes (`deps/verifier/src/nvidia/mod.rs`): `arch` spelled `Hopper` (v0.15.0–v0.16.0 deserialize
+        /// nvml-wrapper's `DeviceArchitecture`, case-sensitive; v0.17.0 also takes `HOPPER`), the report in hex
+        /// (v0.15.0 decodes hex only; v0.16.0+ hex, then base64), the PEM certificate chain in standard base64.
+        public var deviceEvidence: JSONValue {
             [
-                "device_evidence_list": .array(devices.filter(\.ccEnabled).map { device in
+                "device_evidence_list": .array(devices.map { device in
                     [
                         "arch": .string(device.architecture), "uuid": .string(device.uuid),
-                        "evidence": .string(Base64.standard(device.report)),
+                        "evidence": .string(hex(device.report)),
                         "certificate": .string(Base64.standard(device.certificateChain)),
                     ]
                 })
@@ -65,8 +86,10 @@ public struct GPUAttester: Sendable {
         self.library = library
     }
 
-    /// Collects the evidence of every GPU, or returns nil when NVML is not installed or sees no GPU.
+    /// Collects the evidence of every GPU in confidential-computing mode, or returns nil when NVML is not installed,
+    /// sees no GPU, or the GPUs are not in CC mode (then there is nothing a verifier could check).
     /// - Parameter nonce: the first 32 bytes go into each report.
+    /// - Throws: when NVML itself fails (initialisation, the device list); a single GPU's failure is in `missing`.
     public func collect(nonce: [UInt8]) throws(AttestationError) -> Collection? {
         guard let nvml = NVML(path: library) else { return nil }
         defer { nvml.close() }
@@ -128,7 +151,8 @@ private struct NVML {
         // nvmlConfComputeSystemState_t: environment, ccFeature, devToolsMode.
         let stateFn = try symbol("nvmlSystemGetConfComputeState", as: StateFn.self)
         let state = try buffer(12) { pointer throws(AttestationError) in try check(stateFn(pointer), "nvmlSystemGetConfComputeState") }
-        let ccEnabled = Self.uint32(state, at: 4) == 1
+        // Without CC mode a GPU's report proves nothing about confidentiality: send no GPU evidence at all.
+        guard Self.uint32(state, at: 4) == 1 else { return nil }
 
         let handleFn = try symbol("nvmlDeviceGetHandleByIndex_v2", as: HandleFn.self)
         let uuidFn = try symbol("nvmlDeviceGetUUID", as: DeviceStringFn.self)
@@ -139,33 +163,39 @@ private struct NVML {
         let certFn = try symbol("nvmlDeviceGetConfComputeGpuCertificate", as: DeviceBufferFn.self)
 
         var devices: [GPUAttester.Device] = []
+        var missing: [GPUAttester.MissingDevice] = []
         for index in 0..<count {
-            var device: OpaquePointer?
-            try check(handleFn(index, &device), "nvmlDeviceGetHandleByIndex_v2(\(index))")
-            let uuid = try string { buffer, size throws(AttestationError) in try check(uuidFn(device, buffer, size), "nvmlDeviceGetUUID") }
-            let name = try string { buffer, size throws(AttestationError) in try check(nameFn(device, buffer, size), "nvmlDeviceGetName") }
-            let vbios = try string { buffer, size throws(AttestationError) in try check(vbiosFn(device, buffer, size), "nvmlDeviceGetVbiosVersion") }
-            var arch: UInt32 = 0
-            try check(archFn(device, &arch), "nvmlDeviceGetArchitecture")
+            var uuid = "unknown UUID"
+            do throws(AttestationError) {
+                var device: OpaquePointer?
+                try check(handleFn(index, &device), "nvmlDeviceGetHandleByIndex_v2(\(index))")
+                uuid = try string { buffer, size throws(AttestationError) in try check(uuidFn(device, buffer, size), "nvmlDeviceGetUUID") }
+                let name = try string { buffer, size throws(AttestationError) in try check(nameFn(device, buffer, size), "nvmlDeviceGetName") }
+                let vbios = try string { buffer, size throws(AttestationError) in try check(vbiosFn(device, buffer, size), "nvmlDeviceGetVbiosVersion") }
+                var arch: UInt32 = 0
+                try check(archFn(device, &arch), "nvmlDeviceGetArchitecture")
 
-            let report = try buffer(Self.reportStructSize) { pointer throws(AttestationError) in
-                pointer.advanced(by: 12).copyMemory(from: nonce, byteCount: min(nonce.count, 32))
-                try check(reportFn(device, pointer), "nvmlDeviceGetConfComputeGpuAttestationReport(\(uuid))")
+                let report = try buffer(Self.reportStructSize) { pointer throws(AttestationError) in
+                    pointer.advanced(by: 12).copyMemory(from: nonce, byteCount: min(nonce.count, 32))
+                    try check(reportFn(device, pointer), "nvmlDeviceGetConfComputeGpuAttestationReport")
+                }
+                let reportSize = min(Int(Self.uint32(report, at: 4)), 0x2000)
+
+                let certificate = try buffer(Self.certificateStructSize) { pointer throws(AttestationError) in
+                    try check(certFn(device, pointer), "nvmlDeviceGetConfComputeGpuCertificate")
+                }
+                let chainSize = min(Int(Self.uint32(certificate, at: 4)), 0x1400)
+                let chainStart = 8 + 0x1000
+
+                devices.append(GPUAttester.Device(
+                    index: Int(index), uuid: uuid, name: name, architecture: Self.architectureName(arch), vbiosVersion: vbios,
+                    ccEnabled: true, report: Array(report[44..<(44 + reportSize)]),
+                    certificateChain: Array(certificate[chainStart..<(chainStart + chainSize)])))
+            } catch {
+                missing.append(GPUAttester.MissingDevice(index: Int(index), uuid: uuid, reason: error.message))
             }
-            let reportSize = min(Int(Self.uint32(report, at: 4)), 0x2000)
-
-            let certificate = try buffer(Self.certificateStructSize) { pointer throws(AttestationError) in
-                try check(certFn(device, pointer), "nvmlDeviceGetConfComputeGpuCertificate(\(uuid))")
-            }
-            let chainSize = min(Int(Self.uint32(certificate, at: 4)), 0x1400)
-            let chainStart = 8 + 0x1000
-
-            devices.append(GPUAttester.Device(
-                index: Int(index), uuid: uuid, name: name, architecture: Self.architectureName(arch), vbiosVersion: vbios,
-                ccEnabled: ccEnabled, report: Array(report[44..<(44 + reportSize)]),
-                certificateChain: Array(certificate[chainStart..<(chainStart + chainSize)])))
         }
-        return GPUAttester.Collection(driverVersion: driverVersion, devices: devices, collected: Date())
+        return GPUAttester.Collection(driverVersion: driverVersion, devices: devices, missing: missing, collected: Date())
     }
 
     /// Zeroed memory of `size` bytes handed to NVML, copied out afterwards.
@@ -190,9 +220,21 @@ private struct NVML {
 
     private static func architectureName(_ value: UInt32) -> String {
         switch value {
-        case 9: return "HOPPER"
-        case 10: return "BLACKWELL"
+        case 9: return "Hopper"
+        case 10: return "Blackwell"
         default: return "UNKNOWN(\(value))"
         }
     }
+}
+
+/// Lower-case hex, as Rust's `hex::encode` writes it.
+private func hex(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(bytes.count * 2)
+    for byte in bytes {
+        out.append(digits[Int(byte >> 4)])
+        out.append(digits[Int(byte & 0xF)])
+    }
+    return String(decoding: out, as: UTF8.self)
 }

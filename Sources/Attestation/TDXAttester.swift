@@ -31,10 +31,10 @@ public struct TDXAttester: Attester {
             throw AttestationError(.tee, "TDX report data is \(reportData.count) bytes; at most 64 fit")
         }
         let padded = reportData + [UInt8](repeating: 0, count: 64 - reportData.count)
-        var members: [String: JSONValue] = [
-            "quote": .string(Base64.standard(try quote(reportData: padded))),
-            "cc_eventlog": FileManager.default.contents(atPath: eventLog).map { .string(Base64.standard($0)) } ?? .null,
-        ]
+        // No log: null, not "" (openanolis/trustee v1.7.8 and later parse an empty string and fail).
+        var log = JSONValue.null
+        if let table = FileManager.default.contents(atPath: eventLog) { log = .string(Base64.standard(try CCEventLog.trim(Array(table)))) }
+        var members: [String: JSONValue] = ["quote": .string(Base64.standard(try quote(reportData: padded))), "cc_eventlog": log]
         if let gpuEvidence { members["gpu_evidence"] = gpuEvidence }
         return .object(members)
     }

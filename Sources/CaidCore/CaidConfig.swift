@@ -26,6 +26,35 @@ public struct CaidConfig: Sendable {
         case current = "0.4.0"
     }
 
+    /// Which form of NVIDIA GPU evidence goes to Trustee (`CAID_GPU_EVIDENCE`).
+    public enum GPUEvidence: String, Sendable, CaseIterable {
+        /// The device form first; the embedded form with a Trustee that has no `nvidia` verifier. Remembered per server.
+        case auto
+        /// 0.4.0 additional evidence `{"nvidia": …}`, verified by upstream Trustee's `nvidia` verifier.
+        case device
+        /// `gpu_evidence` inside the TDX evidence, verified by openanolis Trustee's TDX verifier.
+        case embedded
+        /// No GPU evidence, even when NVML finds GPUs.
+        case off
+    }
+
+    /// Where caid finds the TEE's interfaces and whom it trusts for Trustee's TLS and tokens.
+    public struct AttestationSettings: Sendable {
+        public var gpuEvidence: GPUEvidence = .auto
+        /// A PEM file of CA certificates for an `https://` `TRUSTEE_URL` (`CAID_TRUSTEE_CA`), as the attestation
+        /// agent's `[token_configs.kbs] cert` and CDH's `kbs_cert`; the system's roots when unset.
+        public var trusteeCA: String?
+        /// PEM files of certificates that Attestation Service tokens must chain to through their `x5c` header
+        /// (`CAID_TOKEN_CERTS`), as TNG's `trusted_certs_paths`; empty: the token's own key is taken.
+        public var tokenCertificates: [String] = []
+        /// configfs-tsm's report directory (`CAID_TSM_REPORT_DIR`).
+        public var reportRoot = "/sys/kernel/config/tsm/report"
+        /// The firmware's CC event log (`CAID_CC_EVENTLOG`).
+        public var eventLog = "/sys/firmware/acpi/tables/data/CCEL"
+        /// The NVML library (`CAID_NVML_LIBRARY`).
+        public var nvmlLibrary = "libnvidia-ml.so.1"
+    }
+
     /// The attested gateway's settings (`CAID_GATEWAY_*`).
     public struct Gateway: Sendable {
         public enum Mode: String, Sendable, CaseIterable {
@@ -76,8 +105,8 @@ public struct CaidConfig: Sendable {
     public var attester: Attester
     public var kbsProtocol: KBSProtocol
     public var gateway: Gateway
-    /// Whether GPU evidence is collected through NVML when it is there (`CAID_GPU_EVIDENCE=auto`, default) or never (`off`).
-    public var gpuEvidence: Bool
+    /// GPU evidence, the TEE's interfaces, and the trust anchors for Trustee.
+    public var attestation: AttestationSettings
     public var logLevel: Logger.Level
     /// The OSS region for V4 signatures when the endpoint does not name one (`CAID_OSS_REGION`).
     public var ossRegion: String?
@@ -108,6 +137,7 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
+        "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
         "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
@@ -204,7 +234,12 @@ extension CaidConfig {
             ("CAID_CACHE_DIR", cacheDirectory),
             ("CAID_ATTESTER", attester.rawValue),
             ("CAID_KBS_PROTOCOL", kbsProtocol.rawValue),
-            ("CAID_GPU_EVIDENCE", gpuEvidence ? "auto" : "off"),
+            ("CAID_GPU_EVIDENCE", attestation.gpuEvidence.rawValue),
+            ("CAID_TRUSTEE_CA", attestation.trusteeCA ?? "(the system's CA certificates)"),
+            ("CAID_TOKEN_CERTS", attestation.tokenCertificates.isEmpty ? "(not set: the token's own key)" : attestation.tokenCertificates.joined(separator: " ")),
+            ("CAID_TSM_REPORT_DIR", attestation.reportRoot),
+            ("CAID_CC_EVENTLOG", attestation.eventLog),
+            ("CAID_NVML_LIBRARY", attestation.nvmlLibrary),
             ("CAID_GATEWAY_MODE", gateway.mode.rawValue),
             ("CAID_GATEWAY_PORT", String(gateway.port)),
             ("CAID_GATEWAY_MAX_CONNECTIONS", String(gateway.maxConnections)),
@@ -303,6 +338,16 @@ private struct Decoder {
         return path
     }
 
+    /// An absolute path that may be left out.
+    mutating func optionalAbsolutePath(_ key: String) -> String? {
+        guard let path = text(key) else { return nil }
+        guard path.hasPrefix("/") else {
+            error(key, "'\(path)' is not an absolute path; start it with '/'")
+            return nil
+        }
+        return path
+    }
+
     mutating func decode() -> CaidConfig? {
         let trustee = url("TRUSTEE_URL", text("TRUSTEE_URL", required: true))
         let policy = text("TRUSTEE_POLICY") ?? CaidConfig.Defaults.trusteePolicy
@@ -389,13 +434,33 @@ private struct Decoder {
                 error("CAID_KBS_PROTOCOL", "'\(raw)' is not a KBS protocol version; expected auto, 0.1.0 or 0.4.0")
             }
         }
-        var gpuEvidence = true
+        var attestation = CaidConfig.AttestationSettings()
         if let raw = text("CAID_GPU_EVIDENCE") {
-            switch raw.lowercased() {
-            case "auto": gpuEvidence = true
-            case "off": gpuEvidence = false
-            default: error("CAID_GPU_EVIDENCE", "'\(raw)' is not a GPU evidence setting; expected auto or off")
+            if let value = CaidConfig.GPUEvidence(rawValue: raw.lowercased()) {
+                attestation.gpuEvidence = value
+            } else {
+                error("CAID_GPU_EVIDENCE", "'\(raw)' is not a GPU evidence setting; expected auto, device, embedded or off")
             }
+        }
+        attestation.trusteeCA = optionalAbsolutePath("CAID_TRUSTEE_CA")
+        if let raw = text("CAID_TOKEN_CERTS") {
+            for path in raw.split(whereSeparator: { $0 == " " || $0 == "," }).map(String.init) {
+                if path.hasPrefix("/") { attestation.tokenCertificates.append(path) } else {
+                    error("CAID_TOKEN_CERTS", "'\(path)' is not an absolute path; list PEM files separated by spaces")
+                }
+            }
+        }
+        attestation.reportRoot = absolutePath("CAID_TSM_REPORT_DIR", default: attestation.reportRoot)
+        attestation.eventLog = absolutePath("CAID_CC_EVENTLOG", default: attestation.eventLog)
+        attestation.nvmlLibrary = text("CAID_NVML_LIBRARY") ?? attestation.nvmlLibrary
+        if trustee?.scheme?.lowercased() == "http", let entry = values["TRUSTEE_URL"] {
+            diagnostics.append(ConfigDiagnostic(
+                .warning, file: file, line: entry.line, key: "TRUSTEE_URL",
+                message: "is plain http://: anyone on the network path to Trustee can read the evidence and token, "
+                    + "block the attestation, and hand caid a key of their own (the model key itself stays secret: "
+                    + "it is encrypted to the TEE key); with write access to the bucket too, that serves a model of "
+                    + "their choosing. Use https:// (CAID_TRUSTEE_CA for a private CA) unless the path to Trustee is "
+                    + "a private network you trust"))
         }
         var sharingPort: UInt16 = 41002
         if let raw = text("CAID_SHARING_PORT") {
@@ -452,7 +517,7 @@ private struct Decoder {
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, sharingPort: sharingPort, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
-            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, gpuEvidence: gpuEvidence, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
+            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
     }
 
     /// A positive whole number setting (a limit, or seconds).

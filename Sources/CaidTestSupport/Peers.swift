@@ -44,25 +44,31 @@ public final class TrusteePeer: Sendable {
     public let faultsPath: String
     public let logPath: String
     public let prefix: String
+    public let scheme: String
 
     /// - Parameters:
     ///   - dialect: `legacy` (0.1.0) or `current` (0.4.0).
     ///   - resources: `repo/type/tag` → file served for it.
     ///   - options: more arguments (`--replicas 3`, `--session-seconds 1`, `--jwe-layout jwcrypto`…).
+    ///   - profile: a released Trustee to behave as (`openanolis-1.6`, `upstream-0.17`…); it sets the dialect.
+    ///   - tls: serve HTTPS with this certificate chain and key (PEM files).
     public init(
         dialect: String, resources: [String: String], directory: String, prefix: String = "/trustee/", options: [String] = [],
-        namespace: String? = nil
+        namespace: String? = nil, profile: String? = nil, tls: (certificate: String, key: String)? = nil
     ) async throws {
         faultsPath = directory + "/kbs-faults-\(UUID().uuidString.prefix(8)).json"
         logPath = directory + "/kbs-log-\(UUID().uuidString.prefix(8)).jsonl"
         self.prefix = prefix
+        scheme = tls == nil ? "http" : "https"
         var arguments = ["--dialect", dialect, "--prefix", prefix, "--faults", faultsPath, "--log", logPath] + options
+        if let profile { arguments += ["--profile", profile] }
+        if let tls { arguments += ["--tls-cert", tls.certificate, "--tls-key", tls.key] }
         for (path, file) in resources.sorted(by: { $0.key < $1.key }) { arguments += ["--resource", "\(path)=\(file)"] }
         peer = try await PeerProcess("trustee_server.py", arguments, directory: directory, namespace: namespace)
     }
 
     /// `TRUSTEE_URL` for this KBS.
-    public var url: String { "http://127.0.0.1:\(peer.port)\(prefix)" }
+    public var url: String { "\(scheme)://127.0.0.1:\(peer.port)\(prefix)" }
 
     /// Replaces the fault budgets, e.g. `{"unavailable": 2}`.
     public func setFaults(_ json: String) throws {
@@ -126,10 +132,33 @@ public final class FakeTSM: Sendable {
 
 /// The fake NVML library (`Tests/peers/fake_nvml.c`), compiled into `directory`.
 public enum FakeNVML {
+    /// How the fake GPUs behave.
+    public enum Behaviour: String, Sendable {
+        /// Two GPUs in CC mode with reports.
+        case working
+        /// Every report call fails.
+        case failing
+        /// GPU 1's report call fails; GPU 0 works.
+        case secondFails
+        /// CC mode is off.
+        case ccOff
+    }
+
     /// Builds it and returns the path of the shared library; `failing` makes the report call fail.
     public static func build(in directory: String, failing: Bool = false) throws -> String {
-        let output = directory + (failing ? "/libfake-nvml-failing.so" : "/libfake-nvml.so")
-        let result = try Programs.run("/usr/bin/env", ["cc", "-shared", "-fPIC", "-O1"] + (failing ? ["-DFAKE_NVML_FAIL"] : [])
+        try build(in: directory, behaviour: failing ? .failing : .working)
+    }
+
+    public static func build(in directory: String, behaviour: Behaviour) throws -> String {
+        let output = directory + "/libfake-nvml-\(behaviour.rawValue).so"
+        let flags: [String]
+        switch behaviour {
+        case .working: flags = []
+        case .failing: flags = ["-DFAKE_NVML_FAIL"]
+        case .secondFails: flags = ["-DFAKE_NVML_FAIL_INDEX=1"]
+        case .ccOff: flags = ["-DFAKE_NVML_CC_OFF"]
+        }
+        let result = try Programs.run("/usr/bin/env", ["cc", "-shared", "-fPIC", "-O1"] + flags
             + ["-o", output, Programs.packageRoot + "/Tests/peers/fake_nvml.c"])
         guard result.status == 0 else { throw PeerProcess.Failure(description: "cc failed: \(result.stderr)") }
         return output

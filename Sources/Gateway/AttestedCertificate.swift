@@ -25,7 +25,7 @@ public struct AttestedCertificate: Sendable {
         let spki = Array(key.publicKey.derRepresentation)
         let claims = RATLSEvidence.claims(subjectPublicKeyInfo: spki)
         let reportData = RATLSEvidence.reportData(claims: claims)
-        let gpuEvidence = try gpu?.collect(nonce: Array(reportData.prefix(32)))?.legacyEvidence
+        let gpuEvidence = try gpu?.collect(nonce: Array(reportData.prefix(32)))?.embeddedEvidence
         var evidence = try attester.evidence(reportData: reportData, gpuEvidence: gpuEvidence)
         var der = try build(key: key, tee: attester.tee.rawValue, evidence: evidence.canonicalBytes, claims: claims, now: now)
         var omitted = false

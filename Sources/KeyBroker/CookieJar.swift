@@ -46,6 +46,9 @@ public struct CookieJar: Sendable {
         return live.isEmpty ? nil : live.joined(separator: "; ")
     }
 
+    /// When the cookie `name` expires; nil when it is not set or has no expiry.
+    public func expiry(of name: String) -> Date? { cookies[name]?.expires }
+
     /// Forgets every cookie, for a fresh handshake after the session was refused.
     public mutating func removeAll() {
         cookies = [:]

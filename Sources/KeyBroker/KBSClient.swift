@@ -16,6 +16,10 @@ public actor KBSClient {
         public var dialect: KBSDialect
         public var tee: TEEType
         public var token: AttestationToken
+        /// What evidence went to Trustee: the GPU form and the GPUs left out.
+        public var evidence: EvidenceSummary
+        /// The key the KBS encrypts this session's resources to.
+        let key: TEEKey
     }
 
     /// How hard to try before giving up with the last error (the supervisor retries the service later).
@@ -31,8 +35,13 @@ public actor KBSClient {
         }
     }
 
+    /// Sent with every request, as the attestation agent's client names itself (`attestation-agent-kbs-client/…`),
+    /// so that Trustee's logs tell caid apart.
+    public static let userAgent = "caid-kbs-client/\(CaidVersion.current)"
+
     private let base: String
     private let choice: CaidConfig.KBSProtocol
+    private let gpuChoice: CaidConfig.GPUEvidence
     private let provider: EvidenceProvider
     private let currentKeyAlgorithm: TEEKey.Algorithm
     private let http: HTTPClient
@@ -40,21 +49,28 @@ public actor KBSClient {
     private let logger: Logger
 
     private var jar = CookieJar()
+    private var state = KBSSessionState<Session>()
+    private var waiting: [Int: CheckedContinuation<KBSSessionState<Session>.Established, any Error>] = [:]
+    private var nextWaiter = 0
+    /// What this server was found to speak, remembered for the next handshakes.
     private var dialect: KBSDialect?
-    private var key: TEEKey?
-    private var session: Session?
+    private var gpuForm: GPUEvidenceForm?
+    private var keys: [TEEKey.Algorithm: TEEKey] = [:]
 
     /// - Parameters:
     ///   - trusteeURL: `TRUSTEE_URL`; a trailing `/` is dropped.
+    ///   - gpuEvidence: which GPU evidence form to send (`auto` finds the one this server verifies).
     ///   - currentKeyAlgorithm: the TEE key for the 0.4.0 dialect (the legacy one always uses RSA1_5).
     public init(
-        trusteeURL: String, protocol choice: CaidConfig.KBSProtocol, provider: EvidenceProvider,
-        currentKeyAlgorithm: TEEKey.Algorithm = .ecdhES_A256KW, http: HTTPClient, retry: RetryPolicy = .init(), logger: Logger
+        trusteeURL: String, protocol choice: CaidConfig.KBSProtocol, gpuEvidence: CaidConfig.GPUEvidence = .auto,
+        provider: EvidenceProvider, currentKeyAlgorithm: TEEKey.Algorithm = .ecdhES_A256KW, http: HTTPClient,
+        retry: RetryPolicy = .init(), logger: Logger
     ) {
         var base = trusteeURL
         while base.hasSuffix("/") { base.removeLast() }
         self.base = base
         self.choice = choice
+        self.gpuChoice = gpuEvidence
         self.provider = provider
         self.currentKeyAlgorithm = currentKeyAlgorithm
         self.http = http
@@ -62,39 +78,37 @@ public actor KBSClient {
         self.logger = logger
     }
 
-    /// The current session, attesting first when there is none or its token is about to expire.
+    /// The current session, attesting first when there is none or its token or cookie is about to expire.
     public func attest() async throws(KBSError) -> Session {
-        if let session, session.token.isFresh() { return session }
-        return try await retrying("attest") { () throws(KBSError) in try await handshake() }
+        try await retrying("attest") { () throws(KBSError) in try await established().session }
     }
 
     /// Attests again now, whatever the state of the current session.
     public func reattest() async throws(KBSError) -> Session {
-        session = nil
+        state.invalidate()
         return try await attest()
     }
 
     /// The resource at `uri`, decrypted with this session's TEE key.
     public func resource(_ uri: ResourceURI) async throws(KBSError) -> Secret {
         try await retrying("resource \(uri.path)") { () throws(KBSError) in
-            if session == nil || session?.token.isFresh() != true { _ = try await handshake() }
-            guard let key else { throw KBSError(.protocolViolation, step: "resource", detail: "no TEE key after the handshake") }
-            let (status, body) = try await send(.GET, "resource/\(uri.path)", body: nil, step: "resource \(uri.path)")
+            let established = try await established()
+            let step = "resource \(uri.path)"
+            let (status, body) = try await send(.GET, "resource/\(uri.path)", body: nil, step: step)
             guard status == 200 else {
-                let error = RCAR.failure(step: "resource \(uri.path)", status: status, body: body)
-                if error.kind == .unauthorized { session = nil }
+                let error = RCAR.failure(step: step, status: status, body: body)
+                if error.kind == .unauthorized { state.invalidate(generation: established.generation) }
                 throw error
             }
             do throws(JWEError) {
-                return try JWE(parsing: body).decrypt(with: key)
+                return try JWE(parsing: body).decrypt(with: established.session.key)
             } catch {
-                throw KBSError(.protocolViolation, step: "resource \(uri.path)", status: status, detail: error.message)
+                throw KBSError(.protocolViolation, step: step, status: status, detail: error.message)
             }
         }
     }
 
-    /// Runs `body` until it succeeds, fails permanently, or the attempts are used up. A 401 drops the session so
-    /// that the next attempt starts with a fresh handshake.
+    /// Runs `body` until it succeeds, fails permanently, or the attempts are used up.
     private func retrying<T>(_ step: String, _ body: () async throws(KBSError) -> T) async throws(KBSError) -> T {
         var delay = retry.firstDelay
         var attempt = 1
@@ -103,10 +117,6 @@ public actor KBSClient {
                 return try await body()
             } catch {
                 guard error.isTransient, attempt < retry.attempts, !Task.isCancelled else { throw error }
-                if error.kind == .unauthorized {
-                    session = nil
-                    jar.removeAll()
-                }
                 logger.warning("\(error); attempt \(attempt + 1) of \(retry.attempts) in \(delay)")
                 try? await Task.sleep(for: delay)
                 delay *= 2
@@ -115,9 +125,50 @@ public actor KBSClient {
         }
     }
 
-    /// One RCAR handshake: `/auth`, evidence, `/attest`. In `auto`, a version mismatch on 0.4.0 falls back to 0.1.0.
+    /// A valid session: the current one, the one another caller is establishing, or a new handshake.
+    private func established() async throws(KBSError) -> KBSSessionState<Session>.Established {
+        let waiter = nextWaiter
+        nextWaiter += 1
+        switch state.acquire(waiter: waiter, now: Date()) {
+        case .use(let established):
+            return established
+        case .startHandshake:
+            do throws(KBSError) {
+                let session = try await handshake()
+                let completion = state.handshakeSucceeded(
+                    session, tokenExpires: session.token.expires, cookieExpires: jar.expiry(of: "kbs-session-id"), now: Date())
+                guard let established = completion.established else {
+                    throw KBSError(.protocolViolation, step: "attest", detail: "the session state lost the new session")
+                }
+                for id in completion.waiters { waiting.removeValue(forKey: id)?.resume(returning: established) }
+                return established
+            } catch {
+                for id in state.handshakeFailed().waiters { waiting.removeValue(forKey: id)?.resume(throwing: error) }
+                throw error
+            }
+        case .wait:
+            do {
+                return try await withTaskCancellationHandler {
+                    try await withCheckedThrowingContinuation { continuation in waiting[waiter] = continuation }
+                } onCancel: {
+                    Task { await self.cancel(waiter: waiter) }
+                }
+            } catch let error as KBSError {
+                throw error
+            } catch {
+                throw KBSError(.unavailable, step: "attest", detail: "cancelled while waiting for the handshake")
+            }
+        }
+    }
+
+    private func cancel(waiter: Int) {
+        guard state.cancel(waiter: waiter) else { return }
+        waiting.removeValue(forKey: waiter)?.resume(throwing: CancellationError())
+    }
+
+    /// One RCAR handshake, negotiating what this server speaks: in `auto`, a version mismatch on 0.4.0 falls back
+    /// to 0.1.0, and GPU evidence the server has no verifier for falls back to the embedded form.
     private func handshake() async throws(KBSError) -> Session {
-        session = nil
         let candidates: [KBSDialect]
         switch choice {
         case .legacy: candidates = [.legacy]
@@ -132,7 +183,6 @@ public actor KBSClient {
                     logger.info("KBS speaks protocol \(candidate)", metadata: ["kbs": "\(base)"])
                 }
                 dialect = candidate
-                session = established
                 return established
             } catch where error.kind == .versionMismatch {
                 logger.info("KBS refused protocol \(candidate): \(error.detail)")
@@ -144,30 +194,84 @@ public actor KBSClient {
         throw error
     }
 
+    /// The GPU evidence forms to try, in order, for `candidate`.
+    private func gpuForms(for candidate: KBSDialect) -> [GPUEvidenceForm?] {
+        guard provider.gpu != nil else { return [nil] }
+        switch (candidate, gpuChoice) {
+        case (_, .off): return [nil]
+        // The 0.1.0 protocol has no additional evidence: GPUs travel inside the TDX evidence.
+        case (.legacy, _): return [.embedded]
+        case (.current, .device): return [.device]
+        case (.current, .embedded): return [.embedded]
+        case (.current, .auto): return gpuForm.map { [$0] } ?? [.device, .embedded]
+        }
+    }
+
     private func handshake(_ candidate: KBSDialect) async throws(KBSError) -> Session {
+        let forms = gpuForms(for: candidate)
+        var lastError: KBSError?
+        for (index, form) in forms.enumerated() {
+            do {
+                let session = try await attempt(candidate, gpu: form)
+                if candidate == .current, form != nil, session.evidence.gpuForm != nil, gpuForm != form {
+                    logger.info("Trustee verifies GPU evidence in the \(form.map(\.rawValue) ?? "") form", metadata: ["kbs": "\(base)"])
+                    gpuForm = form
+                }
+                return session
+            } catch let failure as KBSHandshakeFailure {
+                // Only a failure that marks a server without the `nvidia` verifier moves on to the next form.
+                guard index + 1 < forms.count, failure.sentDeviceEvidence, failure.error.marksMissingGPUVerifier else { throw failure.error }
+                logger.warning("Trustee could not take device GPU evidence (\(failure.error)); sending it inside the TDX evidence instead")
+                lastError = failure.error
+            } catch let error as KBSError {
+                throw error
+            } catch {
+                throw KBSError(.protocolViolation, step: "attest", detail: "\(error)")
+            }
+        }
+        throw lastError ?? KBSError(.attestation, step: "attest", detail: "no GPU evidence form to try")
+    }
+
+    /// `/auth`, evidence, `/attest` once, with fresh cookies.
+    private func attempt(_ candidate: KBSDialect, gpu form: GPUEvidenceForm?) async throws -> Session {
         let algorithm: TEEKey.Algorithm = candidate == .legacy ? .rsa1_5 : currentKeyAlgorithm
-        if key?.algorithm != algorithm {
+        let key: TEEKey
+        if let existing = keys[algorithm] {
+            key = existing
+        } else {
             do { key = try TEEKey(algorithm) } catch {
                 throw KBSError(.attestation, step: "auth", detail: "cannot generate the TEE key: \(error)")
             }
+            keys[algorithm] = key
         }
-        guard let key else { throw KBSError(.attestation, step: "auth", detail: "no TEE key") }
         jar.removeAll()
         let tee = provider.attester.tee
         let (authStatus, authBody) = try await send(.POST, "auth", body: RCAR.request(dialect: candidate, tee: tee), step: "auth")
         guard authStatus == 200 else { throw RCAR.failure(step: "auth", status: authStatus, body: authBody) }
         let challenge = try RCAR.parseChallenge(authBody)
-        let attestation = try RCAR.attestation(dialect: candidate, challenge: challenge, key: key, provider: provider)
-        let (status, body) = try await send(.POST, "attest", body: attestation, step: "attest")
-        guard status == 200 else { throw RCAR.failure(step: "attest", status: status, body: body) }
+        let (attestation, summary) = try RCAR.attestation(dialect: candidate, challenge: challenge, key: key, provider: provider, gpu: form)
+        for missing in summary.missingGPUs {
+            logger.warning("GPU left out of the evidence: \(missing)")
+        }
+        let status: Int
+        let body: [UInt8]
+        do {
+            (status, body) = try await send(.POST, "attest", body: attestation, step: "attest")
+        } catch {
+            throw KBSHandshakeFailure(error: error, sentDeviceEvidence: summary.gpuForm == .device)
+        }
+        guard status == 200 else {
+            throw KBSHandshakeFailure(error: RCAR.failure(step: "attest", status: status, body: body), sentDeviceEvidence: summary.gpuForm == .device)
+        }
         let token = try RCAR.parseToken(body)
-        return Session(dialect: candidate, tee: tee, token: token)
+        return Session(dialect: candidate, tee: tee, token: token, evidence: summary, key: key)
     }
 
     /// One request under `kbs/v0/`, with the cookie jar; the body is read up to 1 MiB.
     private func send(_ method: HTTPMethod, _ path: String, body: [UInt8]?, step: String) async throws(KBSError) -> (Int, [UInt8]) {
         var request = HTTPClientRequest(url: "\(base)/kbs/v0/\(path)")
         request.method = method
+        request.headers.add(name: "User-Agent", value: Self.userAgent)
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: body))
@@ -189,4 +293,11 @@ public actor KBSClient {
             throw KBSError(.unavailable, step: step, status: Int(response.status.code), detail: "the answer was cut off: \(error)")
         }
     }
+}
+
+/// An `/attest` failure, and whether it answered device GPU evidence (which a server without the `nvidia`
+/// verifier cannot take).
+private struct KBSHandshakeFailure: Error {
+    var error: KBSError
+    var sentDeviceEvidence: Bool
 }

@@ -16,6 +16,9 @@ public struct KBSError: Error, Sendable, CustomStringConvertible {
         case protocolViolation
         /// The TEE evidence could not be produced here.
         case attestation
+        /// Trustee did not accept the evidence (its policy or reference values, or a verifier it lacks): retried
+        /// with backoff, since the fix is on Trustee's side.
+        case rejected
     }
 
     public var kind: Kind
@@ -24,28 +27,46 @@ public struct KBSError: Error, Sendable, CustomStringConvertible {
     public var status: Int?
     /// The server's `detail`, or the start of its plain-text body.
     public var detail: String
+    /// The error variant Trustee named in its `type` (`PolicyDeny`, `AttestationError`…).
+    public var variant: String?
 
-    public init(_ kind: Kind, step: String, status: Int? = nil, detail: String) {
+    public init(_ kind: Kind, step: String, status: Int? = nil, detail: String, variant: String? = nil) {
         self.kind = kind
         self.step = step
         self.status = status
         self.detail = detail
+        self.variant = variant
     }
 
     /// Whether trying again later can succeed without an operator doing something.
-    public var isTransient: Bool { kind == .unavailable || kind == .unauthorized }
+    public var isTransient: Bool { kind == .unavailable || kind == .unauthorized || kind == .rejected }
+
+    /// Whether this `/attest` failure is how a Trustee without an `nvidia` verifier answers device GPU evidence:
+    /// openanolis/trustee v1.6.0–v1.8.x panic in the verifier (`Tee::Nvidia => todo!()`), which actix answers by
+    /// closing the connection (or a 500 when the AS runs apart); v1.9.0 answers 502 ("not implemented"). Upstream
+    /// Trustee, which has the verifier, answers every attestation failure with 401.
+    var marksMissingGPUVerifier: Bool {
+        guard step == "attest" else { return false }
+        guard let status else { return kind == .unavailable }
+        return status >= 500
+    }
 
     public var description: String {
-        let code = status.map { " (HTTP \($0))" } ?? ""
+        let code = status.map { " (HTTP \($0)\(variant.map { " \($0)" } ?? ""))" } ?? ""
         let advice: String
         switch kind {
         case .unavailable: advice = "; will retry"
         case .unauthorized: advice = "; will attest again"
         case .denied: advice = "; Trustee's policy refuses this host or resource: check the attestation and resource policies"
-        case .notFound: advice = "; check MODEL_KEY_ID and that the secret exists in Trustee's KMS"
+        case .notFound:
+            advice = "; check MODEL_KEY_ID and that the secret exists in Trustee's KMS (Trustee answers a missing resource "
+                + "with 'Plugin internal error')"
         case .versionMismatch: advice = "; set CAID_KBS_PROTOCOL to the dialect this Trustee speaks (0.1.0 or 0.4.0)"
         case .protocolViolation: advice = "; is TRUSTEE_URL a Trustee?"
         case .attestation: advice = ""
+        case .rejected:
+            advice = "; Trustee did not accept this host's evidence: its log names the reason (check the attestation policy "
+                + "and reference values); will retry"
         }
         return "KBS \(step) failed\(code): \(detail)\(advice)"
     }

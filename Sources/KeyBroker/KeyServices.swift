@@ -25,8 +25,11 @@ public struct AttestationService: Service {
         var session = try await client.attest()
         while !Task.isCancelled {
             let expires = session.token.expires ?? Date().addingTimeInterval(300)
-            await handle.running("\(session.tee) evidence accepted (KBS protocol \(session.dialect)); token valid until \(Self.clock(expires))")
-            handle.logger.notice("attested to Trustee", metadata: ["tee": "\(session.tee)", "kbs_protocol": "\(session.dialect)"])
+            await handle.running("\(session.evidence) accepted (KBS protocol \(session.dialect)); token valid until \(Self.clock(expires))")
+            handle.logger.notice("attested to Trustee", metadata: [
+                "tee": "\(session.tee)", "kbs_protocol": "\(session.dialect)",
+                "gpu_evidence": "\(session.evidence.gpuForm.map(\.rawValue) ?? "none")", "gpus_left_out": "\(session.evidence.missingGPUs.count)",
+            ])
             let wait = max(expires.timeIntervalSinceNow - 60, 30)
             try? await Task.sleep(for: .seconds(wait))
             if Task.isCancelled { break }

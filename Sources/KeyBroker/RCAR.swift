@@ -66,32 +66,59 @@ public enum RCAR {
         }
     }
 
-    /// The `/attest` body with fresh evidence from `provider`.
+    /// The `/attest` body with fresh evidence from `provider`, and what it carries.
+    /// - Parameter gpu: the GPU evidence form, nil for none. In 0.1.0 GPUs always travel embedded.
+    ///
+    /// GPU nonces: the device form's reports carry the first 32 bytes of the server's hash of JCS
+    /// `{"nonce","tee-pubkey"}` (confidential-containers/trustee `kbs/src/attestation/backend.rs`, v0.15.0–v0.17.0,
+    /// and `deps/verifier/src/nvidia/mod.rs` `regularize_data(…, 32, …)`). Embedded reports carry the first 32 bytes
+    /// of the TDX report data, as Trustiflux does; openanolis/trustee does not compare that nonce (v1.5.2–v1.9.0).
     public static func attestation(
-        dialect: KBSDialect, challenge: Challenge, key: TEEKey, provider: EvidenceProvider
-    ) throws(KBSError) -> [UInt8] {
+        dialect: KBSDialect, challenge: Challenge, key: TEEKey, provider: EvidenceProvider, gpu form: GPUEvidenceForm?
+    ) throws(KBSError) -> (body: [UInt8], summary: EvidenceSummary) {
         let publicKey = key.publicJWK
+        var summary = EvidenceSummary(tee: provider.attester.tee)
+        func gpuEvidence(nonce: [UInt8]) throws(AttestationError) -> GPUAttester.Collection? {
+            guard form != nil, let collection = try provider.gpu?.collect(nonce: Array(nonce.prefix(32))) else { return nil }
+            summary.missingGPUs = collection.missing
+            guard !collection.devices.isEmpty else { return nil }
+            summary.gpuCount = collection.devices.count
+            return collection
+        }
         do {
             switch dialect {
             case .legacy:
                 let reportData = binding(dialect: .legacy, challenge: challenge, publicKey: publicKey, additionalEvidence: "")
-                let gpu = try provider.gpu?.collect(nonce: Array(reportData.prefix(32)))
-                let evidence = try provider.attester.evidence(reportData: reportData, gpuEvidence: gpu?.legacyEvidence)
-                return JSONValue.object(["tee-pubkey": publicKey, "tee-evidence": .string(evidence.canonicalString)]).canonicalBytes
+                let gpu = try gpuEvidence(nonce: reportData)
+                summary.gpuForm = gpu == nil ? nil : .embedded
+                let evidence = try provider.attester.evidence(reportData: reportData, gpuEvidence: gpu?.embeddedEvidence)
+                let body = JSONValue.object(["tee-pubkey": publicKey, "tee-evidence": .string(evidence.canonicalString)]).canonicalBytes
+                return (body, summary)
             case .current:
                 let runtimeData: JSONValue = ["nonce": .string(challenge.nonce), "tee-pubkey": publicKey]
-                let deviceData = challenge.hash.digest(runtimeData.canonicalBytes)
                 var additional = ""
-                if let gpu = try provider.gpu?.collect(nonce: Array(deviceData.prefix(32))), !gpu.devices.isEmpty {
-                    additional = JSONValue.object(["nvidia": gpu.additionalEvidence]).canonicalString
+                var embedded: JSONValue?
+                var reportData: [UInt8]
+                if form == .device {
+                    if let gpu = try gpuEvidence(nonce: challenge.hash.digest(runtimeData.canonicalBytes)) {
+                        additional = JSONValue.object(["nvidia": gpu.deviceEvidence]).canonicalString
+                        summary.gpuForm = .device
+                    }
+                    reportData = binding(dialect: .current, challenge: challenge, publicKey: publicKey, additionalEvidence: additional)
+                } else {
+                    reportData = binding(dialect: .current, challenge: challenge, publicKey: publicKey, additionalEvidence: "")
+                    if let gpu = try gpuEvidence(nonce: reportData) {
+                        embedded = gpu.embeddedEvidence
+                        summary.gpuForm = .embedded
+                    }
                 }
-                let reportData = binding(dialect: .current, challenge: challenge, publicKey: publicKey, additionalEvidence: additional)
-                let evidence = try provider.attester.evidence(reportData: reportData, gpuEvidence: nil)
-                return JSONValue.object([
+                let evidence = try provider.attester.evidence(reportData: reportData, gpuEvidence: embedded)
+                let body = JSONValue.object([
                     "init-data": .null,
                     "runtime-data": runtimeData,
                     "tee-evidence": ["primary_evidence": evidence, "additional_evidence": .string(additional)],
                 ]).canonicalBytes
+                return (body, summary)
             }
         } catch {
             throw KBSError(.attestation, step: "attest", detail: error.message)
@@ -106,32 +133,50 @@ public enum RCAR {
         return try AttestationToken(parsing: token)
     }
 
-    /// Classifies a non-200 answer. The `detail` of an RFC 7807 body is kept; a plain-text body (actix extractor
-    /// errors, the AS's Debug output) is kept as text.
+    /// Classifies a non-200 answer by what the server says, and by the status only when it says nothing typed.
+    ///
+    /// Trustee answers `{"type": "https://github.com/confidential-containers/kbs/errors/<Variant>", "detail": …}`
+    /// (`kbs/src/error.rs`), but the status of a variant differs by server: confidential-containers/trustee
+    /// v0.15.0–v0.17.0 answers 401 for everything but 404s; openanolis/trustee v1.5.2–v1.8.x answers
+    /// `AttestationError` with 500 and `PolicyDeny` with 403, v1.9.0 `AttestationError` from RCAR with 502. A missing
+    /// resource is `PluginInternalError` (the local-fs plugin's read failure) with 401 or 500, not a 404.
     public static func failure(step: String, status: Int, body: [UInt8]) -> KBSError {
-        let detail: String
-        if let value = try? JSONDecoder().decode(JSONValue.self, from: Data(body)), let text = value["detail"]?.stringValue {
-            detail = text
-        } else {
-            detail = excerpt(body)
-        }
-        let lower = detail.lowercased()
-        let kind: KBSError.Kind
-        if lower.contains("version mismatch") {
-            kind = .versionMismatch
-        } else if step == "auth", status == 400 || status == 500, lower.contains("deserialize") || lower.contains("content type") {
-            // A legacy server fails to parse a 0.4.0 body before it ever compares versions.
-            kind = .versionMismatch
-        } else {
-            switch status {
-            case 401: kind = .unauthorized
-            case 403: kind = .denied
-            case 404: kind = .notFound
-            case 500...599: kind = .unavailable
-            default: kind = .protocolViolation
+        let value = try? JSONDecoder().decode(JSONValue.self, from: Data(body))
+        let detail = value?["detail"]?.stringValue ?? excerpt(body)
+        let variant = value?["type"]?.stringValue.flatMap { $0.split(separator: "/").last.map(String.init) }
+        let kind = classify(step: step, status: status, variant: variant, detail: detail.lowercased())
+        return KBSError(kind, step: step, status: status, detail: detail, variant: variant)
+    }
+
+    private static func classify(step: String, status: Int, variant: String?, detail lower: String) -> KBSError.Kind {
+        if lower.contains("version mismatch") { return .versionMismatch }
+        if let variant {
+            switch variant {
+            case "PolicyDeny": return .denied
+            case "TokenNotFound", "TokenVerifierError": return .unauthorized
+            case "AttestationError": return step == "resource" || step.hasPrefix("resource ") ? .unauthorized : .rejected
+            case "PluginInternalError" where step.hasPrefix("resource "): return .notFound
+            case "PluginNotFound", "InvalidRequestPath": return .notFound
+            case "JweError", "SerdeError": return .protocolViolation
+            // The KBS of openanolis helm chart 1.0.0 (openanolis/trustee@9def33a `kbs/src/http/error.rs`) had its own names.
+            case "ProtocolVersion": return .versionMismatch
+            case "MissingCookie", "InvalidCookie", "ExpiredCookie", "UnAuthenticatedCookie": return .unauthorized
+            case "AttestationFailed": return .rejected
+            case "ResourceNotFound", "ReadSecretFailed": return .notFound
+            default: break
             }
         }
-        return KBSError(kind, step: step, status: status, detail: detail)
+        if step == "auth", status == 400 || status == 500, lower.contains("deserialize") || lower.contains("content type") {
+            // A legacy server fails to parse a 0.4.0 body before it ever compares versions.
+            return .versionMismatch
+        }
+        switch status {
+        case 401: return step == "attest" ? .rejected : .unauthorized
+        case 403: return .denied
+        case 404: return .notFound
+        case 500...599: return .unavailable
+        default: return .protocolViolation
+        }
     }
 
     /// The first 300 characters of a body, printable, for an error message.

@@ -6,16 +6,41 @@ import CaidSystemd
 import Foundation
 import KeyBroker
 import Logging
+import NIOSSL
 
 /// Builds the KBS client every attestation path of caid uses, from the configuration.
 enum KeyBrokerSetup {
-    /// The evidence provider `CAID_ATTESTER` and `CAID_GPU_EVIDENCE` ask for.
+    /// The evidence provider `CAID_ATTESTER`, `CAID_GPU_EVIDENCE` and the TEE interface paths ask for.
     static func provider(for config: CaidConfig) throws(AttestationError) -> EvidenceProvider {
-        try EvidenceProvider.select(config.attester.rawValue, nvmlLibrary: config.gpuEvidence ? GPUAttester.defaultLibrary : nil)
+        let settings = config.attestation
+        return try EvidenceProvider.select(
+            config.attester.rawValue, reportRoot: settings.reportRoot, eventLog: settings.eventLog,
+            nvmlLibrary: settings.gpuEvidence == .off ? nil : settings.nvmlLibrary)
+    }
+
+    /// The HTTP client for Trustee (KBS and AS): the system's CA certificates, or only those of `CAID_TRUSTEE_CA`.
+    static func httpClient(for config: CaidConfig) throws(ConfigError) -> HTTPClient {
+        guard let ca = config.attestation.trusteeCA else { return HTTPClient(eventLoopGroupProvider: .singleton) }
+        let roots: [NIOSSLCertificate]
+        do {
+            roots = try NIOSSLCertificate.fromPEMFile(ca)
+        } catch {
+            throw ConfigError(diagnostics: [ConfigDiagnostic(
+                .error, file: config.file, key: "CAID_TRUSTEE_CA",
+                message: "'\(ca)' cannot be read as PEM certificates (\(error)); give the file of the CA that signed Trustee's certificate")])
+        }
+        guard !roots.isEmpty else {
+            throw ConfigError(diagnostics: [ConfigDiagnostic(.error, file: config.file, key: "CAID_TRUSTEE_CA", message: "'\(ca)' holds no certificate")])
+        }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(roots)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(tlsConfiguration: tls))
     }
 
     static func client(for config: CaidConfig, provider: EvidenceProvider, http: HTTPClient, logger: Logger) -> KBSClient {
-        KBSClient(trusteeURL: config.trusteeURL.absoluteString, protocol: config.kbsProtocol, provider: provider, http: http, logger: logger)
+        KBSClient(
+            trusteeURL: config.trusteeURL.absoluteString, protocol: config.kbsProtocol, gpuEvidence: config.attestation.gpuEvidence,
+            provider: provider, http: http, logger: logger)
     }
 
     /// Runs `body` with a client, shutting the HTTP client down afterwards. A host without a TEE is a configuration
@@ -33,7 +58,13 @@ enum KeyBrokerSetup {
         if provider.attester.tee == .sample {
             logger.warning("CAID_ATTESTER=sample: this host sends sample evidence, which proves nothing; use it only for development")
         }
-        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        let http: HTTPClient
+        do {
+            http = try httpClient(for: config)
+        } catch {
+            printError("caid \(command): \(error)")
+            throw ExitCode(ConfigError.exitCode)
+        }
         let client = client(for: config, provider: provider, http: http, logger: logger)
         do {
             let result = try await body(client)
@@ -67,6 +98,10 @@ struct AttestCommand: AsyncParsableCommand {
         }
         printOut("tee: \(session.tee)")
         printOut("kbs protocol: \(session.dialect)")
+        printOut("gpu evidence: \(session.evidence.gpuForm.map { "\(session.evidence.gpuCount) GPU(s), \($0) form" } ?? "none sent")")
+        for missing in session.evidence.missingGPUs {
+            printOut("gpu left out: \(missing)")
+        }
         printOut("token claims:")
         printOut(Self.pretty(.object(session.token.summary)))
     }

@@ -85,7 +85,7 @@ struct ServiceCatalog {
         if provider.attester.tee == .sample {
             logger.warning("CAID_ATTESTER=sample: this host sends sample evidence, which proves nothing; use it only for development")
         }
-        let kbsHTTP = HTTPClient(eventLoopGroupProvider: .singleton)
+        let kbsHTTP = try KeyBrokerSetup.httpClient(for: config)
         var options = Fetcher.Options()
         var sharing: ServiceSpec?
         if !config.sharingPeers.isEmpty {

@@ -25,15 +25,57 @@ import Testing
         #expect(tsm.stats().left.isEmpty)
     }
 
-    @Test func eventLogIsCarriedWhenPresent() async throws {
+    /// A CCEL as TDX firmware lays it out (TCG PC Client spec): the SHA-1-format spec ID event, TCG_PCR_EVENT2
+    /// records with SHA-384 digests, then the table's unused space.
+    static func ccel(events: Int, padding: UInt8, paddingBytes: Int = 4096) -> (table: [UInt8], events: [UInt8]) {
+        func le32(_ value: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) } }
+        let specData = Array("Spec ID Event03".utf8) + [0] + [UInt8](repeating: 0x11, count: 17)
+        var log = le32(0) + le32(3) + [UInt8](repeating: 0, count: 20) + le32(UInt32(specData.count)) + specData
+        for index in 0..<events {
+            let data = Array("event \(index)".utf8)
+            log += le32(UInt32(index % 4)) + le32(0x8000_0001) + le32(1) + [0x0C, 0x00] + [UInt8](repeating: UInt8(index), count: 48)
+                + le32(UInt32(data.count)) + data
+        }
+        return (log + [UInt8](repeating: padding, count: paddingBytes), log)
+    }
+
+    @Test func eventLogIsTrimmedAsTheAttestationAgentDoes() async throws {
         let dir = try TemporaryDirectory("caid-tsm")
         defer { dir.remove() }
         let tsm = try await FakeTSM(directory: dir.path)
         defer { tsm.stop() }
-        let ccel = Array("TDEL-fake-event-log".utf8)
-        try Data(ccel).write(to: URL(fileURLWithPath: dir.path + "/CCEL"))
+        let (table, events) = Self.ccel(events: 3, padding: 0xFF)
+        try Data(table).write(to: URL(fileURLWithPath: dir.path + "/CCEL"))
         let evidence = try TDXAttester(reportRoot: tsm.reportRoot, eventLog: dir.path + "/CCEL").evidence(reportData: [1], gpuEvidence: nil)
-        #expect(evidence["cc_eventlog"]?.stringValue.flatMap(Base64.decodeStandard) == ccel)
+        // The events, then the 8-byte end flag; the table's padding stays behind.
+        #expect(evidence["cc_eventlog"]?.stringValue.flatMap(Base64.decodeStandard) == events + [UInt8](repeating: 0xFF, count: 8))
+        // No event log: null, never "" (openanolis Trustee >= 1.7.8 fails on an empty string).
+        let none = try TDXAttester(reportRoot: tsm.reportRoot, eventLog: dir.path + "/no-CCEL").evidence(reportData: [1], gpuEvidence: nil)
+        #expect(none["cc_eventlog"] == .null)
+    }
+
+    @Test func eventLogTrimmingRefusesDamageAndSurvivesGarbage() throws {
+        let zeroPadded = Self.ccel(events: 2, padding: 0)
+        #expect(try CCEventLog.trim(zeroPadded.table) == zeroPadded.events + [UInt8](repeating: 0xFF, count: 8))
+        let noEnd = Self.ccel(events: 2, padding: 0xFF, paddingBytes: 0).table
+        let error = #expect(throws: AttestationError.self) { try CCEventLog.trim(noEnd) }
+        #expect(error?.message.contains("without its end flag") == true)
+        var unknownDigest = Self.ccel(events: 1, padding: 0xFF).table
+        let firstEvent = 8 + 20 + 4 + 33
+        unknownDigest[firstEvent + 12] = 0x99
+        let unknown = #expect(throws: AttestationError.self) { try CCEventLog.trim(unknownDigest) }
+        #expect(unknown?.message.contains("0x99") == true)
+        // Damaged tables of every shape: an error or a trimmed log, never a crash or a hang.
+        var generator = SystemRandomNumberGenerator()
+        let base = Self.ccel(events: 4, padding: 0xFF, paddingBytes: 64).table
+        for _ in 0..<3000 {
+            var input = base
+            for _ in 0..<Int.random(in: 1...6, using: &generator) {
+                input[Int.random(in: 0..<input.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
+            }
+            input = Array(input.prefix(Int.random(in: 0...input.count, using: &generator)))
+            if let trimmed = try? CCEventLog.trim(input) { #expect(trimmed.count <= input.count + 8) }
+        }
     }
 
     @Test func generationRaceIsRetriedThenReported() async throws {
@@ -80,22 +122,37 @@ import Testing
         #expect(collection.devices.count == 2)
         for (index, device) in collection.devices.enumerated() {
             #expect(device.index == index)
-            #expect(device.architecture == "HOPPER")
+            #expect(device.architecture == "Hopper")
             #expect(device.ccEnabled)
             #expect(Array(device.report.prefix(32)) == nonce)
             #expect(String(decoding: device.certificateChain, as: UTF8.self).contains("FAKE-GPU\(index)"))
         }
-        let legacy = collection.legacyEvidence["evidence_list"]?.arrayValue
-        #expect(legacy?.count == 2)
-        #expect(legacy?.first?["uuid"]?.stringValue == collection.devices[0].uuid)
-        #expect(collection.additionalEvidence["device_evidence_list"]?.arrayValue?.first?["arch"]?.stringValue == "HOPPER")
+        let embedded = collection.embeddedEvidence["evidence_list"]?.arrayValue
+        #expect(embedded?.count == 2)
+        #expect(embedded?.first?["uuid"]?.stringValue == collection.devices[0].uuid)
+        #expect(embedded?.first?["attestation_report"]?.stringValue == Base64.standard(collection.devices[0].report))
+        #expect(collection.embeddedEvidence["collection_time"]?.stringValue?.hasSuffix("Z") == true)
+        // The device form as every upstream nvidia verifier takes it: "Hopper", the report in hex.
+        let device = collection.deviceEvidence["device_evidence_list"]?.arrayValue?.first
+        #expect(device?["arch"]?.stringValue == "Hopper")
+        #expect(device?["evidence"]?.stringValue == collection.devices[0].report.map { String(format: "%02x", $0) }.joined())
+        #expect(device?["certificate"]?.stringValue == Base64.standard(collection.devices[0].certificateChain))
 
-        // No NVML: no GPU evidence, no error. A failing NVML call: an error naming it.
+        // No NVML: no GPU evidence, no error.
         #expect(try GPUAttester(library: dir.path + "/libnvidia-ml-missing.so").collect(nonce: nonce) == nil)
-        let failing = try FakeNVML.build(in: dir.path, failing: true)
-        let error = #expect(throws: AttestationError.self) { try GPUAttester(library: failing).collect(nonce: nonce) }
-        #expect(error?.message.contains("nvmlDeviceGetConfComputeGpuAttestationReport") == true)
-        #expect(error?.message.contains("Not Supported") == true)
+        // A GPU whose report fails is left out and named, as Trustiflux's attester does; the others still go.
+        let second = try FakeNVML.build(in: dir.path, behaviour: .secondFails)
+        let partial = try #require(try GPUAttester(library: second).collect(nonce: nonce))
+        #expect(partial.devices.map(\.index) == [0])
+        #expect(partial.missing.map(\.index) == [1])
+        #expect(partial.missing.first?.reason.contains("nvmlDeviceGetConfComputeGpuAttestationReport") == true)
+        #expect(partial.missing.first?.reason.contains("Not Supported") == true)
+        #expect(partial.missing.first?.uuid.hasPrefix("GPU-00000001") == true)
+        let failing = try #require(try GPUAttester(library: try FakeNVML.build(in: dir.path, failing: true)).collect(nonce: nonce))
+        #expect(failing.devices.isEmpty)
+        #expect(failing.missing.count == 2)
+        // GPUs not in CC mode: no GPU evidence at all (an empty device list trips openanolis Trustee 1.6).
+        #expect(try GPUAttester(library: try FakeNVML.build(in: dir.path, behaviour: .ccOff)).collect(nonce: nonce) == nil)
     }
 
     /// TDX and GPU evidence together through the test KBS, in both forms: `gpu_evidence` inside the TDX evidence

@@ -157,7 +157,33 @@ import Testing
         #expect(RCAR.failure(step: "resource a/b/c", status: 403, body: Array(#"{"detail":"Policy deny"}"#.utf8)).kind == .denied)
         #expect(RCAR.failure(step: "resource a/b/c", status: 404, body: []).kind == .notFound)
         #expect(RCAR.failure(step: "attest", status: 500, body: Array("boom".utf8)).kind == .unavailable)
-        #expect(RCAR.failure(step: "attest", status: 401, body: []).kind == .unauthorized)
+        #expect(RCAR.failure(step: "attest", status: 401, body: []).kind == .rejected)
+        #expect(RCAR.failure(step: "resource a/b/c", status: 401, body: []).kind == .unauthorized)
+    }
+
+    /// The bodies real Trustees answer (kbs/src/error.rs): the `type` variant decides, whatever the status.
+    @Test(arguments: [
+        // (status, variant, detail, step, kind): upstream answers 401 for nearly everything, openanolis 403/500/502.
+        (401, "PolicyDeny", "Access denied by policy", "resource a/b/c", KBSError.Kind.denied),
+        (403, "PolicyDeny", "Access denied by policy", "resource a/b/c", .denied),
+        (401, "PluginInternalError", "Plugin internal error", "resource a/b/c", .notFound),
+        (500, "PluginInternalError", "Plugin internal error", "resource a/b/c", .notFound),
+        (404, "PluginNotFound", "Plugin foo not found", "resource a/b/c", .notFound),
+        (401, "TokenNotFound", "Attestation Token not found", "resource a/b/c", .unauthorized),
+        (401, "TokenVerifierError", "Token Verifier error", "resource a/b/c", .unauthorized),
+        (401, "AttestationError", "Attestation error: RCAR handshake Attest failed", "attest", .rejected),
+        (500, "AttestationError", "Attestation error: RCAR handshake Attest failed", "attest", .rejected),
+        (502, "AttestationError", "Attestation error: RCAR handshake Attest failed", "attest", .rejected),
+        (502, "AttestationError", "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: expect =0.4.0 while the request is 0.1.0", "auth", .versionMismatch),
+        (500, "PolicyEngine", "Policy engine error", "resource a/b/c", .unavailable),
+    ])
+    func trusteeErrorTypesClassifyBeforeStatus(status: Int, variant: String, detail: String, step: String, kind: KBSError.Kind) {
+        let body = #"{"type":"https://github.com/confidential-containers/kbs/errors/\#(variant)","detail":"\#(detail)"}"#
+        let error = RCAR.failure(step: step, status: status, body: Array(body.utf8))
+        #expect(error.kind == kind)
+        #expect(error.variant == variant)
+        #expect(error.description.contains(variant))
+        #expect(error.description.contains(detail))
     }
 
     /// Random and mutated input to every parser of data from the network: errors, never a crash.

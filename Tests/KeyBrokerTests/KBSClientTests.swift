@@ -80,6 +80,41 @@ import Testing
         #expect(setup.kbs.count("resource") == 3)
     }
 
+    /// Concurrent callers on a fresh client: one handshake, shared. A second handshake would clear the first one's
+    /// cookies between its /auth and /attest (behind a sticky balancer, it would even land on another replica).
+    @Test func concurrentCallersShareOneHandshake() async throws {
+        let setup = try await Setup(dialect: "legacy", options: ["--replicas", "3"])
+        defer { Task { await setup.finish() } }
+        let client = setup.client(.legacy)
+        let secrets = try await withThrowingTaskGroup(of: String.self) { group in
+            for index in 0..<8 {
+                group.addTask { index % 2 == 0 ? Self.text(try await client.resource(Self.resource)) : "\(try await client.attest().dialect)" }
+            }
+            return try await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        #expect(secrets.filter { $0 == Self.password }.count == 4)
+        #expect(setup.kbs.count("auth") == 1)
+        #expect(setup.kbs.count("attest") == 1)
+        #expect(setup.kbs.count("resource") == 4)
+    }
+
+    /// Trustee's session cookie lives five minutes from /auth; the token may live longer. A session is reused only
+    /// while both are valid: no request goes out with a cookie about to expire.
+    @Test func aSessionIsReusedOnlyWhileItsCookieLives() async throws {
+        let setup = try await Setup(dialect: "current", options: ["--profile", "upstream-0.17", "--session-seconds", "32", "--token-seconds", "3600"])
+        defer { Task { await setup.finish() } }
+        let client = setup.client()
+        _ = try await client.resource(Self.resource)
+        _ = try await client.resource(Self.resource)
+        #expect(setup.kbs.count("auth") == 1)
+        // 32 s cookie, 30 s margin: after 2.5 s the session is no longer handed out, although the token is valid.
+        try await Task.sleep(for: .milliseconds(2500))
+        _ = try await client.resource(Self.resource)
+        #expect(setup.kbs.count("auth") == 2)
+        // No resource request was refused on the way (it would have been retried and counted).
+        #expect(setup.kbs.count("resource") == 3)
+    }
+
     @Test func stickyLoadBalancerCookieIsKept() async throws {
         // Three replicas with in-memory sessions: a client that dropped the balancer's cookie would land on
         // another replica for /attest and be refused.

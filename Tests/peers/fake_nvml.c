@@ -1,7 +1,8 @@
 /* A stand-in for libnvidia-ml.so.1 with the entry points caid's GPU attester resolves, for tests on machines
  * without an NVIDIA GPU. Struct layouts follow nvml.h (r535+). Each GPU's "attestation report" starts with the
  * 32-byte nonce it was given, as a real SPDM report carries the requester's nonce, so a test verifier can check
- * the binding. Built with -DFAKE_NVML_FAIL, the attestation report call fails with NVML_ERROR_NOT_SUPPORTED. */
+ * the binding. Built with -DFAKE_NVML_FAIL, the attestation report call fails with NVML_ERROR_NOT_SUPPORTED for
+ * every GPU; with -DFAKE_NVML_FAIL_INDEX=N, for GPU N only; with -DFAKE_NVML_CC_OFF, CC mode is off. */
 #include <stdio.h>
 #include <string.h>
 
@@ -46,7 +47,11 @@ nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
 
 nvmlReturn_t nvmlSystemGetConfComputeState(nvmlConfComputeSystemState_t *state) {
     state->environment = 2; /* production */
+#ifdef FAKE_NVML_CC_OFF
+    state->ccFeature = 0;
+#else
     state->ccFeature = 1;   /* enabled */
+#endif
     state->devToolsMode = 0;
     return 0;
 }
@@ -80,6 +85,9 @@ nvmlReturn_t nvmlDeviceGetArchitecture(nvmlDevice_t device, unsigned int *arch) 
 nvmlReturn_t nvmlDeviceGetConfComputeGpuAttestationReport(nvmlDevice_t device, nvmlConfComputeGpuAttestationReport_t *report) {
 #ifdef FAKE_NVML_FAIL
     return 3;
+#endif
+#ifdef FAKE_NVML_FAIL_INDEX
+    if (device->index == FAKE_NVML_FAIL_INDEX) return 3;
 #endif
     int n;
     memcpy(report->attestationReport, report->nonce, 32);

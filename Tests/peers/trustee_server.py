@@ -9,6 +9,11 @@ Dialects (the version gate, bodies, bindings, JWE layouts and status codes of ea
           version =0.4.0, runtime-data in the attestation, composite evidence, JCS binding including
           additional-evidence, RFC 7516 JWE (RSA1_5, RSA-OAEP-256, ECDH-ES+A256KW).
 
+Server profiles (--profile) reproduce what one released Trustee does, read from its source (cited per entry in
+PROFILES below): which GPU evidence forms it verifies and how (arch spelling, report encoding, nonce), which
+status codes and error types it answers, and its session cookie. Without --profile, --dialect picks the older
+behaviour of openanolis helm chart 1.0.0 (legacy) or a generic 0.4.0 server (current).
+
 Other libraries than caid's on purpose: Python's json for canonical forms, `cryptography` for the legacy and
 Trustee-layout JWEs, `jwcrypto` for RFC 7516 JWEs and the RS384 "Simple" token.
 
@@ -39,6 +44,41 @@ sessions = {}  # (replica, session id) -> dict
 fault_used = {}
 replica_counter = [0]
 signer = jwk.JWK.generate(kty="RSA", size=2048)
+profile = None
+
+OA_ERRORS = {"attest": 500, "version": 500, "deny": 403, "missing": 500}
+# Every profile: the KBS error body {"type": ".../errors/<Variant>", "detail"} of kbs/src/error.rs, the 5-minute
+# kbs-session-id cookie with only Expires (kbs/src/attestation/session.rs, config.rs DEFAULT_TIMEOUT).
+PROFILES = {
+    # openanolis/trustee v1.5.2: protocol =0.1.0 (kbs/src/attestation/backend.rs); GPUs only as gpu_evidence in the
+    # TDX evidence (deps/verifier/src/tdx/gpu/mod.rs), nonce not compared; AttestationError 500, PolicyDeny 403,
+    # a missing resource PluginInternalError 500 (kbs/src/error.rs).
+    "openanolis-1.5.2": {"dialect": "legacy", "nvidia": None, "embedded": True, "status": OA_ERRORS},
+    # openanolis/trustee v1.6.0-v1.8.x: protocol =0.4.0; `Tee::Nvidia => todo!()` in deps/verifier/src/lib.rs panics
+    # inside the actix handler for any "nvidia" additional evidence, even an empty list: the connection closes
+    # with no response (actix-web #3126). gpu_evidence as in 1.5.2.
+    "openanolis-1.6": {"dialect": "current", "nvidia": "panic", "embedded": True, "status": OA_ERRORS},
+    # openanolis/trustee v1.9.0: `bail!("TEE `nvidia` verifier is not implemented.")`; RcarAuthFailed and
+    # RcarAttestFailed answer 502 (kbs/src/error.rs), the Attest detail without its cause.
+    "openanolis-1.9": {"dialect": "current", "nvidia": "not-implemented", "embedded": True,
+                       "status": {"attest": 502, "version": 502, "deny": 403, "missing": 500}},
+    # confidential-containers/trustee v0.15.0: the nvidia verifier (deps/verifier/src/nvidia/mod.rs) takes arch
+    # "Hopper" only (nvml-wrapper's DeviceArchitecture, case-sensitive) and a hex report (hex::decode), checks the
+    # report nonce against SHA-384(JCS {"nonce","tee-pubkey"})[:32]; the TDX verifier ignores gpu_evidence; every
+    # error but PluginNotFound/InvalidRequestPath is 401.
+    "upstream-0.15": {"dialect": "current", "nvidia": {"arch": ["Hopper"], "encodings": ["hex"]}, "embedded": False,
+                      "status": {"attest": 401, "version": 401, "deny": 401, "missing": 401}},
+    # v0.16.0: hex, then base64; still "Hopper" only.
+    "upstream-0.16": {"dialect": "current", "nvidia": {"arch": ["Hopper"], "encodings": ["hex", "base64"]}, "embedded": False,
+                      "status": {"attest": 401, "version": 401, "deny": 401, "missing": 401}},
+    # v0.17.0: its own Architecture enum with serde aliases HOPPER / BLACKWELL.
+    "upstream-0.17": {"dialect": "current", "nvidia": {"arch": ["Hopper", "HOPPER"], "encodings": ["hex", "base64"]}, "embedded": False,
+                      "status": {"attest": 401, "version": 401, "deny": 401, "missing": 401}},
+}
+
+
+class DropConnection(Exception):
+    """What a panicking actix handler does: no response, the connection closed."""
 
 
 def b64u(data):
@@ -108,7 +148,59 @@ def check_gpu(reports, nonce):
             raise ValueError("GPU report nonce %s does not match %s" % (report[:32].hex(), nonce[:32].hex()))
 
 
-def make_token(tee, pubkey, nonce):
+def embedded_gpu_claims(gpu_evidence, report_data):
+    """openanolis deps/verifier/src/tdx/gpu/mod.rs: GpuEvidenceList {evidence_list, collection_time} with every
+    GpuEvidence field required but the report and certificate (serde fails the whole TDX evidence otherwise); the
+    report base64; a GPU that fails is logged and skipped; claims nvidia_gpu.<index>. The nonce is not compared
+    there; whether it follows Trustiflux's rule (the report data's first 32 bytes) is logged for the tests."""
+    if gpu_evidence is None:
+        return {}, None
+    for field in ("evidence_list", "collection_time"):
+        if field not in gpu_evidence:
+            raise ValueError("Deserialize TDX Evidence failed: missing field `%s`" % field)
+    datetime.datetime.fromisoformat(gpu_evidence["collection_time"].replace("Z", "+00:00"))
+    claims, nonce_ok = {}, True
+    for position, gpu in enumerate(gpu_evidence["evidence_list"]):
+        for field in ("index", "uuid", "name", "driver_version", "vbios_version", "cc_enabled"):
+            if field not in gpu:
+                raise ValueError("Deserialize TDX Evidence failed: missing field `%s`" % field)
+        if gpu.get("attestation_report") is None:
+            continue
+        report = base64.b64decode(gpu["attestation_report"], validate=True)
+        nonce_ok = nonce_ok and report[:32] == report_data[:32]
+        claims["nvidia_gpu.%d" % position] = {"uuid": gpu["uuid"], "driver_version": gpu["driver_version"]}
+    return claims, nonce_ok
+
+
+def device_gpu_claims(device, nonce):
+    """confidential-containers deps/verifier/src/nvidia/mod.rs: {"device_evidence_list": [{arch, uuid, evidence,
+    certificate}]} with the profile's arch spellings and report encodings; the certificate base64 of a PEM chain;
+    the report's nonce against the expected report data's first 32 bytes."""
+    accepted = profile["nvidia"]
+    claims = []
+    for entry in device["device_evidence_list"]:
+        for field in ("arch", "uuid", "evidence", "certificate"):
+            if field not in entry:
+                raise ValueError("missing field `%s`" % field)
+        if entry["arch"] not in accepted["arch"]:
+            raise ValueError("unknown variant `%s`, expected one of %s" % (entry["arch"], accepted["arch"]))
+        report = None
+        try:
+            report = bytes.fromhex(entry["evidence"])
+        except ValueError:
+            if "base64" in accepted["encodings"]:
+                report = base64.b64decode(entry["evidence"], validate=True)
+        if report is None:
+            raise ValueError("Invalid character in hex evidence")
+        if b"-----BEGIN CERTIFICATE-----" not in base64.b64decode(entry["certificate"], validate=True):
+            raise ValueError("the certificate is not a base64 PEM chain")
+        if report[:32] != nonce[:32]:
+            raise ValueError("Nvidia report nonce mismatch")
+        claims.append({"uuid": entry["uuid"]})
+    return claims
+
+
+def make_token(tee, pubkey, nonce, gpu_claims=None):
     now = int(time.time())
     claims = {
         "iss": "CoCo-Attestation-Service", "iat": now, "nbf": now, "exp": now + args.token_seconds,
@@ -117,6 +209,7 @@ def make_token(tee, pubkey, nonce):
         "tcb-status": {"%s.svn" % tee: "1"},
         "customized_claims": {"init_data": None, "runtime_data": {"nonce": nonce, "tee-pubkey": pubkey}},
     }
+    claims.update(gpu_claims or {})
     token = jwt.JWT(header={"typ": "JWT", "alg": "RS384"}, claims=claims)
     token.make_signed_token(signer)
     return token.serialize()
@@ -190,6 +283,9 @@ class Handler(BaseHTTPRequestHandler):
     def error_info(self, status, variant, detail):
         self.reply(status, {"type": "https://github.com/confidential-containers/kbs/errors/" + variant, "detail": detail})
 
+    def status(self, what, fallback):
+        return profile["status"][what] if profile else fallback
+
     def cookies(self):
         jar = {}
         for part in (self.headers.get("Cookie") or "").split(";"):
@@ -222,6 +318,14 @@ class Handler(BaseHTTPRequestHandler):
             return None, "ExpiredCookie", "The cookie is expired"
         return found, None, None
 
+    def attest_failed(self, reason):
+        """kbs/src/attestation/error.rs RcarAttestFailed: the detail does not carry the cause; it is logged."""
+        log({"attest_failed": reason})
+        if profile:
+            return self.error_info(profile["status"]["attest"], "AttestationError", "Attestation error: RCAR handshake Attest failed")
+        # Legacy maps AttestationFailed to 401; openanolis >= 1.4 to 500. Both are retried by clients.
+        return self.error_info(401 if args.dialect == "legacy" else 500, "AttestationFailed", "Attestation failed: %s" % reason)
+
     def body(self):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length)
@@ -252,6 +356,11 @@ class Handler(BaseHTTPRequestHandler):
                 return self.attest(raw, replica, lb_cookies)
             if method == "GET" and endpoint.startswith("resource/"):
                 return self.resource(endpoint[len("resource/"):], replica)
+        except DropConnection as drop:
+            log({"dropped": str(drop)})
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         except Exception as error:  # the server must answer, whatever the client sent
             return self.reply(400, ("bad request: %s" % error).encode(), "text/plain")
         return self.reply(404, b"not found", "text/plain")
@@ -300,7 +409,15 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Content-Type") != "application/json":
             return self.reply(400, b"Content type error", "text/plain")
         request = json.loads(raw)
-        if args.dialect == "legacy":
+        if profile:
+            wanted = "0.1.0" if args.dialect == "legacy" else "0.4.0"
+            if args.dialect == "legacy" and not isinstance(request.get("extra-params"), str):
+                return self.reply(500, b"Auth failed: deserialize Request: invalid type: map, expected a string", "text/plain")
+            if request.get("version") != wanted:
+                return self.error_info(profile["status"]["version"], "AttestationError",
+                                       "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: expect =%s while the request is %s"
+                                       % (wanted, request.get("version")))
+        elif args.dialect == "legacy":
             if not isinstance(request.get("extra-params"), str):
                 return self.reply(400, b"Json deserialize error: invalid type: map, expected a string", "text/plain")
             if request.get("version") != "0.1.0":
@@ -321,9 +438,12 @@ class Handler(BaseHTTPRequestHandler):
     def attest(self, raw, replica, lb_cookies):
         session, variant, detail = self.session(replica)
         if session is None:
+            if profile:
+                return self.attest_failed("session: %s" % detail)
             return self.error_info(401, variant, detail)
         attestation = json.loads(raw)
         tee = session["tee"]
+        gpu_claims, nonce_ok, gpu_count = {}, None, 0
         try:
             if args.dialect == "legacy":
                 pubkey = attestation["tee-pubkey"]
@@ -332,8 +452,12 @@ class Handler(BaseHTTPRequestHandler):
                 evidence = json.loads(attestation["tee-evidence"])
                 binding = hashlib.sha384(canonical({"nonce": session["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
                 check_report_data(tee, evidence, binding)
-                gpu = (evidence.get("gpu_evidence") or {}).get("evidence_list") or []
-                check_gpu([base64.b64decode(d["attestation_report"]) for d in gpu], binding + bytes(16))
+                if profile:
+                    gpu_claims, nonce_ok = embedded_gpu_claims(evidence.get("gpu_evidence"), binding + bytes(16))
+                else:
+                    gpu = (evidence.get("gpu_evidence") or {}).get("evidence_list") or []
+                    check_gpu([base64.b64decode(d["attestation_report"]) for d in gpu], binding + bytes(16))
+                    gpu_count = len(gpu)
             else:
                 runtime = attestation["runtime-data"]
                 if runtime.get("nonce") != session["nonce"]:
@@ -343,26 +467,47 @@ class Handler(BaseHTTPRequestHandler):
                 additional = composite["additional_evidence"]
                 binding = hashlib.sha384(canonical({"additional-evidence": additional, "nonce": runtime["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
                 check_report_data(tee, composite["primary_evidence"], binding)
-                if additional:
-                    device_nonce = hashlib.sha384(canonical({"nonce": runtime["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
-                    devices = json.loads(additional)["nvidia"]["device_evidence_list"]
-                    check_gpu([base64.b64decode(d["evidence"]) for d in devices], device_nonce)
+                device_nonce = hashlib.sha384(canonical({"nonce": runtime["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
+                devices = json.loads(additional) if additional else {}
+                if profile:
+                    if "nvidia" in devices:
+                        if profile["nvidia"] == "panic":
+                            raise DropConnection("Tee::Nvidia => todo!()")
+                        if profile["nvidia"] == "not-implemented":
+                            raise ValueError("TEE `nvidia` verifier is not implemented.")
+                        gpu_claims = {"nvidia": device_gpu_claims(devices["nvidia"], device_nonce)}
+                    if profile["embedded"] and tee == "tdx":
+                        embedded, nonce_ok = embedded_gpu_claims(composite["primary_evidence"].get("gpu_evidence"), binding + bytes(16))
+                        gpu_claims.update(embedded)
+                elif devices:
+                    listed = devices["nvidia"]["device_evidence_list"]
+                    check_gpu([base64.b64decode(d["evidence"]) if not all(c in "0123456789abcdef" for c in d["evidence"]) else bytes.fromhex(d["evidence"]) for d in listed], device_nonce)
+                    gpu_count = len(listed)
         except (KeyError, ValueError, TypeError) as error:
-            # Legacy maps AttestationFailed to 401; openanolis >= 1.4 to 500. Both are retried by clients.
-            return self.error_info(401 if args.dialect == "legacy" else 500, "AttestationFailed", "Attestation failed: %s" % error)
+            return self.attest_failed(str(error))
+        gpus = len(gpu_claims.get("nvidia", [])) + len([k for k in gpu_claims if k.startswith("nvidia_gpu.")]) if profile else gpu_count
         with lock:
             session["attested"] = key_subset(pubkey)
-            session["gpu"] = bool(additional) if args.dialect != "legacy" else bool(gpu)
-        log({"attested": tee, "alg": pubkey["alg"], "gpu": session["gpu"]})
-        self.reply(200, {"token": make_token(tee, key_subset(pubkey), session["nonce"])}, cookies=lb_cookies)
+            session["gpu"] = gpus > 0
+        log({"attested": tee, "alg": pubkey["alg"], "gpu": gpus > 0, "gpus": gpus, "gpu_claims": gpu_claims, "embedded_nonce_ok": nonce_ok})
+        self.reply(200, {"token": make_token(tee, key_subset(pubkey), session["nonce"], gpu_claims)}, cookies=lb_cookies)
 
     def resource(self, path, replica):
         session, variant, detail = self.session(replica)
         if session is None or session["attested"] is None:
+            if profile:
+                # kbs/src/api_server.rs get_attestation_token: no usable session and no bearer token.
+                return self.error_info(401, "TokenNotFound", "Attestation Token not found")
             return self.error_info(401, variant or "UnAuthenticatedCookie", detail or "The session is not attested")
         if take_fault("deny") or faults().get("deny_all"):
+            if profile:
+                return self.error_info(profile["status"]["deny"], "PolicyDeny", "Access denied by policy")
             return self.error_info(403, "PolicyDeny", "Policy deny: resource policy denied the request")
         if path not in args.resource:
+            if profile:
+                # plugins/implementations/resource/local_fs.rs: the read error becomes PluginInternalError.
+                log({"missing_resource": path})
+                return self.error_info(profile["status"]["missing"], "PluginInternalError", "Plugin internal error")
             return self.error_info(404, "ReadSecretFailed", "Read secret failed: resource %s not found" % path)
         if take_fault("garbage"):
             return self.reply(200, b"<html>not json</html>", "text/html")
@@ -382,6 +527,9 @@ def main():
     global args
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dialect", choices=["legacy", "current"])
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="behave as this released Trustee (sets the dialect)")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key")
     parser.add_argument("--encrypt-for", metavar="JWK_FILE",
                         help="instead of serving: print a JWE of --plaintext for this public JWK in --jwe-layout (or legacy)")
     parser.add_argument("--plaintext")
@@ -410,10 +558,21 @@ def main():
         return
     if not args.port_file:
         parser.error("--port-file is required to serve")
+    global profile
+    if args.profile:
+        profile = PROFILES[args.profile]
+        args.dialect = profile["dialect"]
+        if args.dialect == "legacy":
+            args.jwe_layout = "legacy"
     args.dialect = args.dialect or "current"
     args.resource = dict(item.split("=", 1) for item in args.resource)
     server = ThreadingHTTPServer((args.host, 0), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     announce_port(args.port_file, server.server_address[1])
     server.serve_forever()
 
