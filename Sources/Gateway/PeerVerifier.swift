@@ -12,9 +12,12 @@ import X509
 public struct PeerVerifier: Sendable {
     public let attestationService: String
     public let policyIDs: [String]
+    /// When set, tokens must be signed by a key these certificates certify (`CAID_TOKEN_CERTS`).
+    public let tokenTrust: TokenTrust?
     private let http: HTTPClient
 
-    public init(attestationService: String, policyIDs: [String], http: HTTPClient) {
+    public init(attestationService: String, policyIDs: [String], tokenTrust: TokenTrust? = nil, http: HTTPClient) {
+        self.tokenTrust = tokenTrust
         var base = attestationService
         while base.hasSuffix("/") { base.removeLast() }
         self.attestationService = base
@@ -35,6 +38,7 @@ public struct PeerVerifier: Sendable {
         }
         let token = try await askAttestationService(parsed, runtimeData: .object(runtime))
         let claims = try TokenVerifier.verify(token, runtimeData: .object(runtime), policyIDs: policyIDs)
+        try await tokenTrust?.check(token)
         return Verdict(tee: parsed.tee, claims: claims)
     }
 

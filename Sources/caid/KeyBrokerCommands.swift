@@ -4,6 +4,7 @@ import Attestation
 import CaidCore
 import CaidSystemd
 import Foundation
+import Gateway
 import KeyBroker
 import Logging
 import NIOSSL
@@ -35,6 +36,16 @@ enum KeyBrokerSetup {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(roots)
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(tlsConfiguration: tls))
+    }
+
+    /// The trusted certificates for Attestation Service tokens (`CAID_TOKEN_CERTS`), nil when none are set.
+    static func tokenTrust(for config: CaidConfig) throws(ConfigError) -> TokenTrust? {
+        guard !config.attestation.tokenCertificates.isEmpty else { return nil }
+        do {
+            return try TokenTrust(pemFiles: config.attestation.tokenCertificates)
+        } catch {
+            throw ConfigError(diagnostics: [ConfigDiagnostic(.error, file: config.file, key: "CAID_TOKEN_CERTS", message: error.description)])
+        }
     }
 
     static func client(for config: CaidConfig, provider: EvidenceProvider, http: HTTPClient, logger: Logger) -> KBSClient {

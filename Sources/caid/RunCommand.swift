@@ -88,12 +88,13 @@ struct ServiceCatalog {
         let kbsHTTP = try KeyBrokerSetup.httpClient(for: config)
         var options = Fetcher.Options()
         var sharing: ServiceSpec?
+        let tokenTrust = try KeyBrokerSetup.tokenTrust(for: config)
         if !config.sharingPeers.isEmpty {
             do {
                 // Peers check each other with Trustee's Attestation Service under TRUSTEE_POLICY.
                 var trustee = config.trusteeURL.absoluteString
                 if !trustee.hasSuffix("/") { trustee += "/" }
-                let verifier = PeerVerifier(attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], http: kbsHTTP)
+                let verifier = PeerVerifier(attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], tokenTrust: tokenTrust, http: kbsHTTP)
                 let peers = try AttestedPeers(certificate: try AttestedCertificate.make(attester: provider.attester), verifier: verifier, logger: logger)
                 let port = Int(config.sharingPort)
                 let source = PeerRangeSource(hosts: config.sharingPeers, client: PeerObjectClient(peers: peers, port: port), logger: logger)

@@ -30,6 +30,11 @@ struct TunnelCommand: AsyncParsableCommand {
     @Option(name: .customLong("policy"), help: ArgumentHelp("A policy id the token must list (repeat for several; default: default).", valueName: "id"))
     var policies: [String] = []
 
+    @Option(name: .customLong("token-cert"), help: ArgumentHelp(
+        "A PEM file of certificates the Attestation Service's signing key must chain to, as TNG's trusted_certs_paths (repeat for several; default: the token's own key is taken).",
+        valueName: "file"))
+    var tokenCertificates: [String] = []
+
     @Option(help: ArgumentHelp("Log level.", valueName: "level"))
     var logLevel: Logger.Level = .info
 
@@ -42,7 +47,15 @@ struct TunnelCommand: AsyncParsableCommand {
         LogDestination.bootstrap(level: logLevel)
         let logger = Logger(label: "caid.tunnel")
         let http = HTTPClient(eventLoopGroupProvider: .singleton)
-        let verifier = PeerVerifier(attestationService: asAddress, policyIDs: policies, http: http)
+        let trust: TokenTrust?
+        do {
+            trust = tokenCertificates.isEmpty ? nil : try TokenTrust(pemFiles: tokenCertificates)
+        } catch {
+            printError("caid tunnel: --token-cert: \(error)")
+            try? await http.shutdown()
+            throw ExitCode(64)
+        }
+        let verifier = PeerVerifier(attestationService: asAddress, policyIDs: policies, tokenTrust: trust, http: http)
         let proxy = TunnelProxy(client: try TunnelClient(verifier: verifier, logger: logger), logger: logger)
         do {
             let bound = try await proxy.start(host: host, port: port)
