@@ -28,7 +28,8 @@ public struct MountService: Service {
         let secret = try await password()
         let volume: Volume
         do {
-            volume = try secret.withBytes { try Volume(root: cipherDirectory, password: $0) }
+            // A downloaded model has no holes: an all-zero block is an overwrite, refused (EIO) like any bad block.
+            volume = try secret.withBytes { try Volume(root: cipherDirectory, password: $0, refusesHoles: true) }
             secret.wipe()
         } catch {
             secret.wipe()

@@ -75,13 +75,27 @@ public struct ContentCipher: Sendable {
 
     // MARK: Blocks
 
-    /// Decrypts one ciphertext block (nonce ‖ data ‖ tag). A whole block of zeros is a hole and reads as zeros.
+    /// What an all-zero ciphertext block means.
+    public enum HolePolicy: Sendable {
+        /// A hole of a sparse file: it reads as zeros, as gocryptfs reads it (`contentenc` `DecryptBlock`).
+        case zeros
+        /// Corruption: nothing authenticates these bytes.
+        case refuse
+    }
+
+    /// Decrypts one ciphertext block (nonce ‖ data ‖ tag). A whole block of zeros is a hole that reads as zeros,
+    /// unless `holes` is ``HolePolicy/refuse``.
     /// - Throws: ``GocryptfsError/Code/corruptBlock`` naming the block; no unauthenticated byte is returned.
-    public func decryptBlock(_ block: UnsafeRawBufferPointer, number: UInt64, fileID: [UInt8]) throws(GocryptfsError) -> [UInt8] {
+    public func decryptBlock(
+        _ block: UnsafeRawBufferPointer, number: UInt64, fileID: [UInt8], holes: HolePolicy = .zeros
+    ) throws(GocryptfsError) -> [UInt8] {
         guard block.count > Self.blockOverhead, block.count <= Self.cipherBlockSize else {
             throw GocryptfsError(.corruptBlock, "block \(number) is \(block.count) bytes, not a valid block size")
         }
         if block.count == Self.cipherBlockSize, Self.isZero(block) {
+            guard holes == .zeros else {
+                throw GocryptfsError(.corruptBlock, "block \(number) is all zeros: a downloaded model has no holes, so it was overwritten")
+            }
             return [UInt8](repeating: 0, count: Self.plainBlockSize)
         }
         guard Self.isZero(UnsafeRawBufferPointer(rebasing: block[0..<Self.nonceSize])) == false else {

@@ -24,10 +24,18 @@ public final class Volume: Sendable {
         public var diskName: String
     }
 
+    /// Whether an all-zero ciphertext block reads as a hole of zeros (gocryptfs's rule, right for sparse files of a
+    /// local volume) or is refused as corruption (right for a downloaded model, which has no holes: otherwise
+    /// anyone who can write the object turns 4096 bytes of it into zeros that every check passes).
+    public let refusesHoles: Bool
+
     /// Reads `gocryptfs.conf` in `root` and unlocks it.
-    /// - Parameter password: raw bytes; strip one trailing newline before, as `gocryptfs -passfile` does.
-    public init(root: String, password: UnsafeRawBufferPointer) throws(GocryptfsError) {
+    /// - Parameters:
+    ///   - password: raw bytes; strip one trailing newline before, as `gocryptfs -passfile` does.
+    ///   - refusesHoles: refuse all-zero blocks instead of reading them as zeros.
+    public init(root: String, password: UnsafeRawBufferPointer, refusesHoles: Bool = false) throws(GocryptfsError) {
         self.root = root
+        self.refusesHoles = refusesHoles
         let configPath = root + "/" + NameCipher.configFileName
         guard let bytes = try? Self.readFile(configPath, limit: 1 << 20) else {
             throw GocryptfsError(.io, "\(configPath) cannot be read: is \(root) a gocryptfs volume?")
@@ -115,7 +123,7 @@ public final class Volume: Sendable {
 
     /// Opens the ciphertext file at `relative` for reading plaintext.
     public func openFile(_ relative: String) throws(GocryptfsError) -> CipherFile {
-        try CipherFile(path: path(relative), content: content)
+        try CipherFile(path: path(relative), content: content, refusesHoles: refusesHoles)
     }
 
     /// Reads a whole small file (configs, dirivs, `.name` files), refusing anything larger than `limit`.
@@ -144,10 +152,12 @@ public final class CipherFile: @unchecked Sendable {
     let fd: Int32
     let fileID: [UInt8]?
     let content: ContentCipher
+    let refusesHoles: Bool
 
-    init(path: String, content: ContentCipher) throws(GocryptfsError) {
+    init(path: String, content: ContentCipher, refusesHoles: Bool) throws(GocryptfsError) {
         self.path = path
         self.content = content
+        self.refusesHoles = refusesHoles
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw GocryptfsError(.io, "\(path): \(String(cString: strerror(errno)))") }
         self.fd = fd
@@ -216,7 +226,8 @@ public final class CipherFile: @unchecked Sendable {
                         let decrypted: [UInt8]
                         do throws(GocryptfsError) {
                             decrypted = try self.content.decryptBlock(
-                                UnsafeRawBufferPointer(start: UnsafeRawPointer(source.pointer) + position, count: length), number: block, fileID: fileID)
+                                UnsafeRawBufferPointer(start: UnsafeRawPointer(source.pointer) + position, count: length), number: block, fileID: fileID,
+                                holes: self.refusesHoles ? .refuse : .zeros)
                         } catch {
                             failure.withLock { $0 = $0 ?? GocryptfsError(error.code, "\(self.path): \(error.message)") }
                             return

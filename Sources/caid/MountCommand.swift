@@ -28,13 +28,18 @@ struct MountCommand: ParsableCommand {
     @Flag(help: "Let other users read the mount (the inference container's user).")
     var allowOther = false
 
+    @Flag(help: ArgumentHelp(
+        "Refuse all-zero ciphertext blocks (EIO) instead of reading them as holes of zeros.",
+        discussion: "By default caid mount keeps gocryptfs's rule, since a local volume may hold sparse files. caid run always refuses them: a downloaded model has no holes."))
+    var refuseHoles = false
+
     func run() throws {
         LogDestination.bootstrap(level: .info)
         let logger = Logger(label: "caid.mount")
         let password = try passfile.read()
         let volume: Volume
         do {
-            volume = try password.withBytes { try Volume(root: cipher, password: $0) }
+            volume = try password.withBytes { try Volume(root: cipher, password: $0, refusesHoles: refuseHoles) }
         } catch {
             password.wipe()
             printError("caid mount: \(error)")

@@ -2,6 +2,7 @@ import CacheFS
 import CaidCore
 import CaidTestSupport
 import Foundation
+import Gocryptfs
 import Logging
 import ServiceLifecycle
 import Testing
@@ -26,6 +27,33 @@ import Testing
             #expect(nested == "nested\n")
         }
         #expect(!GocryptfsTool.isMounted(ws.path("model")))
+    }
+
+    /// The mount `caid run` makes: a downloaded model has no holes, so an all-zero block (an overwrite that OSS's
+    /// CRC-64 and the fetch both accept) is EIO, not 4096 zero bytes.
+    @Test func anAllZeroBlockIsRefusedInTheModelMount() async throws {
+        let ws = try Workspace()
+        defer { ws.remove() }
+        let (_, cipher) = try ws.gocryptfsVolume(largeSize: 64 * 1024, manyFiles: 0)
+        let volume = try ws.open(cipher)
+        let large = try #require(try volume.list("").entries.first { $0.name == Array("large.bin".utf8) })
+        let path = volume.path(large.diskName)
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        try handle.seek(toOffset: 18 + 4128)
+        try handle.write(contentsOf: Data(count: 4128))
+        try handle.close()
+        let registry = HealthRegistry()
+        try await withSupervisor([spec(ws, cipher: cipher, password: ws.password)], registry: registry) {
+            #expect(await registry.wait(for: "mount", toBe: .running)?.state == .running)
+            let fd = open(ws.path("model/large.bin"), O_RDONLY)
+            #expect(fd >= 0)
+            defer { close(fd) }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let first = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4096, 0) }
+            #expect(first == 4096)
+            let zeroed = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4096, 4096) }
+            #expect(zeroed == -1 && errno == EIO)
+        }
     }
 
     @Test func aWrongPasswordFailsForGoodWithoutRetrying() async throws {

@@ -78,8 +78,8 @@ import Testing
         return n < 0 ? (nil, errno) : (Array(buffer[0..<n]), 0)
     }
 
-    func withMount(_ fixture: Fixture, _ body: (String) async throws -> Void) async throws -> String {
-        let mount = try await CaidMount(cipher: fixture.cipher, at: fixture.ws.path("m"), passfile: fixture.ws.passfile)
+    func withMount(_ fixture: Fixture, extra: [String] = [], _ body: (String) async throws -> Void) async throws -> String {
+        let mount = try await CaidMount(cipher: fixture.cipher, at: fixture.ws.path("m"), passfile: fixture.ws.passfile, extra: extra)
         do {
             try await body(fixture.ws.path("m"))
         } catch {
@@ -87,6 +87,35 @@ import Testing
             throw error
         }
         return await mount.stop()?.stderr ?? ""
+    }
+
+    static func zero(_ path: String, range: Range<Int>) throws {
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        try handle.seek(toOffset: UInt64(range.lowerBound))
+        try handle.write(contentsOf: Data(count: range.count))
+    }
+
+    /// An all-zero ciphertext block: gocryptfs's own mount reads it as a hole of zeros, and so does `caid mount` by
+    /// default (a local volume may be sparse); with --refuse-holes it is EIO, as in `caid run` (MountServiceTests).
+    @Test func anAllZeroBlockIsAHoleOnlyWhereHolesAreAllowed() async throws {
+        let f = try Fixture()
+        defer { f.ws.remove() }
+        try Self.zero(try f.diskPath("multi.bin"), range: Self.cipherBlockRange(2))
+        let zeros = [UInt8](repeating: 0, count: Self.block)
+        try GocryptfsTool.mount(f.cipher, at: f.ws.path("g"), passfile: f.ws.passfile, readOnly: true)
+        let reference = Self.readBlock(f.ws.path("g") + "/multi.bin", 2)
+        GocryptfsTool.unmount(f.ws.path("g"))
+        #expect(reference.bytes == zeros, "gocryptfs reads an all-zero block as zeros")
+        _ = try await withMount(f) { m in
+            #expect(Self.readBlock(m + "/multi.bin", 2).bytes == zeros)
+        }
+        let intact = try f.plainBytes("multi.bin", block: 3)
+        let log = try await withMount(f, extra: ["--refuse-holes"]) { m in
+            #expect(Self.readBlock(m + "/multi.bin", 2).errno == EIO)
+            #expect(Self.readBlock(m + "/multi.bin", 3).bytes == intact)
+        }
+        #expect(log.contains("all zeros"))
     }
 
     @Test func aFlippedContentByteFailsOnlyItsBlock() async throws {
