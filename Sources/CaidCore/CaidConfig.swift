@@ -40,8 +40,12 @@ public struct CaidConfig: Sendable {
         /// In `mapping` mode the port clients dial; in `netfilter` mode the local port the nat rules redirect to.
         public var port: UInt16 = 41001
         public var maxConnections = 256
-        public var maxStreams = 128
-        public var handshakeTimeout: Duration = .seconds(10)
+        /// TNG's egress allows hyper's default of 200 concurrent streams.
+        public var maxStreams = 200
+        /// How long a new connection may send nothing.
+        public var firstBytesTimeout: Duration = .seconds(10)
+        /// How long the whole TLS handshake may take; TNG <= 2.2.4 clients call their Attestation Service inside it.
+        public var handshakeTimeout: Duration = .seconds(60)
         public var idleTimeout: Duration = .seconds(600)
         public var certificateRefresh: Duration = .seconds(600)
     }
@@ -109,7 +113,7 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
-        "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
+        "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -209,6 +213,7 @@ extension CaidConfig {
             ("CAID_GATEWAY_PORT", String(gateway.port)),
             ("CAID_GATEWAY_MAX_CONNECTIONS", String(gateway.maxConnections)),
             ("CAID_GATEWAY_MAX_STREAMS", String(gateway.maxStreams)),
+            ("CAID_GATEWAY_FIRST_BYTES_TIMEOUT", String(gateway.firstBytesTimeout.components.seconds)),
             ("CAID_GATEWAY_HANDSHAKE_TIMEOUT", String(gateway.handshakeTimeout.components.seconds)),
             ("CAID_GATEWAY_IDLE_TIMEOUT", String(gateway.idleTimeout.components.seconds)),
             ("CAID_GATEWAY_CERT_REFRESH", String(gateway.certificateRefresh.components.seconds)),
@@ -240,6 +245,11 @@ private struct Decoder {
                 : "unknown key, ignored; check its spelling against etc/caid/cai.env.example"
             diagnostics.append(ConfigDiagnostic(.warning, file: file, line: entry.line, key: entry.key, message: hint))
         }
+    }
+
+    mutating func warning(_ key: String, _ message: String) {
+        diagnostics.append(ConfigDiagnostic(
+            .warning, file: fromEnvironment.contains(key) ? "environment variable" : file, line: values[key]?.line, key: key, message: message))
     }
 
     mutating func error(_ key: String, _ message: String) {
@@ -421,7 +431,12 @@ private struct Decoder {
         }
         gateway.maxConnections = count("CAID_GATEWAY_MAX_CONNECTIONS", default: gateway.maxConnections)
         gateway.maxStreams = count("CAID_GATEWAY_MAX_STREAMS", default: gateway.maxStreams)
-        gateway.handshakeTimeout = .seconds(count("CAID_GATEWAY_HANDSHAKE_TIMEOUT", default: 10))
+        gateway.firstBytesTimeout = .seconds(count("CAID_GATEWAY_FIRST_BYTES_TIMEOUT", default: 10))
+        gateway.handshakeTimeout = .seconds(count("CAID_GATEWAY_HANDSHAKE_TIMEOUT", default: 60))
+        if gateway.handshakeTimeout < .seconds(35) {
+            // A TNG <= 2.2.4 client needs the handshake open while its Attestation Service answers.
+            warning("CAID_GATEWAY_HANDSHAKE_TIMEOUT", "is \(gateway.handshakeTimeout.components.seconds) s; TNG <= 2.2.4 clients ask their Attestation Service inside the TLS handshake, so a slow AS then makes them fail (60 s is the default)")
+        }
         gateway.idleTimeout = .seconds(count("CAID_GATEWAY_IDLE_TIMEOUT", default: 600))
         gateway.certificateRefresh = .seconds(count("CAID_GATEWAY_CERT_REFRESH", default: 600))
         var level = Logger.Level.info

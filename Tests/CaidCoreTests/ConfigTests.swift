@@ -87,6 +87,19 @@ import Testing
         ])
     }
 
+    @Test func gatewayTimingDefaultsAndAShortHandshakeWarning() throws {
+        let defaults = try #require(decode(valid).config).gateway
+        #expect(defaults.firstBytesTimeout == .seconds(10))
+        #expect(defaults.handshakeTimeout == .seconds(60))
+        #expect(defaults.idleTimeout == .seconds(600))
+        #expect(defaults.maxStreams == 200)
+        let (config, diagnostics) = decode(valid + "CAID_GATEWAY_FIRST_BYTES_TIMEOUT=\"3\"\nCAID_GATEWAY_HANDSHAKE_TIMEOUT=\"10\"\n")
+        let gateway = try #require(config).gateway
+        #expect(gateway.firstBytesTimeout == .seconds(3))
+        #expect(gateway.handshakeTimeout == .seconds(10))
+        #expect(diagnostics.contains { $0.key == "CAID_GATEWAY_HANDSHAKE_TIMEOUT" && $0.severity == .warning && $0.message.contains("inside the TLS handshake") })
+    }
+
     @Test func unknownKeysAreWarnings() throws {
         let (config, diagnostics) = decode(valid + "SOMETHING_ELSE=1\nCAID_FUTURE=2\n")
         #expect(config != nil)

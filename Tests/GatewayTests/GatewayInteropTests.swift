@@ -17,13 +17,13 @@ import Testing
         let port: Int
         let page: String
 
-        init(asAPI: String = "legacy", configure: (inout GatewayConfiguration) -> Void = { _ in }) async throws {
+        init(asAPI: String = "legacy", trusteeOptions: [String] = [], configure: (inout GatewayConfiguration) -> Void = { _ in }) async throws {
             dir = try TemporaryDirectory("caid-gateway")
             page = "<html>tokens from the model " + String(repeating: "x", count: 300_000) + "</html>\n"
             try FileManager.default.createDirectory(atPath: dir.path + "/www", withIntermediateDirectories: true)
             try Data(page.utf8).write(to: URL(fileURLWithPath: dir.path + "/www/index.html"))
             service = try await PeerProcess("static_server.py", ["--root", dir.path + "/www"], directory: dir.path)
-            trustee = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path, options: ["--as-api", asAPI, "--as-policy", "model-serving"])
+            trustee = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path, options: ["--as-api", asAPI, "--as-policy", "model-serving"] + trusteeOptions)
             var configuration = GatewayConfiguration(mode: .mapping, listenPort: 0, servicePort: UInt16(service.port))
             configuration.listenHost = "127.0.0.1"
             configure(&configuration)
@@ -106,6 +106,49 @@ import Testing
         let (_, report) = try setup.client(["--stall", "5"])
         #expect(report["closed_by_server"] as? Bool == true)
         #expect((report["after"] as? Double ?? 99) < 4)
+    }
+
+    /// TNG <= 2.2.4 holds its Finished while it asks the AS (tng/src/tunnel/cert_verifier.rs @ v2.2.4); TNG >= 2.2.5
+    /// asks right after the handshake, before the HTTP/2 preface (@ v2.2.6). A 15 s AS must not cost the tunnel.
+    @Test(arguments: [true, false]) func tngClientSurvivesASlowAttestationService(inHandshake: Bool) async throws {
+        let setup = try await Setup(asAPI: "current", trusteeOptions: ["--as-delay", "15"])
+        defer { Task { await setup.finish() } }
+        let (status, report) = try setup.client(["--as-addr", setup.asAddress, "--path", "/index.html"] + (inHandshake ? ["--verify-in-handshake"] : []))
+        #expect(status == 0, "\(report)")
+        #expect(report["token_tee"] as? String == "sample")
+        let waited = (inHandshake ? report["handshake_seconds"] : report["verified_after_seconds"]) as? Double ?? 0
+        #expect(waited >= 14.5, "the client waited \(waited) s for the AS: \(report)")
+        #expect(report["verified_in_handshake"] as? Bool == (inHandshake ? true : nil))
+        let stream = try #require(Self.streams(report).first, "\(report)")
+        #expect(stream["status"] as? String == "200")
+        #expect((stream["body"] as? String)?.hasSuffix(setup.page) == true)
+    }
+
+    @Test func handshakeTimeoutStillCutsAClientThatWaitsLonger() async throws {
+        let setup = try await Setup(trusteeOptions: ["--as-delay", "5"]) { $0.handshakeTimeout = .seconds(2) }
+        defer { Task { await setup.finish() } }
+        let (_, report) = try setup.client(["--as-addr", setup.asAddress, "--verify-in-handshake", "--path", "/index.html"])
+        #expect(Self.streams(report).first?["status"] as? String != "200", "\(report)")
+    }
+
+    @Test func silenceIsCutAtTheFirstBytesTimeoutButAStartedHandshakeIsNot() async throws {
+        let setup = try await Setup { $0.firstBytesTimeout = .seconds(1) }
+        defer { Task { await setup.finish() } }
+        let (_, silent) = try setup.client(["--stall", "5", "--silent"])
+        #expect(silent["closed_by_server"] as? Bool == true, "\(silent)")
+        #expect((silent["after"] as? Double ?? 99) < 3)
+        let (_, started) = try setup.client(["--stall", "3"])
+        #expect(started["closed_by_server"] as? Bool == false, "half a ClientHello has the whole handshake timeout: \(started)")
+    }
+
+    @Test func idleConnectionIsClosedAfterTheIdleTimeout() async throws {
+        let setup = try await Setup { $0.idleTimeout = .seconds(2) }
+        defer { Task { await setup.finish() } }
+        let (status, report) = try setup.client(["--as-addr", setup.asAddress, "--path", "/index.html", "--hold", "10"])
+        #expect(status == 0, "\(report)")
+        #expect(Self.streams(report).first?["status"] as? String == "200")
+        let after = try #require(report["closed_by_server_after"] as? Double, "the server kept an idle connection open: \(report.filter { $0.key != "streams" })")
+        #expect(after > 1 && after < 5)
     }
 
     @Test func connectionLimitHolds() async throws {
