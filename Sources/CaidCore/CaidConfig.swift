@@ -36,7 +36,16 @@ public struct CaidConfig: Sendable {
             case off
         }
 
+        /// What the gateway's certificate carries (`CAID_GATEWAY_ATTESTATION_MODEL`), TNG's `attest.model`.
+        public enum AttestationModel: String, Sendable, CaseIterable {
+            /// The evidence; each client asks its Attestation Service.
+            case backgroundCheck = "background-check"
+            /// A token caid got from the Attestation Service at `TRUSTEE_URL` `as/` for `TRUSTEE_POLICY`.
+            case passport
+        }
+
         public var mode: Mode = .netfilter
+        public var attestationModel: AttestationModel = .backgroundCheck
         /// In `mapping` mode the port clients dial; in `netfilter` mode the local port the nat rules redirect to.
         public var port: UInt16 = 41001
         public var maxConnections = 256
@@ -112,7 +121,7 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
-        "CAID_GATEWAY_MODE", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
+        "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
 
@@ -210,6 +219,7 @@ extension CaidConfig {
             ("CAID_KBS_PROTOCOL", kbsProtocol.rawValue),
             ("CAID_GPU_EVIDENCE", gpuEvidence ? "auto" : "off"),
             ("CAID_GATEWAY_MODE", gateway.mode.rawValue),
+            ("CAID_GATEWAY_ATTESTATION_MODEL", gateway.attestationModel.rawValue),
             ("CAID_GATEWAY_PORT", String(gateway.port)),
             ("CAID_GATEWAY_MAX_CONNECTIONS", String(gateway.maxConnections)),
             ("CAID_GATEWAY_MAX_STREAMS", String(gateway.maxStreams)),
@@ -419,6 +429,15 @@ private struct Decoder {
                 gateway.mode = value
             } else {
                 error("CAID_GATEWAY_MODE", "'\(raw)' is not a gateway mode; expected netfilter, mapping or off")
+            }
+        }
+        if let raw = text("CAID_GATEWAY_ATTESTATION_MODEL") {
+            // TNG's configuration spells it `background_check`; take both.
+            let spelled = raw.lowercased().replacingOccurrences(of: "_", with: "-")
+            if let value = CaidConfig.Gateway.AttestationModel(rawValue: spelled) {
+                gateway.attestationModel = value
+            } else {
+                error("CAID_GATEWAY_ATTESTATION_MODEL", "'\(raw)' is not an attestation model; expected background-check or passport")
             }
         }
         if let raw = text("CAID_GATEWAY_PORT") {

@@ -48,12 +48,25 @@ public struct GatewayConfiguration: Sendable {
     public var idleTimeout: Duration = .seconds(600)
     /// A new certificate with fresh evidence this often (TNG's default).
     public var certificateLifetime: Duration = .seconds(600)
+    /// What the certificate carries for TNG clients (`CAID_GATEWAY_ATTESTATION_MODEL`).
+    public var attestationModel: AttestationModel = .backgroundCheck
 
     public init(mode: Mode, listenPort: UInt16, servicePort: UInt16) {
         self.mode = mode
         self.listenPort = listenPort
         self.servicePort = servicePort
     }
+}
+
+/// The two RA-TLS models of TNG ≥ 2.2.5 (`attest.model`, tng/src/config/ra.rs @ v2.2.6; absent means
+/// background check).
+public enum AttestationModel: String, Sendable, CaseIterable {
+    /// The certificate carries the TEE evidence; each client takes it to its Attestation Service (TNG's only model
+    /// before 2.2.5, and clients configured `verify.model = background_check`).
+    case backgroundCheck = "background-check"
+    /// The gateway takes its evidence to the Attestation Service itself and carries the token it gets; clients
+    /// configured `verify.model = passport` check the token without calling the AS.
+    case passport
 }
 
 /// The server side of TNG's tunnel: TLS 1.3 with ALPN `h2` and an attested certificate, no client certificate,

@@ -1,10 +1,12 @@
+import AsyncHTTPClient
 import Attestation
 import CaidCore
 import CaidTestSupport
 import Crypto
 import Foundation
-import Gateway
 import Testing
+
+@testable import Gateway
 
 /// caid's gateway against an independent TNG 2.2.1 client (Tests/peers/tng_client.py: OpenSSL, cryptography, cbor2,
 /// jwcrypto, h2) and the test Attestation Service, over real sockets on loopback.
@@ -245,5 +247,143 @@ import Testing
         #expect(gpus.count == 2)
         let report = gpus.first?["attestation_report"]?.stringValue.flatMap(Base64.decodeStandard) ?? []
         #expect(Array(report.prefix(32)) == Array(expected.prefix(32)))
+    }
+}
+
+/// The passport model: `GatewayService` gets a token from the test Attestation Service and serves it in the
+/// certificate; the independent client (`--passport`) checks it against the AS's public key and calls nothing.
+@Suite(.serialized) struct GatewayPassportTests {
+    static func asCalls(_ trustee: TrusteePeer) -> Int { trustee.requests().filter { $0["as"] != nil }.count }
+
+    static func withPassportGateway(
+        tokenSeconds: Int = 300, _ body: @Sendable (_ port: Int, _ trustee: TrusteePeer, _ publicKey: String, _ page: String, _ registry: HealthRegistry) async throws -> Void
+    ) async throws {
+        let dir = try TemporaryDirectory("caid-passport")
+        defer { dir.remove() }
+        let page = "<html>passport " + String(repeating: "p", count: 50_000) + "</html>\n"
+        try FileManager.default.createDirectory(atPath: dir.path + "/www", withIntermediateDirectories: true)
+        try Data(page.utf8).write(to: URL(fileURLWithPath: dir.path + "/www/index.html"))
+        let service = try await PeerProcess("static_server.py", ["--root", dir.path + "/www"], directory: dir.path)
+        let publicKey = dir.path + "/as-key.jwk"
+        let trustee = try await TrusteePeer(
+            dialect: "current", resources: [:], directory: dir.path,
+            options: ["--as-api", "current", "--as-policy", "model-serving", "--as-token-seconds", String(tokenSeconds), "--as-public-key", publicKey])
+        // Both peers stop when released: keep them to the end.
+        defer { withExtendedLifetime((service, trustee)) {} }
+        let port = Programs.unusedPort()
+        var configuration = GatewayConfiguration(mode: .mapping, listenPort: UInt16(port), servicePort: UInt16(service.port))
+        configuration.listenHost = "127.0.0.1"
+        configuration.attestationModel = .passport
+        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        let attestationService = AttestationServiceClient(address: trustee.url + "as/", policyIDs: ["model-serving"], http: http)
+        let registry = HealthRegistry()
+        await registry.register("gateway", required: true)
+        let gateway = GatewayService(
+            configuration: configuration, attester: SampleAttester(), attestationService: attestationService,
+            handle: ServiceHandle(name: "gateway", registry: registry, logger: quietLogger))
+        do {
+            try await withRunningServices([gateway]) {
+                let status = await registry.wait(for: "gateway", toBe: .running)
+                #expect(status?.state == .running, "\(String(describing: status))")
+                try await body(port, trustee, publicKey, page, registry)
+            }
+        } catch {
+            try? await http.shutdown()
+            throw error
+        }
+        try await http.shutdown()
+    }
+
+    static func passportClient(_ port: Int, _ publicKey: String, _ extra: [String] = []) throws -> (Int32, [String: Any]) {
+        let result = try Programs.run("/usr/bin/env", [
+            "python3", Programs.packageRoot + "/Tests/peers/tng_client.py", "--port", String(port), "--passport",
+            "--as-public-key", publicKey, "--policy", "model-serving", "--path", "/index.html",
+        ] + extra)
+        let report = (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]) ?? ["stderr": result.stderr]
+        return (result.status, report)
+    }
+
+    @Test(arguments: [false, true]) func passportClientChecksTheTokenWithoutCallingTheAS(inHandshake: Bool) async throws {
+        try await Self.withPassportGateway { port, trustee, publicKey, page, registry in
+            let before = Self.asCalls(trustee)
+            #expect(before == 1, "the gateway asks the AS once for its certificate")
+            let (status, report) = try Self.passportClient(port, publicKey, inHandshake ? ["--verify-in-handshake"] : [])
+            #expect(status == 0, "\(report)")
+            #expect(report["model"] as? String == "passport")
+            #expect(report["token_tee"] as? String == "sample")
+            let stream = try #require(GatewayInteropTests.streams(report).first, "\(report)")
+            #expect(stream["status"] as? String == "200")
+            #expect((stream["body"] as? String)?.hasSuffix(page) == true)
+            #expect(Self.asCalls(trustee) == before, "a passport client does not call the AS")
+            let detail = await registry.status(of: "gateway")?.detail ?? ""
+            #expect(detail.contains("passport"), "\(detail)")
+        }
+    }
+
+    @Test func backgroundCheckClientIsRefusedAPassportCertificate() async throws {
+        try await Self.withPassportGateway { port, trustee, _, _, _ in
+            let result = try Programs.run("/usr/bin/env", [
+                "python3", Programs.packageRoot + "/Tests/peers/tng_client.py", "--port", String(port), "--as-addr", trustee.url + "as/",
+            ])
+            #expect(result.status == 1)
+            #expect(result.stdout.contains("0xC0C000"), "\(result.stdout)")
+        }
+    }
+
+    @Test func tokenIsRenewedBeforeItExpires() async throws {
+        // A 6 s token is renewed about 1.2 s before it runs out: a second AS call, and clients keep passing.
+        try await Self.withPassportGateway(tokenSeconds: 6) { port, trustee, publicKey, _, _ in
+            #expect(Self.asCalls(trustee) == 1)
+            try await Task.sleep(for: .seconds(7))
+            #expect(Self.asCalls(trustee) >= 2, "the token was not renewed before its exp")
+            let (status, report) = try Self.passportClient(port, publicKey)
+            #expect(status == 0, "\(report)")
+        }
+    }
+}
+
+/// The passport certificate's form and the renewal schedule, without I/O.
+@Suite struct PassportCertificateTests {
+    static func unsignedToken(exp: Int) -> String {
+        let header = Base64.url(Array(#"{"alg":"RS384"}"#.utf8))
+        let claims = Base64.url(Array(#"{"exp":\#(exp)}"#.utf8))
+        return "\(header).\(claims).c2ln"
+    }
+
+    @Test func tokenGoesUnderTag0xC0C001WithTheClaims() throws {
+        let draft = try AttestedCertificate.draft(attester: SampleAttester())
+        let exp = Int(Date().timeIntervalSince1970) + 300
+        let token = Self.unsignedToken(exp: exp)
+        let certificate = try AttestedCertificate.passport(draft, token: token)
+        #expect(certificate.tokenExpiry == Date(timeIntervalSince1970: TimeInterval(exp)))
+        let value = try #require(RATLSEvidenceProbe.extensionValue(in: certificate.der))
+        guard case .tagged(let tag, .array(let parts)) = try CBOR(decoding: value) else { Issue.record("not tagged"); return }
+        #expect(tag == 0xC0C001)
+        #expect(parts == [.bytes(Array(token.utf8)), .bytes(draft.claims)])
+        let parsed = try RATLSEvidence.verifyToken(extensionValue: value, subjectPublicKeyInfo: Array(certificate.key.publicKey.derRepresentation))
+        #expect(parsed.token == token)
+        #expect(parsed.runtimeData == draft.runtimeData)
+        let other = Array(P256.Signing.PrivateKey().publicKey.derRepresentation)
+        #expect(throws: VerificationError.self) { try RATLSEvidence.verifyToken(extensionValue: value, subjectPublicKeyInfo: other) }
+        // A background-check reader does not take a passport for evidence.
+        #expect(throws: VerificationError.self) { try RATLSEvidence.verify(extensionValue: value, subjectPublicKeyInfo: Array(certificate.key.publicKey.derRepresentation)) }
+    }
+
+    @Test func tokenWithoutExpIsRefused() throws {
+        let draft = try AttestedCertificate.draft(attester: SampleAttester())
+        let token = Base64.url(Array(#"{"alg":"RS384"}"#.utf8)) + "." + Base64.url(Array("{}".utf8)) + ".c2ln"
+        #expect(throws: VerificationError.self) { try AttestedCertificate.passport(draft, token: token) }
+    }
+
+    @Test func renewalComesBeforeTheTokenExpires() {
+        let now = Date()
+        let refresh = Duration.seconds(600)
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: nil, now: now) == refresh)
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(3600), now: now) == refresh)
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(300), now: now) == .seconds(240))
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(10), now: now) == .seconds(8))
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(-5), now: now) == .seconds(1))
+        #expect(GatewayService.retryDelay(refresh: refresh, tokenExpiry: now) == .seconds(15))
+        #expect(GatewayService.retryDelay(refresh: refresh, tokenExpiry: nil) == refresh)
     }
 }
