@@ -65,12 +65,25 @@ public struct CaidConfig: Sendable {
             case off
         }
 
+        /// What the gateway's certificate carries (`CAID_GATEWAY_ATTESTATION_MODEL`), TNG's `attest.model`.
+        public enum AttestationModel: String, Sendable, CaseIterable {
+            /// The evidence; each client asks its Attestation Service.
+            case backgroundCheck = "background-check"
+            /// A token caid got from the Attestation Service at `TRUSTEE_URL` `as/` for `TRUSTEE_POLICY`.
+            case passport
+        }
+
         public var mode: Mode = .netfilter
+        public var attestationModel: AttestationModel = .backgroundCheck
         /// In `mapping` mode the port clients dial; in `netfilter` mode the local port the nat rules redirect to.
         public var port: UInt16 = 41001
         public var maxConnections = 256
-        public var maxStreams = 128
-        public var handshakeTimeout: Duration = .seconds(10)
+        /// TNG's egress allows hyper's default of 200 concurrent streams.
+        public var maxStreams = 200
+        /// How long a new connection may send nothing.
+        public var firstBytesTimeout: Duration = .seconds(10)
+        /// How long the whole TLS handshake may take; TNG <= 2.2.4 clients call their Attestation Service inside it.
+        public var handshakeTimeout: Duration = .seconds(60)
         public var idleTimeout: Duration = .seconds(600)
         public var certificateRefresh: Duration = .seconds(600)
     }
@@ -138,8 +151,8 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
         "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY",
-        "CAID_GATEWAY_MODE", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
-        "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
+        "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
+        "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -241,9 +254,11 @@ extension CaidConfig {
             ("CAID_CC_EVENTLOG", attestation.eventLog),
             ("CAID_NVML_LIBRARY", attestation.nvmlLibrary),
             ("CAID_GATEWAY_MODE", gateway.mode.rawValue),
+            ("CAID_GATEWAY_ATTESTATION_MODEL", gateway.attestationModel.rawValue),
             ("CAID_GATEWAY_PORT", String(gateway.port)),
             ("CAID_GATEWAY_MAX_CONNECTIONS", String(gateway.maxConnections)),
             ("CAID_GATEWAY_MAX_STREAMS", String(gateway.maxStreams)),
+            ("CAID_GATEWAY_FIRST_BYTES_TIMEOUT", String(gateway.firstBytesTimeout.components.seconds)),
             ("CAID_GATEWAY_HANDSHAKE_TIMEOUT", String(gateway.handshakeTimeout.components.seconds)),
             ("CAID_GATEWAY_IDLE_TIMEOUT", String(gateway.idleTimeout.components.seconds)),
             ("CAID_GATEWAY_CERT_REFRESH", String(gateway.certificateRefresh.components.seconds)),
@@ -275,6 +290,11 @@ private struct Decoder {
                 : "unknown key, ignored; check its spelling against etc/caid/cai.env.example"
             diagnostics.append(ConfigDiagnostic(.warning, file: file, line: entry.line, key: entry.key, message: hint))
         }
+    }
+
+    mutating func warning(_ key: String, _ message: String) {
+        diagnostics.append(ConfigDiagnostic(
+            .warning, file: fromEnvironment.contains(key) ? "environment variable" : file, line: values[key]?.line, key: key, message: message))
     }
 
     mutating func error(_ key: String, _ message: String) {
@@ -476,6 +496,15 @@ private struct Decoder {
                 error("CAID_GATEWAY_MODE", "'\(raw)' is not a gateway mode; expected netfilter, mapping or off")
             }
         }
+        if let raw = text("CAID_GATEWAY_ATTESTATION_MODEL") {
+            // TNG's configuration spells it `background_check`; take both.
+            let spelled = raw.lowercased().replacingOccurrences(of: "_", with: "-")
+            if let value = CaidConfig.Gateway.AttestationModel(rawValue: spelled) {
+                gateway.attestationModel = value
+            } else {
+                error("CAID_GATEWAY_ATTESTATION_MODEL", "'\(raw)' is not an attestation model; expected background-check or passport")
+            }
+        }
         if let raw = text("CAID_GATEWAY_PORT") {
             if let value = UInt16(raw), value > 0 { gateway.port = value } else {
                 error("CAID_GATEWAY_PORT", "'\(raw)' is not a TCP port; expected a number from 1 to 65535")
@@ -486,7 +515,12 @@ private struct Decoder {
         }
         gateway.maxConnections = count("CAID_GATEWAY_MAX_CONNECTIONS", default: gateway.maxConnections)
         gateway.maxStreams = count("CAID_GATEWAY_MAX_STREAMS", default: gateway.maxStreams)
-        gateway.handshakeTimeout = .seconds(count("CAID_GATEWAY_HANDSHAKE_TIMEOUT", default: 10))
+        gateway.firstBytesTimeout = .seconds(count("CAID_GATEWAY_FIRST_BYTES_TIMEOUT", default: 10))
+        gateway.handshakeTimeout = .seconds(count("CAID_GATEWAY_HANDSHAKE_TIMEOUT", default: 60))
+        if gateway.handshakeTimeout < .seconds(35) {
+            // A TNG <= 2.2.4 client needs the handshake open while its Attestation Service answers.
+            warning("CAID_GATEWAY_HANDSHAKE_TIMEOUT", "is \(gateway.handshakeTimeout.components.seconds) s; TNG <= 2.2.4 clients ask their Attestation Service inside the TLS handshake, so a slow AS then makes them fail (60 s is the default)")
+        }
         gateway.idleTimeout = .seconds(count("CAID_GATEWAY_IDLE_TIMEOUT", default: 600))
         gateway.certificateRefresh = .seconds(count("CAID_GATEWAY_CERT_REFRESH", default: 600))
         var level = Logger.Level.info

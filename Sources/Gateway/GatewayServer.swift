@@ -32,17 +32,41 @@ public struct GatewayConfiguration: Sendable {
     /// Where the service is in `mapping` mode.
     public var serviceHost = "127.0.0.1"
     public var maxConnections = 256
-    public var maxStreamsPerConnection = 128
-    public var handshakeTimeout: Duration = .seconds(10)
+    /// TNG's egress serves with hyper's HTTP/2 defaults, 200 concurrent streams (hyper v1.6.0
+    /// `src/proto/h2/server.rs`, `max_concurrent_streams: Some(200)`, the version TNG v2.2.6's Cargo.lock pins).
+    public var maxStreamsPerConnection = 200
+    /// How long a new connection may stay silent. A TNG client sends its ClientHello at once; TNG's own egress
+    /// allows 5 s (`TRANSPORT_LAYER_READ_FIRST_BYTE_TIMEOUT`, tng/src/tunnel/egress/protocol/common/transport/mod.rs
+    /// @ v2.2.6).
+    public var firstBytesTimeout: Duration = .seconds(10)
+    /// How long the whole TLS handshake may take, counted from the connection's start. TNG ≤ 2.2.4 clients ask
+    /// their Attestation Service inside it, before they send their Finished (rustls `verify_server_cert` blocks on
+    /// rats-cert `verify_der`: tng/src/tunnel/cert_verifier.rs @ v2.2.4), with no timeout of their own on that call
+    /// (rats-cert converter/restful.rs builds its reqwest client without one), so a slow AS lengthens the handshake.
+    public var handshakeTimeout: Duration = .seconds(60)
+    /// How long an established connection may carry no bytes either way.
     public var idleTimeout: Duration = .seconds(600)
     /// A new certificate with fresh evidence this often (TNG's default).
     public var certificateLifetime: Duration = .seconds(600)
+    /// What the certificate carries for TNG clients (`CAID_GATEWAY_ATTESTATION_MODEL`).
+    public var attestationModel: AttestationModel = .backgroundCheck
 
     public init(mode: Mode, listenPort: UInt16, servicePort: UInt16) {
         self.mode = mode
         self.listenPort = listenPort
         self.servicePort = servicePort
     }
+}
+
+/// The two RA-TLS models of TNG ≥ 2.2.5 (`attest.model`, tng/src/config/ra.rs @ v2.2.6; absent means
+/// background check).
+public enum AttestationModel: String, Sendable, CaseIterable {
+    /// The certificate carries the TEE evidence; each client takes it to its Attestation Service (TNG's only model
+    /// before 2.2.5, and clients configured `verify.model = background_check`).
+    case backgroundCheck = "background-check"
+    /// The gateway takes its evidence to the Attestation Service itself and carries the token it gets; clients
+    /// configured `verify.model = passport` check the token without calling the AS.
+    case passport
 }
 
 /// The server side of TNG's tunnel: TLS 1.3 with ALPN `h2` and an attested certificate, no client certificate,
@@ -107,9 +131,7 @@ public final class GatewayServer: Sendable {
             return
         }
         let sync = channel.pipeline.syncOperations
-        try sync.addHandler(NIOSSLServerHandler(context: context.withLock { $0 }))
-        try sync.addHandler(ConnectionGuard(handshakeTimeout: TimeAmount(configuration.handshakeTimeout)))
-        try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(configuration.idleTimeout)))
+        try Self.addTransportHandlers(sync, tls: context.withLock { $0 }, configuration: configuration, logger: logger)
         let upstream = upstreamConnector(for: channel)
         let streams = configuration.maxStreamsPerConnection
         let logger = logger
@@ -137,6 +159,21 @@ public final class GatewayServer: Sendable {
                 }
             }
         })
+    }
+
+    /// TLS and the connection's deadlines. The order matters: ``FirstBytesDetector`` sees the raw bytes before TLS;
+    /// ``ConnectionGuard`` comes after both the TLS handler and `IdleStateHandler`, because user events travel
+    /// towards the tail and it must see the handshake's completion and the idle event.
+    static func addTransportHandlers(
+        _ sync: ChannelPipeline.SynchronousOperations, tls: NIOSSLContext, configuration: GatewayConfiguration, logger: Logger
+    ) throws {
+        try sync.addHandler(FirstBytesDetector())
+        try sync.addHandler(NIOSSLServerHandler(context: tls))
+        try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(configuration.idleTimeout)))
+        try sync.addHandler(ConnectionGuard(
+            deadlines: ConnectionDeadlines(
+                firstBytes: configuration.firstBytesTimeout, handshake: configuration.handshakeTimeout, idle: configuration.idleTimeout),
+            logger: logger))
     }
 
     /// Opens upstream connections for the streams of `connection`: to the service (mapping) or to the address the
@@ -185,35 +222,167 @@ public final class GatewayServer: Sendable {
     }
 }
 
-/// Closes a connection that has not finished its TLS handshake in time, or has been idle too long.
+/// When a gateway connection must be closed, as a pure state machine: no bytes within the first-bytes timeout, no
+/// completed TLS handshake within the handshake timeout (both counted from the start), or an idle event once
+/// established. The two deadlines are separate so that a silent stranger is cut quickly while a TNG client that
+/// asks its Attestation Service inside the handshake still has time.
+struct ConnectionDeadlines: Sendable, Equatable {
+    enum Deadline: Sendable, Equatable { case firstBytes, handshake }
+
+    /// Why a connection was closed, in words for the log.
+    enum Reason: Sendable, Equatable, CustomStringConvertible {
+        case noFirstBytes(Duration)
+        case handshakeTooSlow(Duration)
+        case idle(Duration)
+
+        var description: String {
+            switch self {
+            case .noFirstBytes(let limit):
+                "it sent nothing in \(limit.components.seconds) s (CAID_GATEWAY_FIRST_BYTES_TIMEOUT); not a TNG client"
+            case .handshakeTooSlow(let limit):
+                "its TLS handshake did not finish in \(limit.components.seconds) s (CAID_GATEWAY_HANDSHAKE_TIMEOUT); TNG <= 2.2.4 "
+                    + "clients ask their Attestation Service inside the handshake, so a slow AS can cause this: check its latency"
+            case .idle(let limit):
+                "it carried no bytes for \(limit.components.seconds) s (CAID_GATEWAY_IDLE_TIMEOUT)"
+            }
+        }
+    }
+
+    enum Action: Sendable, Equatable {
+        case none
+        case cancel(Deadline)
+        case close(Reason)
+    }
+
+    enum Phase: Sendable, Equatable { case awaitingFirstBytes, handshaking, established, closed }
+
+    let firstBytes: Duration
+    let handshake: Duration
+    let idle: Duration
+    private(set) var phase: Phase = .awaitingFirstBytes
+
+    init(firstBytes: Duration, handshake: Duration, idle: Duration) {
+        self.firstBytes = firstBytes
+        self.handshake = handshake
+        self.idle = idle
+    }
+
+    /// The deadlines to arm when the connection starts, both counted from then.
+    var initialDeadlines: [(Deadline, Duration)] { [(.firstBytes, firstBytes), (.handshake, handshake)] }
+
+    mutating func bytesArrived() -> Action {
+        guard phase == .awaitingFirstBytes else { return .none }
+        phase = .handshaking
+        return .cancel(.firstBytes)
+    }
+
+    mutating func handshakeCompleted() -> Action {
+        switch phase {
+        case .awaitingFirstBytes, .handshaking:
+            phase = .established
+            return .cancel(.handshake)
+        case .established, .closed:
+            return .none
+        }
+    }
+
+    mutating func expired(_ deadline: Deadline) -> Action {
+        switch (deadline, phase) {
+        case (.firstBytes, .awaitingFirstBytes):
+            phase = .closed
+            return .close(.noFirstBytes(firstBytes))
+        case (.handshake, .awaitingFirstBytes), (.handshake, .handshaking):
+            phase = .closed
+            return .close(.handshakeTooSlow(handshake))
+        default:
+            return .none
+        }
+    }
+
+    /// `IdleStateHandler`'s event. Before the handshake completes the handshake deadline governs.
+    mutating func idleEvent() -> Action {
+        guard phase == .established else { return .none }
+        phase = .closed
+        return .close(.idle(idle))
+    }
+}
+
+/// Sent down the pipeline when the first bytes of a connection arrive, ahead of TLS.
+struct FirstBytesEvent: Sendable {}
+
+/// Sits before TLS, tells ``ConnectionGuard`` when the first bytes arrive, and leaves.
+final class FirstBytesDetector: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    private var seen = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !seen {
+            seen = true
+            context.fireUserInboundEventTriggered(FirstBytesEvent())
+            context.fireChannelRead(data)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
+        }
+        context.fireChannelRead(data)
+    }
+}
+
+/// Drives ``ConnectionDeadlines`` with timers and pipeline events, and closes the connection when it says so.
 final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
-    private let handshakeTimeout: TimeAmount
-    private var deadline: Scheduled<Void>?
+    private var deadlines: ConnectionDeadlines
+    private var timers: [ConnectionDeadlines.Deadline: Scheduled<Void>] = [:]
+    private let logger: Logger
 
-    init(handshakeTimeout: TimeAmount) {
-        self.handshakeTimeout = handshakeTimeout
+    init(deadlines: ConnectionDeadlines, logger: Logger) {
+        self.deadlines = deadlines
+        self.logger = logger
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let channel = context.channel
-        deadline = context.eventLoop.scheduleTask(in: handshakeTimeout) { channel.close(promise: nil) }
+        let loop = context.eventLoop.assumeIsolated()
+        for (deadline, delay) in deadlines.initialDeadlines {
+            timers[deadline] = loop.scheduleTask(in: TimeAmount(delay)) { [self] in
+                apply(deadlines.expired(deadline), context: context)
+            }
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        deadline?.cancel()
+        for timer in timers.values { timer.cancel() }
+        timers = [:]
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
-            deadline?.cancel()
-            deadline = nil
-        }
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
+        if event is FirstBytesEvent {
+            apply(deadlines.bytesArrived(), context: context)
             return
         }
+        if let event = event as? IdleStateHandler.IdleStateEvent, event == .all {
+            apply(deadlines.idleEvent(), context: context)
+            return
+        }
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            apply(deadlines.handshakeCompleted(), context: context)
+        }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    private func apply(_ action: ConnectionDeadlines.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .cancel(let deadline):
+            timers.removeValue(forKey: deadline)?.cancel()
+        case .close(let reason):
+            let peer = context.channel.remoteAddress.map { "\($0)" } ?? "a client"
+            switch reason {
+            case .noFirstBytes: logger.debug("closing the gateway connection from \(peer): \(reason)")
+            case .handshakeTooSlow: logger.warning("closing the gateway connection from \(peer): \(reason)")
+            case .idle: logger.info("closing the gateway connection from \(peer): \(reason)")
+            }
+            context.close(promise: nil)
+        }
     }
 }

@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Attestation
 import CaidCore
 import Foundation
@@ -10,25 +11,32 @@ extension NatError: ClassifiedFailure {
 }
 
 /// The `gateway` service of `caid run` (and all of `caid gateway`): makes an attested certificate, installs the
-/// nat rules in `netfilter` mode, listens, renews the certificate with fresh evidence on a timer, and on stop closes
-/// the listener and removes the rules.
+/// nat rules in `netfilter` mode, listens, renews the certificate on a timer, and on stop closes the listener and
+/// removes the rules. In the passport model each certificate carries a token from the Attestation Service, renewed
+/// before it expires.
 public struct GatewayService: Service {
     private let configuration: GatewayConfiguration
     private let attester: any Attester
     private let gpu: GPUAttester?
+    private let attestationService: AttestationServiceClient?
     private let handle: ServiceHandle
 
-    public init(configuration: GatewayConfiguration, attester: any Attester, gpu: GPUAttester? = nil, handle: ServiceHandle) {
+    /// - Parameter attestationService: where passport tokens come from; required in the passport model.
+    public init(
+        configuration: GatewayConfiguration, attester: any Attester, gpu: GPUAttester? = nil,
+        attestationService: AttestationServiceClient? = nil, handle: ServiceHandle
+    ) {
         self.configuration = configuration
         self.attester = attester
         self.gpu = gpu
+        self.attestationService = attestationService
         self.handle = handle
     }
 
     public func run() async throws {
         let logger = handle.logger
-        let certificate = try certificate()
-        let server = try GatewayServer(configuration: configuration, certificate: certificate, logger: logger)
+        let first = try await certificate()
+        let server = try GatewayServer(configuration: configuration, certificate: first, logger: logger)
         var rules: NatRules?
         if configuration.mode == .netfilter {
             let nat = NatRules(servicePort: configuration.servicePort, listenPort: configuration.listenPort)
@@ -51,32 +59,86 @@ public struct GatewayService: Service {
         let route = configuration.mode == .netfilter
             ? "clients dial port \(configuration.servicePort), redirected to \(port)"
             : "clients dial port \(port), forwarded to \(configuration.serviceHost):\(configuration.servicePort)"
-        await handle.running("\(configuration.mode.rawValue): \(route); \(attester.tee) evidence in the certificate")
-        logger.notice("attested gateway listening", metadata: ["port": "\(port)", "mode": "\(configuration.mode.rawValue)"])
+        await handle.running("\(configuration.mode.rawValue): \(route); \(carried(first))")
+        logger.notice("attested gateway listening", metadata: ["port": "\(port)", "mode": "\(configuration.mode.rawValue)", "model": "\(configuration.attestationModel.rawValue)"])
         // Ends on cancellation (the supervisor) or on graceful shutdown (`caid gateway` in its own service group).
         await cancelWhenGracefulShutdown {
+            var current = first
+            var delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry, now: Date())
             while !Task.isCancelled {
-                try? await Task.sleep(for: configuration.certificateLifetime)
+                try? await Task.sleep(for: delay)
                 if Task.isCancelled { break }
                 do {
-                    try server.renew(try self.certificate())
-                    logger.debug("gateway certificate renewed with fresh evidence")
+                    let fresh = try await self.certificate()
+                    try server.renew(fresh)
+                    current = fresh
+                    delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: fresh.tokenExpiry, now: Date())
+                    await handle.running("\(configuration.mode.rawValue): \(route); \(carried(fresh))")
+                    logger.debug("gateway certificate renewed", metadata: ["model": "\(configuration.attestationModel.rawValue)"])
                 } catch {
-                    // The current certificate stays valid for hours; keep serving it and say why renewal failed.
-                    logger.warning("cannot renew the gateway certificate, keeping the current one: \(error)")
+                    delay = Self.retryDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry)
+                    if let expiry = current.tokenExpiry, expiry <= Date() {
+                        // Still fail closed: clients refuse the expired token; nothing is served unattested.
+                        logger.error("the gateway's passport token expired at \(expiry) and cannot be renewed; TNG passport clients refuse this gateway until the Attestation Service answers: \(error)")
+                    } else {
+                        // The current certificate stays valid; keep serving it and say why renewal failed.
+                        logger.warning("cannot renew the gateway certificate, keeping the current one: \(error)")
+                    }
                 }
             }
         }
         await server.stop()
     }
 
-    private func certificate() throws -> AttestedCertificate {
+    private func carried(_ certificate: AttestedCertificate) -> String {
+        guard let expiry = certificate.tokenExpiry else { return "\(attester.tee) evidence in the certificate (background check)" }
+        return "an Attestation Service token for \(attester.tee) evidence in the certificate (passport), valid until \(expiry)"
+    }
+
+    /// When to make the next certificate: after the refresh interval, or before the passport token expires,
+    /// whichever is sooner. TNG renews when the token has expired (tng/src/tunnel/utils/maybe_cached.rs, commit
+    /// ffb70b6 in v2.2.6), so its clients can meet an expired one; caid renews a fifth of the token's remaining
+    /// life early, at most a minute.
+    static func renewalDelay(refresh: Duration, tokenExpiry: Date?, now: Date) -> Duration {
+        guard let tokenExpiry else { return refresh }
+        let left = tokenExpiry.timeIntervalSince(now)
+        let early = min(60, max(0, left) / 5)
+        let wait = Duration.milliseconds(Int64(max(1, left - early) * 1000))
+        return min(refresh, wait)
+    }
+
+    /// After a failed renewal: a passport's token runs out, so try again soon; evidence in a six-hour certificate
+    /// can wait for the next interval.
+    static func retryDelay(refresh: Duration, tokenExpiry: Date?) -> Duration {
+        tokenExpiry == nil ? refresh : min(refresh, .seconds(15))
+    }
+
+    private func certificate() async throws -> AttestedCertificate {
         do {
-            let certificate = try AttestedCertificate.make(attester: attester, gpu: gpu)
-            if certificate.eventLogOmitted {
-                handle.logger.warning("the CC event log was left out of the gateway certificate to keep it under 64 KiB for TNG 2.2.1 clients")
+            switch configuration.attestationModel {
+            case .backgroundCheck:
+                let certificate = try AttestedCertificate.make(attester: attester, gpu: gpu)
+                if certificate.eventLogOmitted {
+                    handle.logger.warning("the CC event log was left out of the gateway certificate to keep it under 64 KiB for TNG 2.2.1 clients")
+                }
+                return certificate
+            case .passport:
+                guard let attestationService else {
+                    throw ServiceFailure("the passport model needs an Attestation Service, and none was given", permanent: true)
+                }
+                let draft = try AttestedCertificate.draft(attester: attester, gpu: gpu)
+                // The same request a background-check client sends (rats-cert's converter is shared by both).
+                let token = try await attestationService.token(tee: draft.tee, evidence: draft.evidence.canonicalBytes, runtimeData: draft.runtimeData)
+                // What passport clients check, checked before serving it: a token for other evidence, another key
+                // or without the policy would only make every client fail.
+                _ = try TokenVerifier.verify(token, runtimeData: draft.runtimeData, policyIDs: attestationService.policyIDs)
+                return try AttestedCertificate.passport(draft, token: token)
             }
-            return certificate
+        } catch let error as ServiceFailure {
+            throw error
+        } catch let error as VerificationError where configuration.attestationModel == .passport {
+            // The Attestation Service may answer later: not permanent.
+            throw ServiceFailure("cannot get a passport token for the gateway certificate: \(error.message)")
         } catch let error as VerificationError {
             throw ServiceFailure(error.message, permanent: true)
         } catch {
@@ -97,8 +159,23 @@ extension GatewayConfiguration {
         self.init(mode: mode, listenPort: config.gateway.port, servicePort: config.modelServicePort)
         maxConnections = config.gateway.maxConnections
         maxStreamsPerConnection = config.gateway.maxStreams
+        firstBytesTimeout = config.gateway.firstBytesTimeout
         handshakeTimeout = config.gateway.handshakeTimeout
         idleTimeout = config.gateway.idleTimeout
         certificateLifetime = config.gateway.certificateRefresh
+        switch config.gateway.attestationModel {
+        case .backgroundCheck: attestationModel = .backgroundCheck
+        case .passport: attestationModel = .passport
+        }
+    }
+}
+
+extension AttestationServiceClient {
+    /// Trustee's Attestation Service behind `TRUSTEE_URL` (its `as/` path) for `TRUSTEE_POLICY`: where passport
+    /// tokens come from, as sharing peers verify each other there.
+    public static func trustee(_ config: CaidConfig, http: HTTPClient) -> AttestationServiceClient {
+        var trustee = config.trusteeURL.absoluteString
+        if !trustee.hasSuffix("/") { trustee += "/" }
+        return AttestationServiceClient(address: trustee + "as/", policyIDs: [config.trusteePolicy], http: http)
     }
 }

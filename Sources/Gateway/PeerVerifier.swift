@@ -10,19 +10,15 @@ import X509
 /// own key and carry evidence that binds that key; the Attestation Service at `--as-addr` must accept the evidence
 /// for every required policy, in a token that checks (``TokenVerifier``).
 public struct PeerVerifier: Sendable {
-    public let attestationService: String
-    public let policyIDs: [String]
-    /// When set, tokens must be signed by a key these certificates certify (`CAID_TOKEN_CERTS`).
+    public var attestationService: String { service.address }
+    public var policyIDs: [String] { service.policyIDs }
+    /// When set, tokens must be signed by a key these certificates certify (`CAID_TOKEN_CERTS`, `--token-cert`).
     public let tokenTrust: TokenTrust?
-    private let http: HTTPClient
+    private let service: AttestationServiceClient
 
     public init(attestationService: String, policyIDs: [String], tokenTrust: TokenTrust? = nil, http: HTTPClient) {
+        service = AttestationServiceClient(address: attestationService, policyIDs: policyIDs, http: http)
         self.tokenTrust = tokenTrust
-        var base = attestationService
-        while base.hasSuffix("/") { base.removeLast() }
-        self.attestationService = base
-        self.policyIDs = policyIDs.isEmpty ? ["default"] : policyIDs
-        self.http = http
     }
 
     /// What was verified, for the log.
@@ -36,7 +32,7 @@ public struct PeerVerifier: Sendable {
         guard case .object(let runtime)? = try? JSONDecoder().decode(JSONValue.self, from: Data(parsed.runtimeData.utf8)) else {
             throw VerificationError("the runtime data in the certificate is not JSON")
         }
-        let token = try await askAttestationService(parsed, runtimeData: .object(runtime))
+        let token = try await service.token(tee: parsed.tee, evidence: parsed.evidence, runtimeData: .object(runtime))
         let claims = try TokenVerifier.verify(token, runtimeData: .object(runtime), policyIDs: policyIDs)
         try await tokenTrust?.check(token)
         return Verdict(tee: parsed.tee, claims: claims)
@@ -57,41 +53,5 @@ public struct PeerVerifier: Sendable {
         var serializer = DER.Serializer()
         do { try serializer.serialize(certificate.publicKey) } catch { throw VerificationError("cannot encode the certificate key: \(error)") }
         return try RATLSEvidence.verify(extensionValue: evidence.value, subjectPublicKeyInfo: serializer.serializedBytes)
-    }
-
-    /// `POST <as>/attestation`: the `verification_requests` form of Trustee ≥ 1.6 first, the flat form of ≤ 1.5.2
-    /// when the server asks for `tee` (the order TNG's converter uses).
-    private func askAttestationService(_ parsed: RATLSEvidence.Parsed, runtimeData: JSONValue) async throws(VerificationError) -> String {
-        let single: [String: JSONValue] = [
-            "tee": .string(parsed.tee), "evidence": .string(Base64.url(parsed.evidence)),
-            "runtime_data": ["structured": runtimeData], "init_data": .null, "runtime_data_hash_algorithm": "sha384",
-        ]
-        let policies = JSONValue.array(policyIDs.map { .string($0) })
-        let current: JSONValue = ["verification_requests": .array([.object(single)]), "policy_ids": policies]
-        var flat = single
-        flat["policy_ids"] = policies
-        flat["init_data_hash_algorithm"] = .null
-        let (status, body) = try await post(current)
-        if status == 200 { return body }
-        if body.contains("missing field `tee`") {
-            let (status, body) = try await post(.object(flat))
-            if status == 200 { return body }
-            throw VerificationError("the Attestation Service refused the evidence (HTTP \(status)): \(body.prefix(400))")
-        }
-        throw VerificationError("the Attestation Service refused the evidence (HTTP \(status)): \(body.prefix(400))")
-    }
-
-    private func post(_ body: JSONValue) async throws(VerificationError) -> (Int, String) {
-        var request = HTTPClientRequest(url: attestationService + "/attestation")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(bytes: body.canonicalBytes))
-        do {
-            let response = try await http.execute(request, timeout: .seconds(30))
-            let bytes = try await response.body.collect(upTo: 4 << 20)
-            return (Int(response.status.code), String(decoding: bytes.readableBytesView, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
-        } catch {
-            throw VerificationError("cannot reach the Attestation Service at \(attestationService): \(error)")
-        }
     }
 }

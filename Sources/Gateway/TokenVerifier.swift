@@ -74,6 +74,16 @@ public enum TokenVerifier {
         return claims
     }
 
+    /// The `exp` claim of a JWT, without checking anything else (for scheduling a renewal).
+    public static func expiry(of token: String) -> Date? {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let bytes = Base64.decodeURL(parts[1]),
+            case .object(let claims)? = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes)),
+            let exp = claims["exp"]?.integerValue
+        else { return nil }
+        return Date(timeIntervalSince1970: TimeInterval(exp))
+    }
+
     private static func verifyRS384(header: [String: JSONValue], claims: [String: JSONValue], signature: [UInt8], input: [UInt8]) throws(VerificationError) {
         guard header["alg"]?.stringValue == "RS384" else {
             throw VerificationError("token algorithm \(header["alg"]?.stringValue ?? "none") is not RS384")

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AsyncHTTPClient
 import Attestation
 import CaidCore
 import CaidSystemd
@@ -39,13 +40,18 @@ struct GatewayCommand: AsyncParsableCommand {
         }
         let registry = HealthRegistry()
         let handle = ServiceHandle(name: "gateway", registry: registry, logger: logger)
-        let service = GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, handle: handle)
+        // Only the passport model talks to the Attestation Service.
+        let http = gateway.attestationModel == .passport ? HTTPClient(eventLoopGroupProvider: .singleton) : nil
+        let passport = http.map { AttestationServiceClient.trustee(config, http: $0) }
+        let service = GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, attestationService: passport, handle: handle)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
+            try? await http?.shutdown()
         } catch {
+            try? await http?.shutdown()
             printError("caid gateway: \(error)")
             throw ExitCode((error as? any ClassifiedFailure)?.isPermanent == true ? ConfigError.exitCode : 1)
         }

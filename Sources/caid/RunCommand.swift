@@ -127,8 +127,9 @@ struct ServiceCatalog {
             },
         ]
         if let gateway = GatewayConfiguration(config) {
+            let passport = gateway.attestationModel == .passport ? AttestationServiceClient.trustee(config, http: kbsHTTP) : nil
             specs.append(ServiceSpec(name: "gateway", dependencies: ["attestation"]) {
-                GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, handle: $0)
+                GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, attestationService: passport, handle: $0)
             })
         } else {
             logger.warning("CAID_GATEWAY_MODE=off: the inference service is not protected by an attested gateway")

@@ -87,6 +87,29 @@ import Testing
         ])
     }
 
+    @Test func gatewayTimingDefaultsAndAShortHandshakeWarning() throws {
+        let defaults = try #require(decode(valid).config).gateway
+        #expect(defaults.firstBytesTimeout == .seconds(10))
+        #expect(defaults.handshakeTimeout == .seconds(60))
+        #expect(defaults.idleTimeout == .seconds(600))
+        #expect(defaults.maxStreams == 200)
+        let (config, diagnostics) = decode(valid + "CAID_GATEWAY_FIRST_BYTES_TIMEOUT=\"3\"\nCAID_GATEWAY_HANDSHAKE_TIMEOUT=\"10\"\n")
+        let gateway = try #require(config).gateway
+        #expect(gateway.firstBytesTimeout == .seconds(3))
+        #expect(gateway.handshakeTimeout == .seconds(10))
+        #expect(diagnostics.contains { $0.key == "CAID_GATEWAY_HANDSHAKE_TIMEOUT" && $0.severity == .warning && $0.message.contains("inside the TLS handshake") })
+    }
+
+    @Test func gatewayAttestationModel() throws {
+        #expect(try #require(decode(valid).config).gateway.attestationModel == .backgroundCheck)
+        #expect(try #require(decode(valid + "CAID_GATEWAY_ATTESTATION_MODEL=\"passport\"\n").config).gateway.attestationModel == .passport)
+        // TNG's own spelling.
+        #expect(try #require(decode(valid + "CAID_GATEWAY_ATTESTATION_MODEL=\"background_check\"\n").config).gateway.attestationModel == .backgroundCheck)
+        let (config, diagnostics) = decode(valid + "CAID_GATEWAY_ATTESTATION_MODEL=\"token\"\n")
+        #expect(config == nil)
+        #expect(diagnostics.contains { $0.key == "CAID_GATEWAY_ATTESTATION_MODEL" && $0.severity == .error && $0.message.contains("passport") })
+    }
+
     @Test func unknownKeysAreWarnings() throws {
         let (config, diagnostics) = decode(valid + "SOMETHING_ELSE=1\nCAID_FUTURE=2\n")
         #expect(config != nil)

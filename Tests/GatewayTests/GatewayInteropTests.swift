@@ -1,10 +1,12 @@
+import AsyncHTTPClient
 import Attestation
 import CaidCore
 import CaidTestSupport
 import Crypto
 import Foundation
-import Gateway
 import Testing
+
+@testable import Gateway
 
 /// caid's gateway against an independent TNG 2.2.1 client (Tests/peers/tng_client.py: OpenSSL, cryptography, cbor2,
 /// jwcrypto, h2) and the test Attestation Service, over real sockets on loopback.
@@ -17,13 +19,13 @@ import Testing
         let port: Int
         let page: String
 
-        init(asAPI: String = "legacy", configure: (inout GatewayConfiguration) -> Void = { _ in }) async throws {
+        init(asAPI: String = "legacy", trusteeOptions: [String] = [], configure: (inout GatewayConfiguration) -> Void = { _ in }) async throws {
             dir = try TemporaryDirectory("caid-gateway")
             page = "<html>tokens from the model " + String(repeating: "x", count: 300_000) + "</html>\n"
             try FileManager.default.createDirectory(atPath: dir.path + "/www", withIntermediateDirectories: true)
             try Data(page.utf8).write(to: URL(fileURLWithPath: dir.path + "/www/index.html"))
             service = try await PeerProcess("static_server.py", ["--root", dir.path + "/www"], directory: dir.path)
-            trustee = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path, options: ["--as-api", asAPI, "--as-policy", "model-serving"])
+            trustee = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path, options: ["--as-api", asAPI, "--as-policy", "model-serving"] + trusteeOptions)
             var configuration = GatewayConfiguration(mode: .mapping, listenPort: 0, servicePort: UInt16(service.port))
             configuration.listenHost = "127.0.0.1"
             configure(&configuration)
@@ -106,6 +108,49 @@ import Testing
         let (_, report) = try setup.client(["--stall", "5"])
         #expect(report["closed_by_server"] as? Bool == true)
         #expect((report["after"] as? Double ?? 99) < 4)
+    }
+
+    /// TNG <= 2.2.4 holds its Finished while it asks the AS (tng/src/tunnel/cert_verifier.rs @ v2.2.4); TNG >= 2.2.5
+    /// asks right after the handshake, before the HTTP/2 preface (@ v2.2.6). A 15 s AS must not cost the tunnel.
+    @Test(arguments: [true, false]) func tngClientSurvivesASlowAttestationService(inHandshake: Bool) async throws {
+        let setup = try await Setup(asAPI: "current", trusteeOptions: ["--as-delay", "15"])
+        defer { Task { await setup.finish() } }
+        let (status, report) = try setup.client(["--as-addr", setup.asAddress, "--path", "/index.html"] + (inHandshake ? ["--verify-in-handshake"] : []))
+        #expect(status == 0, "\(report)")
+        #expect(report["token_tee"] as? String == "sample")
+        let waited = (inHandshake ? report["handshake_seconds"] : report["verified_after_seconds"]) as? Double ?? 0
+        #expect(waited >= 14.5, "the client waited \(waited) s for the AS: \(report)")
+        #expect(report["verified_in_handshake"] as? Bool == (inHandshake ? true : nil))
+        let stream = try #require(Self.streams(report).first, "\(report)")
+        #expect(stream["status"] as? String == "200")
+        #expect((stream["body"] as? String)?.hasSuffix(setup.page) == true)
+    }
+
+    @Test func handshakeTimeoutStillCutsAClientThatWaitsLonger() async throws {
+        let setup = try await Setup(trusteeOptions: ["--as-delay", "5"]) { $0.handshakeTimeout = .seconds(2) }
+        defer { Task { await setup.finish() } }
+        let (_, report) = try setup.client(["--as-addr", setup.asAddress, "--verify-in-handshake", "--path", "/index.html"])
+        #expect(Self.streams(report).first?["status"] as? String != "200", "\(report)")
+    }
+
+    @Test func silenceIsCutAtTheFirstBytesTimeoutButAStartedHandshakeIsNot() async throws {
+        let setup = try await Setup { $0.firstBytesTimeout = .seconds(1) }
+        defer { Task { await setup.finish() } }
+        let (_, silent) = try setup.client(["--stall", "5", "--silent"])
+        #expect(silent["closed_by_server"] as? Bool == true, "\(silent)")
+        #expect((silent["after"] as? Double ?? 99) < 3)
+        let (_, started) = try setup.client(["--stall", "3"])
+        #expect(started["closed_by_server"] as? Bool == false, "half a ClientHello has the whole handshake timeout: \(started)")
+    }
+
+    @Test func idleConnectionIsClosedAfterTheIdleTimeout() async throws {
+        let setup = try await Setup { $0.idleTimeout = .seconds(2) }
+        defer { Task { await setup.finish() } }
+        let (status, report) = try setup.client(["--as-addr", setup.asAddress, "--path", "/index.html", "--hold", "10"])
+        #expect(status == 0, "\(report)")
+        #expect(Self.streams(report).first?["status"] as? String == "200")
+        let after = try #require(report["closed_by_server_after"] as? Double, "the server kept an idle connection open: \(report.filter { $0.key != "streams" })")
+        #expect(after > 1 && after < 5)
     }
 
     @Test func connectionLimitHolds() async throws {
@@ -202,5 +247,143 @@ import Testing
         #expect(gpus.count == 2)
         let report = gpus.first?["attestation_report"]?.stringValue.flatMap(Base64.decodeStandard) ?? []
         #expect(Array(report.prefix(32)) == Array(expected.prefix(32)))
+    }
+}
+
+/// The passport model: `GatewayService` gets a token from the test Attestation Service and serves it in the
+/// certificate; the independent client (`--passport`) checks it against the AS's public key and calls nothing.
+@Suite(.serialized) struct GatewayPassportTests {
+    static func asCalls(_ trustee: TrusteePeer) -> Int { trustee.requests().filter { $0["as"] != nil }.count }
+
+    static func withPassportGateway(
+        tokenSeconds: Int = 300, _ body: @Sendable (_ port: Int, _ trustee: TrusteePeer, _ publicKey: String, _ page: String, _ registry: HealthRegistry) async throws -> Void
+    ) async throws {
+        let dir = try TemporaryDirectory("caid-passport")
+        defer { dir.remove() }
+        let page = "<html>passport " + String(repeating: "p", count: 50_000) + "</html>\n"
+        try FileManager.default.createDirectory(atPath: dir.path + "/www", withIntermediateDirectories: true)
+        try Data(page.utf8).write(to: URL(fileURLWithPath: dir.path + "/www/index.html"))
+        let service = try await PeerProcess("static_server.py", ["--root", dir.path + "/www"], directory: dir.path)
+        let publicKey = dir.path + "/as-key.jwk"
+        let trustee = try await TrusteePeer(
+            dialect: "current", resources: [:], directory: dir.path,
+            options: ["--as-api", "current", "--as-policy", "model-serving", "--as-token-seconds", String(tokenSeconds), "--as-public-key", publicKey])
+        // Both peers stop when released: keep them to the end.
+        defer { withExtendedLifetime((service, trustee)) {} }
+        let port = Programs.unusedPort()
+        var configuration = GatewayConfiguration(mode: .mapping, listenPort: UInt16(port), servicePort: UInt16(service.port))
+        configuration.listenHost = "127.0.0.1"
+        configuration.attestationModel = .passport
+        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        let attestationService = AttestationServiceClient(address: trustee.url + "as/", policyIDs: ["model-serving"], http: http)
+        let registry = HealthRegistry()
+        await registry.register("gateway", required: true)
+        let gateway = GatewayService(
+            configuration: configuration, attester: SampleAttester(), attestationService: attestationService,
+            handle: ServiceHandle(name: "gateway", registry: registry, logger: quietLogger))
+        do {
+            try await withRunningServices([gateway]) {
+                let status = await registry.wait(for: "gateway", toBe: .running)
+                #expect(status?.state == .running, "\(String(describing: status))")
+                try await body(port, trustee, publicKey, page, registry)
+            }
+        } catch {
+            try? await http.shutdown()
+            throw error
+        }
+        try await http.shutdown()
+    }
+
+    static func passportClient(_ port: Int, _ publicKey: String, _ extra: [String] = []) throws -> (Int32, [String: Any]) {
+        let result = try Programs.run("/usr/bin/env", [
+            "python3", Programs.packageRoot + "/Tests/peers/tng_client.py", "--port", String(port), "--passport",
+            "--as-public-key", publicKey, "--policy", "model-serving", "--path", "/index.html",
+        ] + extra)
+        let report = (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]) ?? ["stderr": result.stderr]
+        return (result.status, report)
+    }
+
+    @Test(arguments: [false, true]) func passportClientChecksTheTokenWithoutCallingTheAS(inHandshake: Bool) async throws {
+        try await Self.withPassportGateway { port, trustee, publicKey, page, registry in
+            let before = Self.asCalls(trustee)
+            #expect(before == 1, "the gateway asks the AS once for its certificate")
+            let (status, report) = try Self.passportClient(port, publicKey, inHandshake ? ["--verify-in-handshake"] : [])
+            #expect(status == 0, "\(report)")
+            #expect(report["model"] as? String == "passport")
+            #expect(report["token_tee"] as? String == "sample")
+            let stream = try #require(GatewayInteropTests.streams(report).first, "\(report)")
+            #expect(stream["status"] as? String == "200")
+            #expect((stream["body"] as? String)?.hasSuffix(page) == true)
+            #expect(Self.asCalls(trustee) == before, "a passport client does not call the AS")
+            let detail = await registry.status(of: "gateway")?.detail ?? ""
+            #expect(detail.contains("passport"), "\(detail)")
+        }
+    }
+
+    @Test func backgroundCheckClientIsRefusedAPassportCertificate() async throws {
+        try await Self.withPassportGateway { port, trustee, _, _, _ in
+            let result = try Programs.run("/usr/bin/env", [
+                "python3", Programs.packageRoot + "/Tests/peers/tng_client.py", "--port", String(port), "--as-addr", trustee.url + "as/",
+            ])
+            #expect(result.status == 1)
+            #expect(result.stdout.contains("0xC0C000"), "\(result.stdout)")
+        }
+    }
+
+    @Test func tokenIsRenewedBeforeItExpires() async throws {
+        // A 6 s token is renewed about 1.2 s before it runs out: a second AS call, and clients keep passing.
+        try await Self.withPassportGateway(tokenSeconds: 6) { port, trustee, publicKey, _, _ in
+            #expect(Self.asCalls(trustee) == 1)
+            try await Task.sleep(for: .seconds(7))
+            #expect(Self.asCalls(trustee) >= 2, "the token was not renewed before its exp")
+            let (status, report) = try Self.passportClient(port, publicKey)
+            #expect(status == 0, "\(report)")
+        }
+    }
+}
+
+/// The passport certificate's form and the renewal schedule, without I/O.
+@Suite struct PassportCertificateTests {
+    static func unsignedToken(exp: Int) -> String {
+        let header = Base64.url(Array(#"{"alg":"RS384"}"#.utf8))
+        let claims = Base64.url(Array(#"{"exp":\#(exp)}"#.utf8))
+        return "\(header).\(claims).c2ln"
+    }
+
+    @Test func tokenGoesUnderTag0xC0C001WithTheClaims() throws {
+        let draft = try AttestedCertificate.draft(attester: SampleAttester())
+        let exp = Int(Date().timeIntervalSince1970) + 300
+        let token = Self.unsignedToken(exp: exp)
+        let certificate = try AttestedCertificate.passport(draft, token: token)
+        #expect(certificate.tokenExpiry == Date(timeIntervalSince1970: TimeInterval(exp)))
+        let value = try #require(RATLSEvidenceProbe.extensionValue(in: certificate.der))
+        guard case .tagged(let tag, .array(let parts)) = try CBOR(decoding: value) else { Issue.record("not tagged"); return }
+        #expect(tag == 0xC0C001)
+        #expect(parts == [.bytes(Array(token.utf8)), .bytes(draft.claims)])
+        let parsed = try RATLSEvidence.verifyToken(extensionValue: value, subjectPublicKeyInfo: Array(certificate.key.publicKey.derRepresentation))
+        #expect(parsed.token == token)
+        #expect(parsed.runtimeData == draft.runtimeData)
+        let other = Array(P256.Signing.PrivateKey().publicKey.derRepresentation)
+        #expect(throws: VerificationError.self) { try RATLSEvidence.verifyToken(extensionValue: value, subjectPublicKeyInfo: other) }
+        // A background-check reader does not take a passport for evidence.
+        #expect(throws: VerificationError.self) { try RATLSEvidence.verify(extensionValue: value, subjectPublicKeyInfo: Array(certificate.key.publicKey.derRepresentation)) }
+    }
+
+    @Test func tokenWithoutExpIsRefused() throws {
+        let draft = try AttestedCertificate.draft(attester: SampleAttester())
+        let token = Base64.url(Array(#"{"alg":"RS384"}"#.utf8)) + "." + Base64.url(Array("{}".utf8)) + ".c2ln"
+        #expect(throws: VerificationError.self) { try AttestedCertificate.passport(draft, token: token) }
+    }
+
+    @Test func renewalComesBeforeTheTokenExpires() {
+        let now = Date()
+        let refresh = Duration.seconds(600)
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: nil, now: now) == refresh)
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(3600), now: now) == refresh)
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(300), now: now) == .seconds(240))
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(10), now: now) == .seconds(8))
+        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(-5), now: now) == .seconds(1))
+        #expect(GatewayService.retryDelay(refresh: refresh, tokenExpiry: now) == .seconds(15))
+        #expect(GatewayService.retryDelay(refresh: refresh, tokenExpiry: nil) == refresh)
     }
 }

@@ -371,6 +371,9 @@ class Handler(BaseHTTPRequestHandler):
         text/plain; errors are plain text with status 500 (a missing field the way serde words it)."""
         if take_fault("as_unavailable"):
             return self.reply(503, b"unavailable", "text/plain")
+        if args.as_delay:
+            # A slow Attestation Service: TNG clients wait for it inside or right after the TLS handshake.
+            time.sleep(args.as_delay)
         body = json.loads(raw)
         if args.as_api == "current":
             if "verification_requests" not in body:
@@ -543,6 +546,10 @@ def main():
                         help="the Attestation Service's request form: flat (<= 1.5.2) or verification_requests (>= 1.6)")
     parser.add_argument("--as-policy", action="append", default=["default"], help="policy ids the AS knows")
     parser.add_argument("--as-token-seconds", type=int, default=300)
+    # Attestation Service only: a delay before each /as/attestation answer, and where to write the public JWK
+    # that signs its tokens (what a TNG passport client pins with trusted_certs_paths).
+    parser.add_argument("--as-delay", type=float, default=0)
+    parser.add_argument("--as-public-key", metavar="JWK_FILE")
     parser.add_argument("--faults")
     parser.add_argument("--log")
     parser.add_argument("--port-file")
@@ -566,6 +573,9 @@ def main():
             args.jwe_layout = "legacy"
     args.dialect = args.dialect or "current"
     args.resource = dict(item.split("=", 1) for item in args.resource)
+    if args.as_public_key:
+        with open(args.as_public_key, "w") as f:
+            f.write(signer.export_public())
     server = ThreadingHTTPServer((args.host, 0), Handler)
     server.daemon_threads = True
     if args.tls_cert:
