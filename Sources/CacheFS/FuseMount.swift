@@ -135,8 +135,38 @@ public final class FuseMount: Sendable {
         }
     }
 
+    /// Refuses a mount point another local user could have prepared: root mounting over a symlink mounts over its
+    /// target (`/tmp/model` → `/etc`), and a directory another user owns, or one inside a directory others may
+    /// write without the sticky bit, can be swapped for one.
+    static func checkOwnership(_ mountpoint: String) throws(MountError) {
+        let me = geteuid()
+        var info = stat()
+        if lstat(mountpoint, &info) == 0 {
+            if info.st_mode & S_IFMT == S_IFLNK {
+                let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: mountpoint)) ?? "?"
+                throw MountError(description: "\(mountpoint) is a symbolic link (to \(target)); caid does not mount over a link a local user could point anywhere: remove it, caid creates the directory itself")
+            }
+            if info.st_uid != me {
+                throw MountError(description: "\(mountpoint) is owned by uid \(info.st_uid), not by caid (uid \(me)); another user may have prepared it: remove it (caid creates it) or chown it to uid \(me)")
+            }
+        }
+        var parent = (mountpoint as NSString).deletingLastPathComponent
+        while !parent.isEmpty {
+            var up = stat()
+            if stat(parent, &up) == 0 {
+                let othersWrite = up.st_mode & (S_IWGRP | S_IWOTH) != 0
+                if up.st_uid != 0 && up.st_uid != me || othersWrite && up.st_mode & S_ISVTX == 0 {
+                    throw MountError(description: "\(parent), above the mount point \(mountpoint), can be changed by other users (owner uid \(up.st_uid), mode \(String(up.st_mode & 0o7777, radix: 8))): choose a MODEL_MOUNT_POINT under a directory only root may change")
+                }
+            }
+            if parent == "/" { break }
+            parent = (parent as NSString).deletingLastPathComponent
+        }
+    }
+
     /// Clears a stale FUSE mount ("Transport endpoint is not connected") and refuses a live one.
     static func prepareMountpoint(_ mountpoint: String, logger: Logger) throws(MountError) {
+        try checkOwnership(mountpoint)
         var info = stat()
         // statvfs always reaches the FUSE daemon; stat may be answered from the kernel's attribute cache even when
         // the daemon is gone.

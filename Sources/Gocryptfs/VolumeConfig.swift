@@ -117,8 +117,12 @@ public struct VolumeConfig: Sendable, Equatable {
         guard 128 * scrypt.n * scrypt.r <= Self.maxScryptMemory else {
             throw corrupt("scrypt N=\(scrypt.n), R=\(scrypt.r) needs \(128 * scrypt.n * scrypt.r >> 20) MiB, more than caid's limit of \(Self.maxScryptMemory >> 20) MiB")
         }
-        guard scrypt.salt.count >= 32 else { throw corrupt("scrypt salt is \(scrypt.salt.count) bytes, at least 32 required") }
-        guard scrypt.keyLength >= 32 else { throw corrupt("scrypt KeyLen \(scrypt.keyLength) must be at least 32") }
+        // Upper bounds too: a hostile config must not make scrypt derive or hash without limit (gocryptfs writes a
+        // 32-byte salt and KeyLen 32, `internal/configfile/scrypt.go`).
+        guard scrypt.salt.count >= 32, scrypt.salt.count <= 1024 else {
+            throw corrupt("scrypt salt is \(scrypt.salt.count) bytes; 32 to 1024 are accepted")
+        }
+        guard scrypt.keyLength >= 32, scrypt.keyLength <= 64 else { throw corrupt("scrypt KeyLen \(scrypt.keyLength) must be 32 to 64") }
         if has(.aesSIV) {
             throw GocryptfsError(.unsupportedFeature, "gocryptfs.conf: the volume uses AESSIV (AES-SIV content, as -reverse and -aessiv make it); caid reads AES-GCM volumes only: re-encrypt with 'caid encrypt' or gocryptfs defaults")
         }

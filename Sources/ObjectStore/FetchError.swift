@@ -12,12 +12,14 @@ public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFail
     case transport(String)
     /// The cache directory cannot be written.
     case cache(String)
+    /// The cache's filesystem has no room for what is left to download: a wait, not a failure.
+    case diskFull(needed: UInt64, path: String)
 
     public var isPermanent: Bool {
         switch self {
         case .oss(let error, _): error.isPermanent
         case .cache: true
-        case .verification, .changed, .transport: false
+        case .verification, .changed, .transport, .diskFull: false
         }
     }
 
@@ -25,6 +27,8 @@ public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFail
         switch self {
         case .oss(let error, _): "\(error)"
         case .verification(let message), .changed(let message), .transport(let message), .cache(let message): message
+        case .diskFull(let needed, let path):
+            "disk full: \(needed) more bytes needed at \(path); the download waits and resumes when there is space (free some, or give CAID_CACHE_DIR a larger filesystem)"
         }
     }
 }

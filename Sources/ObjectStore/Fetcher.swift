@@ -146,6 +146,28 @@ public struct Fetcher: Sendable {
         }
     }
 
+    /// The recorded parts whose bytes in the staging file no longer have their recorded CRC-64.
+    static func partsNotOnDisk(_ plan: DownloadPlan, crcs: [Int: UInt64], fd: Int32, path: String) throws(FetchError) -> [Int] {
+        var lost: [Int] = []
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        for part in plan.parts {
+            guard let recorded = crcs[part.index] else { continue }
+            var crc = CRC64()
+            var done: UInt64 = 0
+            while done < part.length {
+                let want = Int(min(UInt64(buffer.count), part.length - done))
+                let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, off_t(part.offset + done)) }
+                if n < 0, errno == EINTR { continue }
+                guard n >= 0 else { throw FetchError.cache("\(path): cannot re-read a kept part: \(String(cString: strerror(errno)))") }
+                if n == 0 { break }
+                buffer.withUnsafeBytes { crc.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                done += UInt64(n)
+            }
+            if done != part.length || crc.value != recorded { lost.append(part.index) }
+        }
+        return lost
+    }
+
     private func fetchOnce(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) async -> Void) async throws -> Manifest.Entry {
         let finalPath = try localPath(object.key)
         let stagingPath = stagingRoot + "/" + String(object.key.dropFirst(prefix.count))
@@ -156,8 +178,10 @@ public struct Fetcher: Sendable {
         // Parts a killed or failed earlier run already wrote and checked are kept.
         var checkpoint = Checkpoint(object: object, partSize: options.partSize)
         var info = stat()
+        // A staging file shorter than the object is kept too (a power loss can cut it): the re-check below finds
+        // which recorded parts survived.
         if let data = try? Data(contentsOf: URL(fileURLWithPath: checkpointPath)), let saved = try? JSONDecoder().decode(Checkpoint.self, from: data),
-            saved.matches(object: object, partSize: options.partSize), stat(stagingPath, &info) == 0, UInt64(info.st_size) == object.size {
+            saved.matches(object: object, partSize: options.partSize), stat(stagingPath, &info) == 0, UInt64(info.st_size) <= object.size {
             checkpoint = saved
         }
         let resumed = !checkpoint.crcs.isEmpty
@@ -169,10 +193,21 @@ public struct Fetcher: Sendable {
 
         let plan = DownloadPlan(object: object, partSize: options.partSize)
         if resumed {
+            // The checkpoint was written after pwrite, not after the bytes reached the disk: after a power loss a
+            // part recorded as done can be zeros or gone. Only parts whose bytes on disk still have their recorded
+            // CRC-64 are kept.
+            let lost = try Self.partsNotOnDisk(plan, crcs: checkpoint.crcs, fd: fd, path: stagingPath)
+            if !lost.isEmpty {
+                logger.warning("\(object.key): \(lost.count) part(s) recorded as done were not on disk intact (a crash before they were written out); downloading them again")
+                for index in lost { checkpoint.crcs[index] = nil }
+            }
             let kept = plan.parts.filter { checkpoint.crcs[$0.index] != nil }
             await report(kept.reduce(0) { $0 + $1.length })
             logger.info("resuming \(object.key): \(kept.count) of \(plan.parts.count) parts already here")
         }
+        // ftruncate reserves no blocks: what is left to write must fit now. The parts kept stay for the next try.
+        let missing = plan.parts.filter { checkpoint.crcs[$0.index] == nil }.reduce(UInt64(0)) { $0 + $1.length }
+        try Self.checkSpace(missing, at: stagingRoot)
         // Parts a peer gave, and who: blamed if the object does not verify.
         var fromPeers: [Int: String] = [:]
         do {
@@ -246,7 +281,10 @@ public struct Fetcher: Sendable {
             discard(stagingPath, checkpointPath)
             throw FetchError.verification("\(object.key): CRC-64 \(combined) does not match OSS's \(expected); the bytes were damaged or substituted")
         }
-        guard fsync(fd) == 0 else { throw FetchError.cache("\(stagingPath): fsync failed: \(String(cString: strerror(errno)))") }
+        guard fsync(fd) == 0 else {
+            if errno == ENOSPC || errno == EDQUOT { throw FetchError.diskFull(needed: object.size, path: stagingPath) }
+            throw FetchError.cache("\(stagingPath): fsync failed: \(String(cString: strerror(errno)))")
+        }
         close(fd)
         closed = true
         unlink(checkpointPath)
@@ -321,9 +359,22 @@ public struct Fetcher: Sendable {
         var done = 0
         while done < bytes.count {
             let n = pwrite(fd, base + done, bytes.count - done, off_t(offset) + off_t(done))
+            if n < 0, errno == EINTR { continue }
+            if n < 0, errno == ENOSPC || errno == EDQUOT {
+                throw FetchError.diskFull(needed: UInt64(bytes.count - done), path: "the staging file of \(key)")
+            }
             guard n > 0 else { throw FetchError.cache("cannot write \(key): \(String(cString: strerror(errno)))") }
             done += n
         }
+    }
+
+    /// Throws ``FetchError/diskFull(needed:path:)`` when the filesystem of `path` has less room than `needed`
+    /// bytes: better said before the download than found half way through it.
+    static func checkSpace(_ needed: UInt64, at path: String) throws(FetchError) {
+        var info = statvfs()
+        guard needed > 0, statvfs(path, &info) == 0 else { return }
+        let available = UInt64(info.f_bavail) * UInt64(info.f_frsize)
+        if available < needed { throw FetchError.diskFull(needed: needed - available, path: path) }
     }
 
     private func discard(_ paths: String...) {

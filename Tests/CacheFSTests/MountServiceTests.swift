@@ -56,6 +56,31 @@ import Testing
         }
     }
 
+    /// A mount point a local user prepared is refused: a symlink (root would mount over its target) and a directory
+    /// another user owns. Nothing is mounted over either.
+    @Test func aHijackedMountPointIsRefused() async throws {
+        let ws = try Workspace()
+        defer { ws.remove() }
+        let (_, cipher) = try ws.gocryptfsVolume(largeSize: 0, manyFiles: 2)
+        try FileManager.default.createDirectory(atPath: ws.path("etc-like"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: ws.path("model"), withDestinationPath: ws.path("etc-like"))
+        let registry = HealthRegistry()
+        try await withSupervisor([spec(ws, cipher: cipher, password: ws.password)], registry: registry) {
+            let status = await registry.wait(for: "mount", toBe: .backoff)
+            #expect(status?.lastError?.contains("is a symbolic link") == true, "\(status?.lastError ?? "")")
+        }
+        #expect(!GocryptfsTool.isMounted(ws.path("etc-like")))
+
+        try FileManager.default.removeItem(atPath: ws.path("model"))
+        try FileManager.default.createDirectory(atPath: ws.path("model"), withIntermediateDirectories: true)
+        #expect(chown(ws.path("model"), 65534, 65534) == 0)
+        try await withSupervisor([spec(ws, cipher: cipher, password: ws.password)], registry: registry) {
+            let status = await registry.wait(for: "mount", toBe: .backoff)
+            #expect(status?.lastError?.contains("is owned by uid 65534") == true, "\(status?.lastError ?? "")")
+        }
+        #expect(!GocryptfsTool.isMounted(ws.path("model")))
+    }
+
     @Test func aWrongPasswordFailsForGoodWithoutRetrying() async throws {
         let ws = try Workspace()
         defer { ws.remove() }

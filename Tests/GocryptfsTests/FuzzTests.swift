@@ -57,6 +57,16 @@ import Testing
         var text = String(decoding: Self.realConfig, as: UTF8.self)
         text = text.replacingOccurrences(of: "\"N\": 65536", with: "\"N\": 16777216").replacingOccurrences(of: "\"R\": 8", with: "\"R\": 64")
         #expect { try VolumeConfig.parse(Array(text.utf8)) } throws: { "\($0)".contains("MiB") }
+        // KeyLen and the salt have upper bounds too: a hostile config cannot make the key derivation run away.
+        let original = String(decoding: Self.realConfig, as: UTF8.self)
+        for (from, to, fragment) in [
+            ("\"KeyLen\": 32", "\"KeyLen\": 2147483647", "KeyLen 2147483647 must be 32 to 64"),
+            ("\"KeyLen\": 32", "\"KeyLen\": 65", "must be 32 to 64"),
+            ("\"Salt\": \"VuDO/OSekgASTYXBSJLtmgpN0VWXVjUnInAeFUYbrAw=\"", "\"Salt\": \"\(Data(count: 2048).base64EncodedString())\"", "2048 bytes; 32 to 1024"),
+        ] {
+            let hostile = Array(original.replacingOccurrences(of: from, with: to).utf8)
+            #expect { try VolumeConfig.parse(hostile) } throws: { "\($0)".contains(fragment) }
+        }
     }
 
     @Test func randomBlocksHeadersAndLinksAreErrors() throws {

@@ -35,6 +35,16 @@ import Testing
             try json.write(toFile: faults, atomically: true, encoding: .utf8)
         }
 
+        /// The ranges served so far, as (file name, start, length).
+        func servedRanges() throws -> [(String, Int, Int)] {
+            let fetched = try GocryptfsTool.run("/usr/bin/env", ["python3", "-c", "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())", "http://127.0.0.1:\(port)/__stats"])
+            let stats = try JSONSerialization.jsonObject(with: Data(fetched.stdout.utf8)) as? [String: Any]
+            return (stats?["ranges"] as? [[Any]] ?? []).compactMap { entry in
+                guard entry.count == 3, let name = entry[0] as? String, let start = entry[1] as? Int, let length = entry[2] as? Int else { return nil }
+                return (name, start, length)
+            }
+        }
+
         func servedBytes() throws -> Int {
             let fetched = try GocryptfsTool.run("/usr/bin/env", ["python3", "-c", "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())", "http://127.0.0.1:\(port)/__stats"])
             let data = Data(fetched.stdout.utf8)
@@ -183,6 +193,32 @@ import Testing
         try setup.expectIdentical()
     }
 
+    /// A cache on a filesystem too small for the model: health says how much is missing, the service backs off
+    /// instead of failing for good, and the download completes once there is room.
+    @Test func aFullDiskIsAWaitNotAFailure() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        try FileManager.default.createDirectory(atPath: setup.cache, withIntermediateDirectories: true)
+        let mounted = try Programs.run("/bin/mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs", setup.cache])
+        #expect(mounted.status == 0, "\(mounted.stderr)")
+        defer { _ = try? Programs.run("/bin/umount", ["-l", setup.cache]) }
+        let fetcher = try fetcher(setup)
+        let registry = HealthRegistry()
+        let spec = ServiceSpec(name: "fetch", restart: RestartPolicy(baseDelay: .milliseconds(100), maxDelay: .milliseconds(300))) {
+            FetchService(fetcher: fetcher, handle: $0)
+        }
+        try await withSupervisor([spec], registry: registry) {
+            let waiting = await registry.wait(for: "fetch", toBe: .backoff)
+            #expect(waiting?.lastError?.contains("disk full:") == true, "\(waiting?.lastError ?? "")")
+            #expect(waiting?.lastError?.contains("more bytes needed at") == true)
+            let grown = try Programs.run("/bin/mount", ["-o", "remount,size=64m", setup.cache])
+            #expect(grown.status == 0, "\(grown.stderr)")
+            let status = await registry.wait(for: "fetch", toBe: .running)
+            #expect(status?.detail?.contains("156 objects verified") == true)
+        }
+        try setup.expectIdentical()
+    }
+
     @Test func aRefusedSignatureStopsTheFetchServiceForGood() async throws {
         let setup = try await Setup(secret: "not-the-secret")
         defer { setup.dir.remove() }
@@ -221,6 +257,51 @@ import Testing
         let fetchedAgain = UInt64(try setup.server.servedBytes() - before)
         let total: UInt64 = 20 << 20 + 12345 + 383 + 16 + (4 << 20) + 70_001 + 150 * 10
         #expect(fetchedAgain <= total - staged + (2 << 20), "fetched \(fetchedAgain) bytes again after \(staged) were staged")
+    }
+
+    /// A power loss after parts were recorded as done but before they reached the disk: the staging file has
+    /// zeros where two recorded parts were and is cut short inside a third. The resumed fetch re-downloads exactly
+    /// those parts and the ones never recorded, and the result verifies.
+    @Test func aCrashThatLostRecordedPartsReDownloadsExactlyThose() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        try setup.server.setFaults(#"{"delay_ms": 60}"#)
+        let first = try Programs.start(Programs.caid, ["fetch", "--env", setup.env, "--part-size", "1", "--concurrency", "2"])
+        let checkpointPath = setup.cache + "/model.staging/big.bin.parts"
+        for _ in 0..<400 {
+            if let data = try? Data(contentsOf: URL(fileURLWithPath: checkpointPath)),
+                let checkpoint = try? JSONDecoder().decode(Checkpoint.self, from: data), checkpoint.crcs.count >= 8 {
+                break
+            }
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        first.signal(SIGKILL)
+        _ = first.wait()
+        let checkpoint = try JSONDecoder().decode(Checkpoint.self, from: try Data(contentsOf: URL(fileURLWithPath: checkpointPath)))
+        let recorded = Set(checkpoint.crcs.keys)
+        #expect(recorded.count >= 8)
+        // The crash: two recorded parts read back as zeros, and the file ends inside the last recorded part.
+        let sorted = recorded.sorted()
+        let zeroed = [sorted[1], sorted[3]]
+        let cut = try #require(sorted.last)
+        let staging = setup.cache + "/model.staging/big.bin"
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: staging))
+        for index in zeroed {
+            try handle.seek(toOffset: UInt64(index) << 20)
+            try handle.write(contentsOf: Data(count: 1 << 20))
+        }
+        try handle.truncate(atOffset: (UInt64(cut) << 20) + 1000)
+        try handle.close()
+
+        try setup.server.setFaults("{}")
+        let before = try setup.server.servedRanges().count
+        let second = try setup.fetch()
+        #expect(second.status == 0, "\(second.stderr.suffix(1000))")
+        #expect(second.stderr.contains("3 part(s) recorded as done were not on disk intact"))
+        try setup.expectIdentical()
+        let again = Set(try setup.server.servedRanges().dropFirst(before).filter { $0.0 == "big.bin" }.map { $0.1 >> 20 })
+        let parts = Set(0...((20 << 20 + 12345) >> 20))
+        #expect(again == parts.subtracting(recorded).union(zeroed + [cut]))
     }
 
     @Test func goesThroughTheConfiguredProxy() async throws {

@@ -17,7 +17,7 @@ from peerutil import announce_port
 
 args = None
 lock = threading.Lock()
-stats = {"get_bytes": 0, "requests": 0, "faults": {}}
+stats = {"get_bytes": 0, "requests": 0, "faults": {}, "ranges": []}
 crc_cache = {}
 
 
@@ -200,6 +200,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         with lock:
             stats["get_bytes"] += len(data)
+            stats["ranges"].append([os.path.basename(path), start, length])
 
 
 def main():
