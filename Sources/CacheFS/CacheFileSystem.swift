@@ -46,15 +46,51 @@ public final class CacheFileSystem: Sendable {
         var reported: Set<String> = []
     }
 
+    /// Who may read the plaintext: the owner, group and permission bits every entry shows, instead of the
+    /// ciphertext files' own (which say who may read the ciphertext, and under caid's `UMask=0077` are root's only).
+    public struct Ownership: Sendable, Equatable {
+        public var uid: uid_t
+        public var gid: gid_t
+        /// The permission bits of files; directories get these plus `x` wherever `r` is set, and so do files whose
+        /// ciphertext is executable.
+        public var fileMode: mode_t
+
+        /// Root and its group may read; nobody else.
+        public static let `default` = Ownership(uid: 0, gid: 0, fileMode: 0o440)
+
+        public init(uid: uid_t, gid: gid_t, fileMode: mode_t) {
+            self.uid = uid
+            self.gid = gid
+            self.fileMode = fileMode & 0o444
+        }
+
+        /// `info` with this owner and mode, its file type kept.
+        func apply(to info: inout stat) {
+            let type = info.st_mode & S_IFMT
+            let searchable = type == S_IFDIR || (type == S_IFREG && info.st_mode & 0o111 != 0)
+            var bits = fileMode
+            if searchable { bits |= (fileMode >> 2) & 0o111 }
+            if type == S_IFLNK { bits = 0o777 }
+            info.st_mode = type | bits
+            info.st_uid = uid
+            info.st_gid = gid
+        }
+    }
+
     public let volume: Volume
     private let logger: Logger
+    private let ownership: Ownership?
     private let tables = Mutex(Tables())
 
-    public init(volume: Volume, logger: Logger) throws(GocryptfsError) {
+    /// - Parameter ownership: the owner and modes to show; nil shows the ciphertext files' own (`caid mount`'s
+    ///   default, like gocryptfs).
+    public init(volume: Volume, ownership: Ownership? = nil, logger: Logger) throws(GocryptfsError) {
         self.volume = volume
         self.logger = logger
+        self.ownership = ownership
         var info = stat()
         guard lstat(volume.root, &info) == 0 else { throw GocryptfsError(.io, "\(volume.root) cannot be read") }
+        ownership?.apply(to: &info)
         info.st_ino = UInt(Self.rootInode)
         let root = Node(inode: Self.rootInode, cipherPath: "", attributes: info)
         tables.withLock { $0.nodes[Self.rootInode] = root }
@@ -193,6 +229,7 @@ public final class CacheFileSystem: Sendable {
             return .failure(.init(ENOENT))
         }
         info.st_blocks = (info.st_size + 511) / 512
+        ownership?.apply(to: &info)
         return .success(tables.withLock { state in
             if let existing = state.children[key], let node = state.nodes[existing] { return node }
             let inode = state.nextInode

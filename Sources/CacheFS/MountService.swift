@@ -9,16 +9,23 @@ public struct MountService: Service {
     private let cipherDirectory: String
     private let mountpoint: String
     private let options: FuseMount.Options
+    private let ownership: CacheFileSystem.Ownership
     private let password: @Sendable () async throws -> Secret
     private let handle: ServiceHandle
 
-    /// - Parameter password: gives the volume password; the service wipes it once the volume is unlocked.
+    /// - Parameters:
+    ///   - ownership: who may read the plaintext (`CAID_MOUNT_OWNER`, `CAID_MOUNT_MODE`); the kernel enforces it
+    ///     (`default_permissions`), so the mount is always `allow_other`.
+    ///   - password: gives the volume password; the service wipes it once the volume is unlocked.
     public init(
-        cipherDirectory: String, mountpoint: String, options: FuseMount.Options = .init(),
+        cipherDirectory: String, mountpoint: String, options: FuseMount.Options = .init(), ownership: CacheFileSystem.Ownership = .default,
         password: @escaping @Sendable () async throws -> Secret, handle: ServiceHandle
     ) {
+        self.ownership = ownership
         self.cipherDirectory = cipherDirectory
         self.mountpoint = mountpoint
+        var options = options
+        options.allowOther = true
         self.options = options
         self.password = password
         self.handle = handle
@@ -40,7 +47,7 @@ public struct MountService: Service {
         }
         let mount: FuseMount
         do {
-            mount = try FuseMount.mount(CacheFileSystem(volume: volume, logger: handle.logger), at: mountpoint, options: options, logger: handle.logger)
+            mount = try FuseMount.mount(CacheFileSystem(volume: volume, ownership: ownership, logger: handle.logger), at: mountpoint, options: options, logger: handle.logger)
         } catch {
             throw ServiceFailure("\(error)")
         }

@@ -55,6 +55,14 @@ public struct CaidConfig: Sendable {
         public var nvmlLibrary = "libnvidia-ml.so.1"
     }
 
+    /// Who may read the decrypted model (`CAID_MOUNT_OWNER`, `CAID_MOUNT_MODE`).
+    public struct MountSettings: Sendable, Equatable {
+        public var uid: UInt32 = 0
+        public var gid: UInt32 = 0
+        /// Read bits only: files get these, directories these plus `x`.
+        public var mode: UInt32 = 0o440
+    }
+
     /// The attested gateway's settings (`CAID_GATEWAY_*`).
     public struct Gateway: Sendable {
         public enum Mode: String, Sendable, CaseIterable {
@@ -120,6 +128,7 @@ public struct CaidConfig: Sendable {
     public var gateway: Gateway
     /// GPU evidence, the TEE's interfaces, and the trust anchors for Trustee.
     public var attestation: AttestationSettings
+    public var mount: MountSettings
     public var logLevel: Logger.Level
     /// The OSS region for V4 signatures when the endpoint does not name one (`CAID_OSS_REGION`).
     public var ossRegion: String?
@@ -151,6 +160,7 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
         "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY",
+        "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
@@ -243,6 +253,8 @@ extension CaidConfig {
             ("MODEL_SERVICE_PORT", String(modelServicePort)),
             ("CAID_SHARING_PORT", String(sharingPort)),
             ("MODEL_MOUNT_POINT", modelMountPoint),
+            ("CAID_MOUNT_OWNER", "\(mount.uid):\(mount.gid)"),
+            ("CAID_MOUNT_MODE", "0" + String(mount.mode, radix: 8)),
             ("CAID_HEALTH_SOCKET", healthSocket),
             ("CAID_CACHE_DIR", cacheDirectory),
             ("CAID_ATTESTER", attester.rawValue),
@@ -473,6 +485,23 @@ private struct Decoder {
         attestation.reportRoot = absolutePath("CAID_TSM_REPORT_DIR", default: attestation.reportRoot)
         attestation.eventLog = absolutePath("CAID_CC_EVENTLOG", default: attestation.eventLog)
         attestation.nvmlLibrary = text("CAID_NVML_LIBRARY") ?? attestation.nvmlLibrary
+        var mount = CaidConfig.MountSettings()
+        if let raw = text("CAID_MOUNT_OWNER") {
+            let parts = raw.split(separator: ":", omittingEmptySubsequences: false)
+            if parts.count <= 2, let uid = UInt32(parts[0]), let gid = parts.count == 2 ? UInt32(parts[1]) : uid {
+                mount.uid = uid
+                mount.gid = gid
+            } else {
+                error("CAID_MOUNT_OWNER", "'\(raw)' is not UID or UID:GID (numbers, as the inference container's user sees them)")
+            }
+        }
+        if let raw = text("CAID_MOUNT_MODE") {
+            if let value = UInt32(raw, radix: 8), value & ~UInt32(0o444) == 0, value != 0 {
+                mount.mode = value
+            } else {
+                error("CAID_MOUNT_MODE", "'\(raw)' is not octal read bits such as 0440 or 0444; the mount is read-only, so only r bits count")
+            }
+        }
         if trustee?.scheme?.lowercased() == "http", let entry = values["TRUSTEE_URL"] {
             diagnostics.append(ConfigDiagnostic(
                 .warning, file: file, line: entry.line, key: "TRUSTEE_URL",
@@ -551,7 +580,7 @@ private struct Decoder {
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, sharingPort: sharingPort, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
-            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
+            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, mount: mount, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
     }
 
     /// A positive whole number setting (a limit, or seconds).

@@ -115,15 +115,17 @@ struct ServiceCatalog {
         let resource = config.modelKeyID
         let cache = config.modelCacheDirectory
         let mountpoint = config.modelMountPoint
+        let ownership = CacheFileSystem.Ownership(uid: config.mount.uid, gid: config.mount.gid, fileMode: mode_t(config.mount.mode))
         var specs = [
             ServiceSpec(name: "attestation") { AttestationService(client: kbs, handle: $0) },
             ServiceSpec(name: "key", dependencies: ["attestation"]) { KeyService(client: kbs, resource: resource, handoff: handoff, handle: $0) },
             ServiceSpec(name: "fetch") { FetchService(fetcher: fetcher, handle: $0) },
             ServiceSpec(name: "cachefs", dependencies: ["key", "fetch"]) { handle in
-                // vLLM usually runs in a container as another user: let it read the mount (caid runs as root).
-                var options = FuseMount.Options()
-                options.allowOther = true
-                return MountService(cipherDirectory: cache, mountpoint: mountpoint, options: options, password: { try await handoff.take() }, handle: handle)
+                // vLLM usually runs in a container as another user: the mount shows CAID_MOUNT_OWNER/MODE, which the
+                // kernel enforces for everyone.
+                MountService(
+                    cipherDirectory: cache, mountpoint: mountpoint, ownership: ownership,
+                    password: { try await handoff.take() }, handle: handle)
             },
         ]
         if let gateway = GatewayConfiguration(config) {

@@ -81,6 +81,37 @@ import Testing
         #expect(!GocryptfsTool.isMounted(ws.path("model")))
     }
 
+    /// The mount shows caid's owner and modes, not the ciphertext's (root's 0600 under the unit's UMask=0077): a
+    /// user in the configured group reads the model, another non-root user does not.
+    @Test func nonRootReadsAreAllowedAndRefusedAsConfigured() async throws {
+        let ws = try Workspace()
+        defer { ws.remove() }
+        let (_, cipher) = try ws.gocryptfsVolume(largeSize: 0, manyFiles: 2)
+        // Ciphertext as the unit's umask leaves it, and a path other users may traverse to the mount.
+        _ = try Programs.run("/bin/chmod", ["-R", "go-rwx", cipher])
+        #expect(chmod(ws.path(""), 0o711) == 0)
+        let registry = HealthRegistry()
+        let ownership = CacheFileSystem.Ownership(uid: 0, gid: 65534, fileMode: 0o440)
+        let spec = ServiceSpec(name: "mount") { handle in
+            MountService(cipherDirectory: cipher, mountpoint: ws.path("model"), ownership: ownership, password: { Secret(Array(ws.password.utf8)) }, handle: handle)
+        }
+        try await withSupervisor([spec], registry: registry) {
+            #expect(await registry.wait(for: "mount", toBe: .running)?.state == .running)
+            let file = ws.path("model/dir1/dir2/nested.txt")
+            var info = stat()
+            #expect(stat(file, &info) == 0)
+            #expect(info.st_uid == 0 && info.st_gid == 65534 && info.st_mode & 0o777 == 0o440)
+            // nobody:nogroup is in the group: reads.
+            let allowed = try Programs.run("/usr/bin/setpriv", ["--reuid", "65534", "--regid", "65534", "--clear-groups", "/bin/cat", file])
+            #expect(allowed.status == 0, "\(allowed.stderr)")
+            #expect(allowed.stdout == "nested\n")
+            // Another user is not.
+            let refused = try Programs.run("/usr/bin/setpriv", ["--reuid", "4242", "--regid", "4242", "--clear-groups", "/bin/cat", file])
+            #expect(refused.status != 0)
+            #expect(refused.stderr.contains("Permission denied"))
+        }
+    }
+
     @Test func aWrongPasswordFailsForGoodWithoutRetrying() async throws {
         let ws = try Workspace()
         defer { ws.remove() }
