@@ -112,7 +112,63 @@ public struct Fetcher: Sendable {
         }
         summary.downloaded = pending.count
         summary.bytes = total
+        summary.removed += reconcile(listing)
         return summary
+    }
+
+    /// Makes the cache hold exactly the listed objects, each verified: a file renamed into place before a crash
+    /// let the manifest record it, an object since deleted from the bucket, debris of a damaged manifest, links,
+    /// and staging files of objects no longer listed are all removed (and logged), so the mount serves nothing else.
+    /// Runs after every object verified, so every listed object is in the manifest by then.
+    /// - Returns: how many entries were removed.
+    func reconcile(_ listing: [ObjectSummary]) -> Int {
+        var expected: Set<String> = []
+        var directories: Set<String> = [cache]
+        for object in listing {
+            guard let path = try? localPath(object.key) else { continue }
+            expected.insert(path)
+            var parent = (path as NSString).deletingLastPathComponent
+            while parent.count > cache.count, directories.insert(parent).inserted {
+                parent = (parent as NSString).deletingLastPathComponent
+            }
+        }
+        var removed: [String] = []
+        var emptyCandidates: [String] = []
+        let fm = FileManager.default
+        // A walk of our own that descends only into real directories (lstat), so that a link in the cache can never
+        // lead the removal outside it.
+        var queue = [cache]
+        while let directory = queue.popLast() {
+            for name in (try? fm.contentsOfDirectory(atPath: directory)) ?? [] {
+                let path = directory + "/" + name
+                var info = stat()
+                guard lstat(path, &info) == 0 else { continue }
+                switch info.st_mode & S_IFMT {
+                case S_IFDIR:
+                    queue.append(path)
+                    if !directories.contains(path) { emptyCandidates.append(path) }
+                case S_IFREG where expected.contains(path):
+                    continue
+                default:
+                    // Not a listed object: a regular file, a link (the fetcher never makes one), a device, a FIFO.
+                    if unlink(path) == 0 { removed.append(String(path.dropFirst(cache.count + 1))) }
+                }
+            }
+        }
+        // Deepest first, so that emptied parents go too; a directory that still holds something is left.
+        for path in emptyCandidates.sorted(by: { $0.count > $1.count }) where rmdir(path) == 0 {
+            removed.append(String(path.dropFirst(cache.count + 1)) + "/")
+        }
+        // Every listed object is in place: what is left in the staging area belongs to none.
+        if let leftovers = try? fm.contentsOfDirectory(atPath: stagingRoot), !leftovers.isEmpty {
+            try? fm.removeItem(atPath: stagingRoot)
+            removed.append(contentsOf: leftovers.map { "(staging) " + $0 })
+        }
+        for entry in removed.prefix(20) {
+            logger.warning("removed \(entry) from the cache: not an object the bucket lists")
+        }
+        if removed.count > 20 { logger.warning("removed \(removed.count - 20) more entries from the cache that the bucket does not list") }
+        return removed.count
     }
 
     /// Where an object lives in the cache; refuses keys that would leave it.

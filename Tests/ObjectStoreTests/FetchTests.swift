@@ -304,6 +304,42 @@ import Testing
         #expect(again == parts.subtracting(recorded).union(zeroed + [cut]))
     }
 
+    /// Before the mount, the cache holds exactly what the bucket lists: a file renamed into place that the manifest
+    /// never recorded, a leftover of a deleted object, a link, an empty directory and an old staging file all go.
+    @Test func theCacheHoldsExactlyWhatTheBucketLists() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        let first = try setup.fetch()
+        #expect(first.status == 0, "\(first.stderr.suffix(1000))")
+        let model = setup.cache + "/model"
+        try Data("deleted from the bucket".utf8).write(to: URL(fileURLWithPath: model + "/shards/old-shard.bin"))
+        try FileManager.default.createDirectory(atPath: model + "/debris/deeper", withIntermediateDirectories: true)
+        try Data("debris".utf8).write(to: URL(fileURLWithPath: model + "/debris/deeper/x"))
+        try FileManager.default.createSymbolicLink(atPath: model + "/passwd", withDestinationPath: "/etc/passwd")
+        try FileManager.default.createDirectory(atPath: model + "/empty-dir", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: setup.cache + "/model.staging", withIntermediateDirectories: true)
+        try Data(count: 1000).write(to: URL(fileURLWithPath: setup.cache + "/model.staging/gone.bin"))
+        // A file renamed into place just before a crash, so the manifest does not know it: it is fetched and checked again.
+        let manifestPath = setup.cache + "/model.manifest.json"
+        var manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: manifestPath))) as? [String: Any] ?? [:]
+        if var entries = manifest["entries"] as? [String: Any] {
+            entries["qwen/shards/s7"] = nil
+            manifest["entries"] = entries
+        }
+        try JSONSerialization.data(withJSONObject: manifest).write(to: URL(fileURLWithPath: manifestPath))
+        try Data("substituted".utf8).write(to: URL(fileURLWithPath: model + "/shards/s7"))
+
+        let second = try setup.fetch()
+        #expect(second.status == 0, "\(second.stderr.suffix(1000))")
+        try setup.expectIdentical()
+        for gone in ["/shards/old-shard.bin", "/debris", "/passwd", "/empty-dir"] {
+            var info = stat()
+            #expect(lstat(model + gone, &info) != 0, "\(gone) is still in the cache")
+        }
+        #expect(!FileManager.default.fileExists(atPath: setup.cache + "/model.staging/gone.bin"))
+        #expect(second.stderr.contains("removed passwd from the cache"))
+    }
+
     @Test func goesThroughTheConfiguredProxy() async throws {
         let setup = try await Setup()
         defer { setup.dir.remove() }
