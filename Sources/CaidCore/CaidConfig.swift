@@ -41,6 +41,8 @@ public struct CaidConfig: Sendable {
         public var port: UInt16 = 41001
         public var maxConnections = 256
         public var maxStreams = 128
+        /// RST_STREAM frames one client connection may send in 10 s before it is closed (rapid-reset guard).
+        public var maxResets = 2_000
         public var handshakeTimeout: Duration = .seconds(10)
         public var idleTimeout: Duration = .seconds(600)
         public var certificateRefresh: Duration = .seconds(600)
@@ -108,7 +110,7 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
-        "CAID_GATEWAY_MODE", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
+        "CAID_GATEWAY_MODE", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
 
@@ -209,6 +211,7 @@ extension CaidConfig {
             ("CAID_GATEWAY_PORT", String(gateway.port)),
             ("CAID_GATEWAY_MAX_CONNECTIONS", String(gateway.maxConnections)),
             ("CAID_GATEWAY_MAX_STREAMS", String(gateway.maxStreams)),
+            ("CAID_GATEWAY_MAX_RESETS", String(gateway.maxResets)),
             ("CAID_GATEWAY_HANDSHAKE_TIMEOUT", String(gateway.handshakeTimeout.components.seconds)),
             ("CAID_GATEWAY_IDLE_TIMEOUT", String(gateway.idleTimeout.components.seconds)),
             ("CAID_GATEWAY_CERT_REFRESH", String(gateway.certificateRefresh.components.seconds)),
@@ -421,6 +424,7 @@ private struct Decoder {
         }
         gateway.maxConnections = count("CAID_GATEWAY_MAX_CONNECTIONS", default: gateway.maxConnections)
         gateway.maxStreams = count("CAID_GATEWAY_MAX_STREAMS", default: gateway.maxStreams)
+        gateway.maxResets = count("CAID_GATEWAY_MAX_RESETS", default: gateway.maxResets)
         gateway.handshakeTimeout = .seconds(count("CAID_GATEWAY_HANDSHAKE_TIMEOUT", default: 10))
         gateway.idleTimeout = .seconds(count("CAID_GATEWAY_IDLE_TIMEOUT", default: 600))
         gateway.certificateRefresh = .seconds(count("CAID_GATEWAY_CERT_REFRESH", default: 600))

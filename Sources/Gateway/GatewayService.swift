@@ -97,6 +97,7 @@ extension GatewayConfiguration {
         self.init(mode: mode, listenPort: config.gateway.port, servicePort: config.modelServicePort)
         maxConnections = config.gateway.maxConnections
         maxStreamsPerConnection = config.gateway.maxStreams
+        maxResets = config.gateway.maxResets
         handshakeTimeout = config.gateway.handshakeTimeout
         idleTimeout = config.gateway.idleTimeout
         certificateLifetime = config.gateway.certificateRefresh
