@@ -92,6 +92,8 @@ public struct CaidConfig: Sendable {
         public var firstBytesTimeout: Duration = .seconds(10)
         /// How long the whole TLS handshake may take; TNG <= 2.2.4 clients call their Attestation Service inside it.
         public var handshakeTimeout: Duration = .seconds(60)
+        /// RST_STREAM frames one client connection may send in 10 s before it is closed (rapid-reset guard).
+        public var maxResets = 2_000
         public var idleTimeout: Duration = .seconds(600)
         public var certificateRefresh: Duration = .seconds(600)
     }
@@ -161,7 +163,7 @@ public struct CaidConfig: Sendable {
         "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
         "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY",
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
-        "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS",
+        "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
     ]
 
@@ -271,6 +273,7 @@ extension CaidConfig {
             ("CAID_GATEWAY_MAX_CONNECTIONS", String(gateway.maxConnections)),
             ("CAID_GATEWAY_MAX_STREAMS", String(gateway.maxStreams)),
             ("CAID_GATEWAY_FIRST_BYTES_TIMEOUT", String(gateway.firstBytesTimeout.components.seconds)),
+            ("CAID_GATEWAY_MAX_RESETS", String(gateway.maxResets)),
             ("CAID_GATEWAY_HANDSHAKE_TIMEOUT", String(gateway.handshakeTimeout.components.seconds)),
             ("CAID_GATEWAY_IDLE_TIMEOUT", String(gateway.idleTimeout.components.seconds)),
             ("CAID_GATEWAY_CERT_REFRESH", String(gateway.certificateRefresh.components.seconds)),
@@ -544,6 +547,7 @@ private struct Decoder {
         }
         gateway.maxConnections = count("CAID_GATEWAY_MAX_CONNECTIONS", default: gateway.maxConnections)
         gateway.maxStreams = count("CAID_GATEWAY_MAX_STREAMS", default: gateway.maxStreams)
+        gateway.maxResets = count("CAID_GATEWAY_MAX_RESETS", default: gateway.maxResets)
         gateway.firstBytesTimeout = .seconds(count("CAID_GATEWAY_FIRST_BYTES_TIMEOUT", default: 10))
         gateway.handshakeTimeout = .seconds(count("CAID_GATEWAY_HANDSHAKE_TIMEOUT", default: 60))
         if gateway.handshakeTimeout < .seconds(35) {

@@ -46,6 +46,13 @@ public struct GatewayConfiguration: Sendable {
     public var handshakeTimeout: Duration = .seconds(60)
     /// How long an established connection may carry no bytes either way.
     public var idleTimeout: Duration = .seconds(600)
+    /// RST_STREAM frames a client may send in `resetWindow` before the connection is closed
+    /// (`CAID_GATEWAY_MAX_RESETS`). A reset is a cancelled request (a user stops a generation, a client times out), so
+    /// a busy TNG client sends some; a rapid-reset flood (CVE-2023-44487) sends thousands a second, each costing a
+    /// connection to the service. swift-nio-http2's default, 200 in 30 s, cut off a TNG client at 7 cancellations a
+    /// second.
+    public var maxResets = 2_000
+    public var resetWindow: Duration = .seconds(10)
     /// A new certificate with fresh evidence this often (TNG's default).
     public var certificateLifetime: Duration = .seconds(600)
     /// What the certificate carries for TNG clients (`CAID_GATEWAY_ATTESTATION_MODEL`).
@@ -77,6 +84,8 @@ public final class GatewayServer: Sendable {
     private let connections = Atomic<Int>(0)
     private let logger: Logger
     private let listener = Listener()
+    /// Open HTTP/2 connections, for ``sendGoAway()``.
+    private let http2Connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     /// - Parameter certificate: the first attested certificate; replace it with ``renew(_:)``.
     public init(configuration: GatewayConfiguration, certificate: AttestedCertificate, logger: Logger) throws {
@@ -116,6 +125,15 @@ public final class GatewayServer: Sendable {
         }
     }
 
+    /// Tells every open client connection to go away gracefully (GOAWAY, NO_ERROR, last stream 2^31-1): its open
+    /// streams finish, and the client opens new streams on a new, newly verified connection.
+    public func sendGoAway() {
+        let open = http2Connections.withLock { Array($0.values) }
+        for channel in open {
+            channel.writeAndFlush(HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil)), promise: nil)
+        }
+    }
+
     /// Stops listening and closes every connection.
     public func stop() async {
         await listener.close()
@@ -134,8 +152,9 @@ public final class GatewayServer: Sendable {
         try Self.addTransportHandlers(sync, tls: context.withLock { $0 }, configuration: configuration, logger: logger)
         let upstream = upstreamConnector(for: channel)
         let streams = configuration.maxStreamsPerConnection
+        let (maxResets, resetWindow) = (configuration.maxResets, TimeAmount(configuration.resetWindow))
         let logger = logger
-        try sync.addHandler(ApplicationProtocolNegotiationHandler { [channel] result in
+        try sync.addHandler(ApplicationProtocolNegotiationHandler { [channel, self] result in
             guard case .negotiated("h2") = result else {
                 logger.info("closing a gateway connection that did not negotiate ALPN h2")
                 return channel.close()
@@ -148,8 +167,14 @@ public final class GatewayServer: Sendable {
                     HTTP2Setting(parameter: .initialWindowSize, value: 4 << 20),
                     HTTP2Setting(parameter: .maxHeaderListSize, value: 16 << 10),
                 ]
+                // The connection window is returned as bytes arrive, so it bounds no memory; the stream windows do.
+                connection.targetWindowSize = 16 << 20
                 var stream = NIOHTTP2Handler.StreamConfiguration()
                 stream.targetWindowSize = 4 << 20
+                stream.streamResetFrameRateLimit.maximumCount = maxResets
+                stream.streamResetFrameRateLimit.windowLength = resetWindow
+                stream.outboundBufferSizeHighWatermark = TunnelWindows.streamHighWatermark
+                stream.outboundBufferSizeLowWatermark = TunnelWindows.streamLowWatermark
                 _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
                     mode: .server, connectionConfiguration: connection, streamConfiguration: stream
                 ) { stream in
@@ -157,6 +182,10 @@ public final class GatewayServer: Sendable {
                         try stream.pipeline.syncOperations.addHandler(TunnelStreamHandler(upstream: upstream))
                     }
                 }
+                try channel.pipeline.syncOperations.addHandler(ClosingOnConnectionError(peer: "a tunnel client", logger: logger))
+                let id = ObjectIdentifier(channel)
+                self.http2Connections.withLock { $0[id] = channel }
+                channel.closeFuture.whenComplete { _ in _ = self.http2Connections.withLock { $0.removeValue(forKey: id) } }
             }
         })
     }

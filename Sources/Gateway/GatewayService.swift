@@ -160,6 +160,7 @@ extension GatewayConfiguration {
         maxConnections = config.gateway.maxConnections
         maxStreamsPerConnection = config.gateway.maxStreams
         firstBytesTimeout = config.gateway.firstBytesTimeout
+        maxResets = config.gateway.maxResets
         handshakeTimeout = config.gateway.handshakeTimeout
         idleTimeout = config.gateway.idleTimeout
         certificateLifetime = config.gateway.certificateRefresh

@@ -8,7 +8,8 @@ import NIOPosix
 /// stream's DATA and the upstream bytes are piped both ways with back-pressure; END_STREAM and TCP half-close map
 /// onto each other. Anything but CONNECT gets `400`.
 ///
-/// The stream, its upstream connection and both handlers live on one event loop; they reach each other only there.
+/// The stream, its upstream connection and both handlers live on one event loop; once the service answers, the
+/// stream is handed to a ``StreamPipe`` and this handler leaves.
 final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias OutboundOut = HTTP2Frame.FramePayload
@@ -17,7 +18,8 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
         case idle
         /// Waiting for the upstream connection; DATA that arrives meanwhile is kept.
         case connecting(pending: [ByteBuffer], ended: Bool)
-        case open(upstream: any Channel)
+        /// Handed over to the ``StreamPipe``.
+        case open
         case closed
     }
 
@@ -25,7 +27,7 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
     private let upstream: @Sendable (any EventLoop) -> EventLoopFuture<any Channel>
 
     /// - Parameter upstream: opens the upstream connection (mapping: the service; netfilter: the original
-    ///   destination) on the given loop, with a ``SocketToStreamHandler`` not yet attached.
+    ///   destination) on the given loop, not reading until the pipe is joined.
     init(upstream: @escaping @Sendable (any EventLoop) -> EventLoopFuture<any Channel>) {
         self.upstream = upstream
     }
@@ -46,27 +48,14 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
                 handler.connected(result, context: context)
             }
         case .data(let frame):
-            guard case .byteBuffer(let buffer) = frame.data else { return }
-            switch state {
-            case .connecting(var pending, _):
-                pending.append(buffer)
-                state = .connecting(pending: pending, ended: frame.endStream)
-            case .open(let upstream):
-                upstream.write(buffer, promise: nil)
-                if frame.endStream { upstream.flush(); upstream.close(mode: .output, promise: nil) }
-            case .idle, .closed:
-                break
-            }
+            guard case .connecting(var pending, _) = state else { return }
+            if case .byteBuffer(let buffer) = frame.data, buffer.readableBytes > 0 { pending.append(buffer) }
+            state = .connecting(pending: pending, ended: frame.endStream)
         case .rstStream:
-            closeUpstream()
+            state = .closed
         default:
             break
         }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if case .open(let upstream) = state { upstream.flush() }
-        context.fireChannelReadComplete()
     }
 
     private func connected(_ result: Result<any Channel, any Error>, context: ChannelHandlerContext) {
@@ -78,23 +67,30 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
         case .failure:
             refuse(context: context, status: "502", message: "the service behind the gateway is not reachable\n")
         case .success(let channel):
-            state = .open(upstream: channel)
+            let socketSide = SocketSide()
+            let streamSide = StreamSide()
             do {
-                try channel.pipeline.syncOperations.addHandler(SocketToStreamHandler(stream: context.channel))
+                try channel.pipeline.syncOperations.addHandler(socketSide)
+                try context.pipeline.syncOperations.addHandler(streamSide)
             } catch {
                 channel.close(promise: nil)
                 refuse(context: context, status: "502", message: "the service behind the gateway is not reachable\n")
                 return
             }
+            state = .open
             let headers = HPACKHeaders([(":status", "200"), ("server", "tng")])
             context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
             for buffer in pending { channel.write(buffer, promise: nil) }
             channel.flush()
-            if ended { channel.close(mode: .output, promise: nil) }
+            StreamPipe.join(socket: socketSide, stream: streamSide)
+            if ended { socketSide.end() }
+            // A stream reset while the service was being dialled: drop the service connection at once.
+            if !context.channel.isActive { channel.close(promise: nil) }
+            context.pipeline.syncOperations.removeHandler(self, promise: nil)
             // Both sides were held still until the pipe was complete; now let bytes flow.
             channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-            context.read()
+            context.channel.read()
         }
     }
 
@@ -106,74 +102,15 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
         context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(body), endStream: true))), promise: nil)
     }
 
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        // The client reads slowly: stop reading from the service until the stream can take more.
-        if case .open(let upstream) = state {
-            upstream.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenComplete { _ in }
-        }
-        context.fireChannelWritabilityChanged()
-    }
-
     func channelInactive(context: ChannelHandlerContext) {
-        closeUpstream()
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        closeUpstream()
-        context.close(promise: nil)
-    }
-
-    private func closeUpstream() {
-        if case .open(let upstream) = state { upstream.close(promise: nil) }
+        // Reset or closed while the service was dialled: ``connected(_:context:)`` drops that connection.
         state = .closed
-    }
-}
-
-/// The TCP side of a tunnel stream (the service, or a proxy client): its bytes become DATA frames; its EOF becomes
-/// END_STREAM; when it cannot take more, the stream stops reading.
-final class SocketToStreamHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-
-    private let stream: any Channel
-    private var ended = false
-
-    init(stream: any Channel) {
-        self.stream = stream
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
-        stream.write(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(buffer))), promise: nil)
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        stream.flush()
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, event == .inputClosed, !ended {
-            ended = true
-            stream.writeAndFlush(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)), promise: nil)
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        stream.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenComplete { _ in }
-        context.fireChannelWritabilityChanged()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        if !ended {
-            // The socket dropped without a clean end: reset the stream.
-            ended = true
-            stream.writeAndFlush(HTTP2Frame.FramePayload.rstStream(.cancel), promise: nil)
-        }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        state = .closed
         context.close(promise: nil)
     }
 }
+

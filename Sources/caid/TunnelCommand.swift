@@ -16,7 +16,8 @@ struct TunnelCommand: AsyncParsableCommand {
             For each destination caid opens one TLS 1.3 + HTTP/2 connection, checks the gateway's certificate and \
             its TEE evidence with the Attestation Service (--as-addr, Trustee's `.../as/`), requires every --policy \
             in the token, and then carries each proxied connection in a stream of its own. A destination that does \
-            not verify gets 403 with the reason. Works with caid's gateway and with TNG 2.2 egresses. \
+            not verify gets 403 with the reason; one outside --dst-filter gets 403 too. Proxy connections stay open \
+            across requests. Works with caid's gateway and with TNG 2.2 egresses. \
             Exit status: 0 stopped, 1 failed, 64 bad arguments.
             """
     )
@@ -35,6 +36,11 @@ struct TunnelCommand: AsyncParsableCommand {
         valueName: "file"))
     var tokenCertificates: [String] = []
 
+    @Option(name: .customLong("dst-filter"), help: ArgumentHelp(
+        "A destination to tunnel, as TNG's dst_filters: domain[:port] (port 80 by default; *.foo.com, foo.* and * match several). Repeat for several; none: every destination. Others are refused, never sent unprotected.",
+        valueName: "domain[:port]"))
+    var dstFilters: [String] = []
+
     @Option(help: ArgumentHelp("Log level.", valueName: "level"))
     var logLevel: Logger.Level = .info
 
@@ -44,6 +50,13 @@ struct TunnelCommand: AsyncParsableCommand {
             throw ExitCode(64)
         }
         let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let filter: DestinationFilter
+        do {
+            filter = try DestinationFilter(parsing: dstFilters)
+        } catch {
+            printError("caid tunnel: --dst-filter \(error)")
+            throw ExitCode(64)
+        }
         LogDestination.bootstrap(level: logLevel)
         let logger = Logger(label: "caid.tunnel")
         let http = HTTPClient(eventLoopGroupProvider: .singleton)
@@ -56,7 +69,7 @@ struct TunnelCommand: AsyncParsableCommand {
             throw ExitCode(64)
         }
         let verifier = PeerVerifier(attestationService: asAddress, policyIDs: policies, tokenTrust: trust, http: http)
-        let proxy = TunnelProxy(client: try TunnelClient(verifier: verifier, logger: logger), logger: logger)
+        let proxy = TunnelProxy(client: try TunnelClient(verifier: verifier, logger: logger), filter: filter, logger: logger)
         do {
             let bound = try await proxy.start(host: host, port: port)
             printOut("caid tunnel: proxy listening on \(host):\(bound); verifying with \(verifier.attestationService) for policies \(verifier.policyIDs.joined(separator: ", "))")

@@ -9,9 +9,3 @@ enum RATLSEvidenceProbe {
         return certificate.extensions.first { $0.oid == AttestedCertificate.evidenceOID }.map { Array($0.value) }
     }
 }
-
-enum ProxyRequestProbe {
-    static func parse(_ head: String) throws -> ProxyRequest {
-        try ProxyRequest.parse(head: head).get()
-    }
-}
