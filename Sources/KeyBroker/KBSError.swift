@@ -46,9 +46,11 @@ public struct KBSError: Error, Sendable, CustomStringConvertible {
     /// closing the connection (or a 500 when the AS runs apart); v1.9.0 answers 502 ("not implemented"). Upstream
     /// Trustee, which has the verifier, answers every attestation failure with 401.
     var marksMissingGPUVerifier: Bool {
+        // Only answers that come from Trustee itself count: a proxy's 503 or an unreachable server must not switch a
+        // host to the embedded form, which an upstream Trustee accepts without looking at the GPUs.
         guard step == "attest" else { return false }
-        guard let status else { return kind == .unavailable }
-        return status >= 500
+        guard let status else { return kind == .unavailable && detail.contains("remoteConnectionClosed") }
+        return status >= 500 && variant == "AttestationError"
     }
 
     public var description: String {

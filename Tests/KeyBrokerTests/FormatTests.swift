@@ -3,7 +3,7 @@ import CaidCore
 import CaidTestSupport
 import Crypto
 import Foundation
-import KeyBroker
+@testable import KeyBroker
 import Testing
 
 /// The canonical JSON, bindings and JWEs, checked against Trustee's own vectors and against Python's json,
@@ -159,6 +159,17 @@ import Testing
         #expect(RCAR.failure(step: "attest", status: 500, body: Array("boom".utf8)).kind == .unavailable)
         #expect(RCAR.failure(step: "attest", status: 401, body: []).kind == .rejected)
         #expect(RCAR.failure(step: "resource a/b/c", status: 401, body: []).kind == .unauthorized)
+    }
+
+    /// What marks a Trustee without the `nvidia` verifier, and what does not (a proxy's 503, an unreachable server).
+    @Test func onlyTrusteesOwnAnswersMarkAMissingGPUVerifier() {
+        let typed = #"{"type":"https://github.com/confidential-containers/kbs/errors/AttestationError","detail":"Attestation error: RCAR handshake Attest failed"}"#
+        #expect(RCAR.failure(step: "attest", status: 502, body: Array(typed.utf8)).marksMissingGPUVerifier)
+        #expect(RCAR.failure(step: "attest", status: 500, body: Array(typed.utf8)).marksMissingGPUVerifier)
+        #expect(!RCAR.failure(step: "attest", status: 401, body: Array(typed.utf8)).marksMissingGPUVerifier)
+        #expect(!RCAR.failure(step: "attest", status: 503, body: Array("upstream unavailable".utf8)).marksMissingGPUVerifier)
+        #expect(KBSError(.unavailable, step: "attest", detail: "cannot reach x: HTTPClientError.remoteConnectionClosed").marksMissingGPUVerifier)
+        #expect(!KBSError(.unavailable, step: "attest", detail: "cannot reach x: connection refused").marksMissingGPUVerifier)
     }
 
     /// The bodies real Trustees answer (kbs/src/error.rs): the `type` variant decides, whatever the status.
