@@ -24,9 +24,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== release build (under the build lock)"
-flock /tmp/swift-build.lock swift build -c release --product caid >/dev/null
-caid="$root/.build/release/caid"
+if [ -n "${CAID_BIN:-}" ]; then
+    caid=$CAID_BIN  # to try the script itself with another build
+else
+    echo "== release build (under the build lock)"
+    flock /tmp/swift-build.lock swift build -c release --product caid >/dev/null
+    caid="$root/.build/release/caid"
+fi
 
 port() { echo $((20000 + RANDOM % 12000)); }
 wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; exit 1; }
