@@ -1,4 +1,5 @@
 import ArgumentParser
+import CaidCore
 
 /// `caid`: the Confidential AI host daemon and its tools.
 @main
@@ -10,6 +11,7 @@ struct Caid: AsyncParsableCommand {
             caid replaces the CAI docker-compose stack with one systemd service that reads the same cai.env.
             Exit status: 0 success, 1 failure, 2 unreachable (health), 78 configuration error.
             """,
+        version: CaidVersion.current,
         subcommands: [
             RunCommand.self, CheckConfigCommand.self, HealthCommand.self,
             EncryptCommand.self, MountCommand.self,

@@ -18,6 +18,12 @@ import Testing
         }
     }
 
+    @Test func versionIsPrinted() throws {
+        let result = try Programs.run(Programs.caid, ["--version"])
+        #expect(result.status == 0)
+        #expect(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == CaidVersion.current)
+    }
+
     @Test func checkConfigPrintsTheEffectiveConfigurationWithSecretsRedacted() throws {
         let result = try Programs.run(Programs.caid, ["check-config", "--env", example])
         #expect(result.status == 0)
