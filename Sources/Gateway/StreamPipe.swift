@@ -26,6 +26,27 @@ enum StreamPipe {
     }
 }
 
+/// One side's `read()`: let through while the other side can take more, held until it can again.
+struct ReadGate {
+    private var open = false
+    private var held = false
+
+    /// A `read()` arrived. - Returns: whether it goes through now.
+    mutating func request() -> Bool {
+        if open { return true }
+        held = true
+        return false
+    }
+
+    /// The other side's writability changed. - Returns: whether a held `read()` must be issued now.
+    mutating func set(open: Bool) -> Bool {
+        self.open = open
+        guard open, held else { return false }
+        held = false
+        return true
+    }
+}
+
 /// The socket end of a ``StreamPipe``.
 final class SocketSide: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
@@ -34,8 +55,7 @@ final class SocketSide: ChannelDuplexHandler, RemovableChannelHandler {
 
     fileprivate var stream: StreamSide?
     private var context: ChannelHandlerContext?
-    private var gateOpen = false
-    private var heldRead = false
+    private var readGate = ReadGate()
     /// The socket's input is done (EOF, or it closed): END_STREAM or RST_STREAM has been decided.
     private var inputEnded = false
     /// The stream ended towards the socket and the socket's output was shut.
@@ -76,7 +96,7 @@ final class SocketSide: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if gateOpen { context.read() } else { heldRead = true }
+        if readGate.request() { context.read() }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -96,11 +116,7 @@ final class SocketSide: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: called by the stream side
 
     func gate(open: Bool) {
-        gateOpen = open
-        if open, heldRead, let context {
-            heldRead = false
-            context.read()
-        }
+        if readGate.set(open: open), let context { context.read() }
     }
 
     fileprivate func write(_ buffer: ByteBuffer) {
@@ -134,8 +150,7 @@ final class StreamSide: ChannelDuplexHandler, RemovableChannelHandler {
 
     fileprivate var socket: SocketSide?
     private var context: ChannelHandlerContext?
-    private var gateOpen = false
-    private var heldRead = false
+    private var readGate = ReadGate()
     private var localEnded = false
     private var remoteEnded = false
 
@@ -179,7 +194,7 @@ final class StreamSide: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if gateOpen { context.read() } else { heldRead = true }
+        if readGate.request() { context.read() }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -198,11 +213,7 @@ final class StreamSide: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: called by the socket side
 
     fileprivate func gate(open: Bool) {
-        gateOpen = open
-        if open, heldRead, let context {
-            heldRead = false
-            context.read()
-        }
+        if readGate.set(open: open), let context { context.read() }
     }
 
     func send(_ buffer: ByteBuffer) {
