@@ -11,16 +11,20 @@ public struct MountService: Service {
     private let options: FuseMount.Options
     private let ownership: CacheFileSystem.Ownership
     private let password: @Sendable () async throws -> Secret
+    private let verify: @Sendable () async throws -> Void
     private let handle: ServiceHandle
 
     /// - Parameters:
     ///   - ownership: who may read the plaintext (`CAID_MOUNT_OWNER`, `CAID_MOUNT_MODE`); the kernel enforces it
     ///     (`default_permissions`), so the mount is always `allow_other`.
     ///   - password: gives the volume password; the service wipes it once the volume is unlocked.
+    ///   - verify: checks the ciphertext before each mount (for a fetched model: against the fetch's manifest).
     public init(
         cipherDirectory: String, mountpoint: String, options: FuseMount.Options = .init(), ownership: CacheFileSystem.Ownership = .default,
-        password: @escaping @Sendable () async throws -> Secret, handle: ServiceHandle
+        password: @escaping @Sendable () async throws -> Secret, verify: @escaping @Sendable () async throws -> Void = {},
+        handle: ServiceHandle
     ) {
+        self.verify = verify
         self.ownership = ownership
         self.cipherDirectory = cipherDirectory
         self.mountpoint = mountpoint
@@ -32,6 +36,8 @@ public struct MountService: Service {
     }
 
     public func run() async throws {
+        // Before the password is taken: a damaged cache is a wait for the fetch, not a reason to fetch a key.
+        try await verify()
         let secret = try await password()
         let volume: Volume
         do {

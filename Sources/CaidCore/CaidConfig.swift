@@ -175,17 +175,8 @@ public struct CaidConfig: Sendable {
     public static func load(
         path: String, environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws(ConfigError) -> (config: CaidConfig, warnings: [ConfigDiagnostic]) {
-        var bytes: [UInt8]
         var warnings: [ConfigDiagnostic] = []
-        do {
-            let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
-            defer { try? handle.close() }
-            bytes = Array(try handle.readToEnd() ?? Data())
-        } catch {
-            throw ConfigError(diagnostics: [ConfigDiagnostic(
-                .error, file: path,
-                message: "cannot be read (\(Self.reason(error))); pass the cai.env file with --env PATH")])
-        }
+        var bytes = try readSecretFile(path)
         defer { wipeBytes(&bytes) }
         var info = stat()
         if stat(path, &info) == 0, info.st_mode & 0o077 != 0 {
@@ -203,11 +194,44 @@ public struct CaidConfig: Sendable {
         return (config, diagnostics)
     }
 
-    private static func reason(_ error: any Error) -> String {
-        if let posix = (error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError {
-            return String(cString: strerror(Int32(posix.code)))
+    /// Largest cai.env read: it is a page of settings, not data.
+    static let maximumFileSize = 1 << 20
+
+    /// The file's bytes in one array read to once with `read(2)`: no `Data`, no growing buffer, so the only copy of
+    /// the secrets in it is the one the caller wipes.
+    private static func readSecretFile(_ path: String) throws(ConfigError) -> [UInt8] {
+        func failure(_ reason: String) -> ConfigError {
+            ConfigError(diagnostics: [ConfigDiagnostic(
+                .error, file: path, message: "cannot be read (\(reason)); pass the cai.env file with --env PATH")])
         }
-        return (error as NSError).localizedDescription
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw failure(String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw failure(String(cString: strerror(errno))) }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw failure("not a regular file") }
+        guard info.st_size <= maximumFileSize else {
+            throw failure("\(info.st_size) bytes; a cai.env is at most \(maximumFileSize / 1024) KiB")
+        }
+        // One byte more than the size, so that a file growing while read is seen as such rather than cut.
+        var bytes = [UInt8](repeating: 0, count: Int(info.st_size) + 1)
+        var filled = 0
+        while filled < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
+            if n < 0, errno == EINTR { continue }
+            guard n >= 0 else {
+                wipeBytes(&bytes)
+                throw failure(String(cString: strerror(errno)))
+            }
+            if n == 0 { break }
+            filled += n
+        }
+        guard filled < bytes.count else {
+            wipeBytes(&bytes)
+            throw failure("it changed while being read")
+        }
+        bytes.removeLast(bytes.count - filled)
+        return bytes
     }
 
     /// Parses and validates the contents of a configuration file.
@@ -216,11 +240,16 @@ public struct CaidConfig: Sendable {
     public static func decode(
         _ bytes: [UInt8], file: String, overrides: [String: String] = [:]
     ) -> (config: CaidConfig?, diagnostics: [ConfigDiagnostic]) {
-        var (entries, syntaxErrors) = EnvFile.parse(bytes)
-        defer {
-            for index in entries.indices { wipeBytes(&entries[index].value) }
+        var decoder: Decoder
+        let syntaxErrors: [EnvFile.SyntaxError]
+        do {
+            // The parsed entries go out of scope here, so the decoder holds the only reference to each value and
+            // wipes it in place (wiping a shared array would wipe a copy of it).
+            let parsed = EnvFile.parse(bytes)
+            syntaxErrors = parsed.errors
+            decoder = Decoder(file: file, entries: parsed.entries)
         }
-        var decoder = Decoder(file: file, entries: entries)
+        defer { decoder.wipeValues() }
         for (key, value) in overrides {
             decoder.values[key] = (Array(value.utf8), 0)
             decoder.fromEnvironment.insert(key)
@@ -305,6 +334,11 @@ private struct Decoder {
                 : "unknown key, ignored; check its spelling against etc/caid/cai.env.example"
             diagnostics.append(ConfigDiagnostic(.warning, file: file, line: entry.line, key: entry.key, message: hint))
         }
+    }
+
+    /// Overwrites every value read from the file, secrets among them.
+    mutating func wipeValues() {
+        for key in values.keys { values[key]?.value.withUnsafeMutableBytes { Secret.zero($0) } }
     }
 
     mutating func warning(_ key: String, _ message: String) {

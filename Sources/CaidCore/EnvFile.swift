@@ -76,7 +76,7 @@ public enum EnvFile {
         while i < line.endIndex, isBlank(line[i]) { i += 1 }
         guard i < line.endIndex else { return .none }
         if line[i] == UInt8(ascii: "#") || line[i] == UInt8(ascii: ";") { return .none }
-        guard String(validating: line[i...], as: UTF8.self) != nil else {
+        guard isValidUTF8(line[i...]) else {
             return .error(SyntaxError(line: number, key: nil, message: "is not valid UTF-8; save the file as UTF-8"))
         }
 
@@ -103,7 +103,9 @@ public enum EnvFile {
         i += 1  // past '='
         while i < line.endIndex, isBlank(line[i]) { i += 1 }
 
+        // Sized once: a growing array would leave copies of a secret value behind in freed memory.
         var value: [UInt8] = []
+        value.reserveCapacity(line.endIndex - i)
         guard i < line.endIndex else { return .entry(Entry(key: rawKey, value: [], line: number)) }
         let quote = line[i]
         if quote == UInt8(ascii: "\"") || quote == UInt8(ascii: "'") {
@@ -160,6 +162,20 @@ public enum EnvFile {
                     + "quote the value or move the comment to its own line"))
         }
         return .entry(Entry(key: rawKey, value: value, line: number))
+    }
+
+    /// `true` when `bytes` are well-formed UTF-8, checked without making a `String` (which would copy a secret
+    /// value where it cannot be wiped).
+    static func isValidUTF8(_ bytes: ArraySlice<UInt8>) -> Bool {
+        var parser = Unicode.UTF8.ForwardParser()
+        var iterator = bytes.makeIterator()
+        while true {
+            switch parser.parseScalar(from: &iterator) {
+            case .valid: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
     }
 
     /// `true` when `key` is a valid environment variable name.

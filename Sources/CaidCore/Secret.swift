@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 
 #if canImport(Glibc)
@@ -64,4 +65,9 @@ public final class Secret: Sendable, CustomStringConvertible, CustomDebugStringC
 /// Overwrites an array of bytes with zeros, for buffers that briefly held secret material.
 public func wipeBytes(_ bytes: inout [UInt8]) {
     bytes.withUnsafeMutableBytes { Secret.zero($0) }
+}
+
+/// Overwrites a `Data` with zeros, for the plaintexts that swift-crypto returns as `Data`.
+public func wipeBytes(_ data: inout Data) {
+    data.withUnsafeMutableBytes { Secret.zero($0) }
 }

@@ -26,7 +26,11 @@ public final class ModelHost: Sendable {
     ///     then run there too); the inference stand-in is then on port 8080 and started by ``startService()``.
     ///   - gateway: `CAID_GATEWAY_MODE`.
     ///   - serverAddress: where caid reaches the servers (their namespace's address when caid runs elsewhere).
-    public init(extraSettings: String = "", namespace: String? = nil, serverAddress: String = "127.0.0.1", gateway: String = "mapping") async throws {
+    ///   - sessionToken: an STS token the OSS server requires and cai.env carries (none by default).
+    public init(
+        extraSettings: String = "", namespace: String? = nil, serverAddress: String = "127.0.0.1", gateway: String = "mapping",
+        sessionToken: String = ""
+    ) async throws {
         self.namespace = namespace
         self.serverAddress = serverAddress
         dir = try TemporaryDirectory("caid-host")
@@ -43,7 +47,7 @@ public final class ModelHost: Sendable {
         oss = try await PeerProcess("oss_server.py", [
             "--root", dir.path + "/bucket", "--bucket", "models", "--ak", "LTAItest", "--sk", "oss-secret-value",
             "--faults", dir.path + "/oss-faults.json", "--host", host,
-        ], directory: dir.path, namespace: namespace)
+        ] + (sessionToken.isEmpty ? [] : ["--token", sessionToken]), directory: dir.path, namespace: namespace)
         trustee = try await TrusteePeer(
             dialect: "current", resources: ["default/aliyun/model-decryption-key": passfile], directory: dir.path,
             options: ["--host", host], namespace: namespace)
@@ -66,7 +70,7 @@ public final class ModelHost: Sendable {
             MODEL_OSS_ENDPOINT="http://\(serverAddress):\(oss.port)"
             MODEL_OSS_ACCESS_KEY_ID="LTAItest"
             MODEL_OSS_SECRET_ACCESS_KEY="oss-secret-value"
-            MODEL_OSS_SESSION_TOKEN=
+            MODEL_OSS_SESSION_TOKEN=\(sessionToken)
             MODEL_SERVICE_PORT=\(servicePort)
             MODEL_MOUNT_POINT=\(mountpoint)
             CAID_HEALTH_SOCKET=\(socket)

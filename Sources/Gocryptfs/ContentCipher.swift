@@ -133,7 +133,10 @@ public struct ContentCipher: Sendable {
         nonce: some DataProtocol, ciphertext: some DataProtocol, tag: some DataProtocol, blockNumber: UInt64, fileID: [UInt8]?
     ) throws -> [UInt8] {
         let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: ciphertext, tag: tag)
-        return Array(try AES.GCM.open(box, using: key, authenticating: Self.aad(blockNumber, fileID)))
+        // This opens the wrapped master key: the `Data` swift-crypto returns is wiped once copied.
+        var plain = try AES.GCM.open(box, using: key, authenticating: Self.aad(blockNumber, fileID))
+        defer { plain.withUnsafeMutableBytes { if let base = $0.baseAddress { explicit_bzero(base, $0.count) } } }
+        return Array(plain)
     }
 
     /// Big-endian block number, then the file ID (nothing for the master key and symlink targets).

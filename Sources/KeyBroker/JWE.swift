@@ -96,7 +96,7 @@ public struct JWE: Sendable {
         let aad: [UInt8] = layout == .legacy ? [] : Array(protectedText.utf8)
         do {
             let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: iv), ciphertext: ciphertext, tag: tag)
-            var plain = Array(try AES.GCM.open(box, using: cek, authenticating: aad))
+            var plain = try AES.GCM.open(box, using: cek, authenticating: aad)
             defer { wipeBytes(&plain) }
             return Secret(plain)
         } catch {

@@ -65,7 +65,7 @@ public struct TEEKey: Sendable {
         switch key {
         case .rsa(let rsa):
             let padding: _RSA.Encryption.Padding = algorithm == .rsa1_5 ? ._WEAK_AND_INSECURE_PKCS_V1_5 : .PKCS1_OAEP_SHA256
-            guard var cek = try? Array(rsa.decrypt(encryptedKey, padding: padding)) else {
+            guard var cek = try? rsa.decrypt(encryptedKey, padding: padding) else {
                 throw JWEError("the encrypted key does not decrypt with caid's TEE key (\(alg))")
             }
             defer { wipeBytes(&cek) }
@@ -93,6 +93,7 @@ public struct TEEKey: Sendable {
 enum ConcatKDF {
     static func derive(sharedSecret: UnsafeRawBufferPointer, algorithm: String, keyBits: UInt32) -> SymmetricKey {
         var output: [UInt8] = []
+        output.reserveCapacity(Int(keyBits / 8) + SHA256.byteCount)  // no regrowth leaving key bytes behind
         var counter: UInt32 = 1
         while output.count * 8 < keyBits {
             var hash = SHA256()

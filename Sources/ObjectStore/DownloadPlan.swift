@@ -50,6 +50,9 @@ public struct Manifest: Sendable, Equatable, Codable {
         public var size: UInt64
         public var etag: String
         public var crc64: UInt64
+        /// The cached file as it was when verified; nil in manifests from before caid recorded it (such a file is
+        /// read again once to check its CRC-64).
+        public var file: FileStamp?
 
         public init(size: UInt64, etag: String, crc64: UInt64) {
             self.size = size

@@ -10,10 +10,14 @@ import Synchronization
 public struct FetchService: Service {
     private let fetcher: Fetcher
     private let handle: ServiceHandle
+    private let repairs: CacheRepairs?
 
-    public init(fetcher: Fetcher, handle: ServiceHandle) {
+    /// - Parameter repairs: where the mount asks for the cache to be repaired; the service then fails, and the
+    ///   supervisor's restart fetches again what was removed.
+    public init(fetcher: Fetcher, handle: ServiceHandle, repairs: CacheRepairs? = nil) {
         self.fetcher = fetcher
         self.handle = handle
+        self.repairs = repairs
     }
 
     public func run() async throws {
@@ -23,7 +27,11 @@ public struct FetchService: Service {
         }
         await handle.running("\(summary.objects) objects verified (\(summary.downloaded) fetched, \(summary.skipped) already cached)")
         handle.logger.notice("model ciphertext verified: \(summary.objects) objects, \(summary.bytes) bytes fetched")
-        // The cache is ready; nothing more to do until caid stops.
+        // The cache is ready; nothing more to do until caid stops or the mount finds it damaged.
+        if let repairs {
+            await repairs.wait()
+            if !Task.isCancelled { throw ServiceFailure("the mount found the cache changed after it was verified; fetching again") }
+        }
         while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
     }
 }

@@ -41,7 +41,7 @@ public struct Fetcher: Sendable {
     private let prefix: String
     private let cache: String
     private let options: Options
-    private let logger: Logger
+    let logger: Logger
 
     public init(client: OSSClient, prefix: String, cacheDirectory: String, options: Options = Options(), logger: Logger) {
         self.client = client
@@ -69,7 +69,8 @@ public struct Fetcher: Sendable {
         for object in listing {
             let path = try localPath(object.key)
             var info = stat()
-            if manifest.isComplete(object), stat(path, &info) == 0, UInt64(info.st_size) == object.size {
+            if manifest.isComplete(object), stat(path, &info) == 0, UInt64(info.st_size) == object.size,
+                let entry = manifest.entries[object.key], stillVerified(object.key, path: path, entry: entry, in: &manifest) {
                 summary.skipped += 1
             } else {
                 manifest.entries[object.key] = nil
@@ -112,8 +113,22 @@ public struct Fetcher: Sendable {
         }
         summary.downloaded = pending.count
         summary.bytes = total
-        summary.removed += reconcile(listing)
+        summary.removed += reconcile(keys: listing.map(\.key))
         return summary
+    }
+
+    /// Whether a cached file is still the one verified: its stamp is unchanged, or its bytes on disk still have the
+    /// recorded CRC-64 (then the new stamp is recorded). A file changed since (rewritten, or swapped with another by
+    /// a rename) is fetched again.
+    private func stillVerified(_ key: String, path: String, entry: Manifest.Entry, in manifest: inout Manifest) -> Bool {
+        let stamp = FileStamp.of(path)
+        if let stamp, stamp == entry.file { return true }
+        guard (try? Self.crc64(ofFileAt: path)) == entry.crc64 else {
+            logger.warning("\(key): the cached file changed after it was verified; fetching it again")
+            return false
+        }
+        manifest.entries[key]?.file = stamp
+        return true
     }
 
     /// Makes the cache hold exactly the listed objects, each verified: a file renamed into place before a crash
@@ -121,11 +136,11 @@ public struct Fetcher: Sendable {
     /// and staging files of objects no longer listed are all removed (and logged), so the mount serves nothing else.
     /// Runs after every object verified, so every listed object is in the manifest by then.
     /// - Returns: how many entries were removed.
-    func reconcile(_ listing: [ObjectSummary]) -> Int {
+    func reconcile(keys: [String]) -> Int {
         var expected: Set<String> = []
         var directories: Set<String> = [cache]
-        for object in listing {
-            guard let path = try? localPath(object.key) else { continue }
+        for key in keys {
+            guard let path = try? localPath(key) else { continue }
             expected.insert(path)
             var parent = (path as NSString).deletingLastPathComponent
             while parent.count > cache.count, directories.insert(parent).inserted {
@@ -349,7 +364,9 @@ public struct Fetcher: Sendable {
             throw FetchError.cache("cannot move \(object.key) into \(finalPath): \(String(cString: strerror(errno)))")
         }
         logger.info("verified \(object.key)", metadata: ["size": "\(object.size)", "crc64": "\(combined)"])
-        return Manifest.Entry(size: object.size, etag: object.etag, crc64: combined)
+        var entry = Manifest.Entry(size: object.size, etag: object.etag, crc64: combined)
+        entry.file = FileStamp.of(finalPath)
+        return entry
     }
 
     /// Tries the alternate source (a sharing peer) for one range; returns its CRC-64 and who gave it, or nil when

@@ -61,7 +61,16 @@ public struct SignerV4: Sendable {
 
     /// HMAC chain: "aliyun_v4" + secret → day → region → product → "aliyun_v4_request".
     private func signingKey(_ secret: Secret, day: String) -> SymmetricKey {
-        var key = secret.withBytes { SymmetricKey(data: Array("aliyun_v4".utf8) + Array($0)) }
+        // "aliyun_v4" + secret, built in one buffer that is wiped (SymmetricKey keeps its own, wiped, copy).
+        var key = secret.withBytes { secret in
+            var material = [UInt8](repeating: 0, count: 9 + secret.count)
+            defer { wipeBytes(&material) }
+            material.withUnsafeMutableBytes { out in
+                out.copyBytes(from: "aliyun_v4".utf8)
+                UnsafeMutableRawBufferPointer(rebasing: out[9...]).copyMemory(from: secret)
+            }
+            return SymmetricKey(data: material)
+        }
         for part in [day, region, product, "aliyun_v4_request"] {
             key = SymmetricKey(data: HMAC<SHA256>.authenticationCode(for: Data(part.utf8), using: key))
         }

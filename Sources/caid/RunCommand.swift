@@ -27,9 +27,12 @@ struct RunCommand: AsyncParsableCommand {
     @OptionGroup var env: EnvOption
 
     func run() async throws {
+        // First, before any secret is read: on success this does not return but starts caid again.
+        let wipingFailure = FreedMemoryWiping.ensure()
         let config = try env.load()
         LogDestination.bootstrap(level: config.logLevel)
         let logger = Logger(label: "caid")
+        if let wipingFailure { logger.warning("\(wipingFailure)") }
         let registry = HealthRegistry()
         let metrics = HealthMetrics()
         metrics.bootstrap()
@@ -116,16 +119,28 @@ struct ServiceCatalog {
         let cache = config.modelCacheDirectory
         let mountpoint = config.modelMountPoint
         let ownership = CacheFileSystem.Ownership(uid: config.mount.uid, gid: config.mount.gid, fileMode: mode_t(config.mount.mode))
+        let repairs = CacheRepairs()
         var specs = [
             ServiceSpec(name: "attestation") { AttestationService(client: kbs, handle: $0) },
             ServiceSpec(name: "key", dependencies: ["attestation"]) { KeyService(client: kbs, resource: resource, handoff: handoff, handle: $0) },
-            ServiceSpec(name: "fetch") { FetchService(fetcher: fetcher, handle: $0) },
+            ServiceSpec(name: "fetch") { FetchService(fetcher: fetcher, handle: $0, repairs: repairs) },
             ServiceSpec(name: "cachefs", dependencies: ["key", "fetch"]) { handle in
                 // vLLM usually runs in a container as another user: the mount shows CAID_MOUNT_OWNER/MODE, which the
                 // kernel enforces for everyone.
                 MountService(
                     cipherDirectory: cache, mountpoint: mountpoint, ownership: ownership,
-                    password: { try await handoff.take() }, handle: handle)
+                    password: { try await handoff.take() },
+                    verify: {
+                        // The manifest is the defence gocryptfs lacks against whole files swapped or renamed.
+                        do {
+                            let reread = try fetcher.verifyCache()
+                            if reread > 0 { handle.logger.warning("\(reread) cached files changed on disk since the fetch; their CRC-64 still matches") }
+                        } catch {
+                            repairs.request()
+                            throw ServiceFailure("\(error)")
+                        }
+                    },
+                    handle: handle)
             },
         ]
         if let gateway = GatewayConfiguration(config) {

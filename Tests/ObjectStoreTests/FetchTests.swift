@@ -340,6 +340,40 @@ import Testing
         #expect(second.stderr.contains("removed passwd from the cache"))
     }
 
+    /// gocryptfs cannot see a whole ciphertext file swapped with another: the manifest can, on the next fetch and
+    /// before every mount, by each file's stamp and, where that changed, its CRC-64 read again from disk.
+    @Test func filesSwappedAfterVerificationAreCaughtByTheNextFetchAndBeforeTheMount() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        #expect(try setup.fetch().status == 0)
+        let model = setup.cache + "/model/shards/"
+        func swap(_ a: String, _ b: String) {
+            #expect(rename(model + a, model + "swap") == 0 && rename(model + b, model + a) == 0 && rename(model + "swap", model + b) == 0)
+        }
+        let fetcher = try fetcher(setup)
+        #expect(try fetcher.verifyCache() == 0)
+
+        // Same sizes, different contents: only the manifest's CRC-64 tells them apart.
+        swap("s10", "s11")
+        let second = try setup.fetch()
+        #expect(second.status == 0, "\(second.stderr.suffix(1000))")
+        #expect(second.stderr.contains("qwen/shards/s10: the cached file changed after it was verified"))
+        #expect(second.stdout.contains("154 already verified"), "\(second.stdout)")
+        try setup.expectIdentical()
+        // A touched file whose bytes are unchanged is read again once, not downloaded.
+        #expect(utimes(model + "s12", nil) == 0)
+        #expect(try fetcher.verifyCache() == 1)
+
+        // Before the mount: a swap is refused by name and the files are removed for the fetch to bring back.
+        swap("s20", "s21")
+        let refusal = #expect(throws: FetchError.self) { try fetcher.verifyCache() }
+        #expect(refusal.map { "\($0)" }?.contains("qwen/shards/s20 (its bytes changed after they were verified)") == true, "\(String(describing: refusal))")
+        #expect(!FileManager.default.fileExists(atPath: model + "s20") && !FileManager.default.fileExists(atPath: model + "s21"))
+        #expect(try setup.fetch().status == 0)
+        try setup.expectIdentical()
+        #expect(try fetcher.verifyCache() == 0)
+    }
+
     @Test func goesThroughTheConfiguredProxy() async throws {
         let setup = try await Setup()
         defer { setup.dir.remove() }
