@@ -138,6 +138,9 @@ public struct CaidConfig: Sendable {
     public var ossSignature: String
     /// An HTTP proxy for OSS that wins over HTTPS_PROXY/HTTP_PROXY (`CAID_OSS_PROXY`), such as a Dragonfly dfdaemon.
     public var ossProxy: String?
+    /// How long a connection to OSS, Trustee or an Attestation Service may stay silent in the middle of an answer
+    /// before it is dropped and the request retried (`CAID_READ_TIMEOUT`).
+    public var readTimeout: Duration = .seconds(30)
 
     /// Where the verified ciphertext is kept: `CAID_CACHE_DIR/model`.
     public var modelCacheDirectory: String { cacheDirectory + "/model" }
@@ -165,6 +168,7 @@ public struct CaidConfig: Sendable {
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
+        "CAID_READ_TIMEOUT",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -310,6 +314,7 @@ extension CaidConfig {
             ("CAID_OSS_REGION", ossRegion ?? "(from the endpoint)"),
             ("CAID_OSS_SIGNATURE", ossSignature),
             ("CAID_OSS_PROXY", ossProxy ?? "(HTTPS_PROXY/HTTP_PROXY/NO_PROXY, or none)"),
+            ("CAID_READ_TIMEOUT", String(readTimeout.components.seconds)),
         ]
     }
 }
@@ -611,14 +616,18 @@ private struct Decoder {
             }
         }
 
+        let readTimeout = Duration.seconds(count("CAID_READ_TIMEOUT", default: 30))
+
         guard let trustee, let keyID, let bucket, let endpoint, let accessKeyID, let secretKey else { return nil }
-        return CaidConfig(
+        var config = CaidConfig(
             file: file, trusteeURL: trustee, trusteePolicy: policy, modelKeyID: keyID, encryptionMethod: method,
             objectStorage: .init(
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, sharingPort: sharingPort, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
             cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, mount: mount, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
+        config.readTimeout = readTimeout
+        return config
     }
 
     /// A positive whole number setting (a limit, or seconds).

@@ -14,11 +14,13 @@ public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFail
     case cache(String)
     /// The cache's filesystem has no room for what is left to download: a wait, not a failure.
     case diskFull(needed: UInt64, path: String)
+    /// The bucket's listing is beyond what caid accepts (endless, looping, or adding up past 2^64 bytes).
+    case listing(String)
 
     public var isPermanent: Bool {
         switch self {
         case .oss(let error, _): error.isPermanent
-        case .cache: true
+        case .cache, .listing: true
         case .verification, .changed, .transport, .diskFull: false
         }
     }
@@ -27,6 +29,7 @@ public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFail
         switch self {
         case .oss(let error, _): "\(error)"
         case .verification(let message), .changed(let message), .transport(let message), .cache(let message): message
+        case .listing(let message): message + "; restart caid once the bucket is fixed"
         case .diskFull(let needed, let path):
             "disk full: \(needed) more bytes needed at \(path); the download waits and resumes when there is space (free some, or give CAID_CACHE_DIR a larger filesystem)"
         }

@@ -25,7 +25,8 @@ public struct FetchService: Service {
         let summary = try await fetcher.run { done, total in
             if let line = meter.line(done: done, total: total) { await handle.progress(line) }
         }
-        await handle.running("\(summary.objects) objects verified (\(summary.downloaded) fetched, \(summary.skipped) already cached)")
+        let refused = summary.refused.isEmpty ? "" : "; \(summary.refused.count) listed objects refused, not in the mount: " + summary.refused.prefix(3).joined(separator: "; ")
+        await handle.running("\(summary.objects) objects verified (\(summary.downloaded) fetched, \(summary.skipped) already cached)" + refused)
         handle.logger.notice("model ciphertext verified: \(summary.objects) objects, \(summary.bytes) bytes fetched")
         // The cache is ready; nothing more to do until caid stops or the mount finds it damaged.
         if let repairs {

@@ -31,6 +31,41 @@ public struct Fetcher: Sendable {
         public var skipped = 0
         public var removed = 0
         public var bytes: UInt64 = 0
+        /// Listed objects caid will not store, each with why: they are left out of the cache and the mount.
+        public var refused: [String] = []
+    }
+
+    /// The largest object caid stores: far beyond any model file, and small enough that offsets and sums of many
+    /// such objects stay within `off_t` and `UInt64`.
+    public static let maximumObjectSize: UInt64 = 1 << 48
+
+    /// The objects' sizes added up, checked: each is at most 2^48, but a million of them need not fit.
+    static func totalSize(of objects: [ObjectSummary], prefix: String) throws(FetchError) -> UInt64 {
+        var total: UInt64 = 0
+        for object in objects {
+            let (sum, overflow) = total.addingReportingOverflow(object.size)
+            guard !overflow else { throw FetchError.listing("the objects under \(prefix) add up to more than 2^64 bytes") }
+            total = sum
+        }
+        return total
+    }
+
+    /// Splits a listing into the objects caid stores and those it refuses (a key that does not map to a safe
+    /// path in the cache, an absurd size), so that one bad key is reported and skipped rather than failing every
+    /// fetch. Pure.
+    static func admissible(_ listing: [ObjectSummary], prefix: String, cache: String) -> (objects: [ObjectSummary], refused: [String]) {
+        var objects: [ObjectSummary] = []
+        var refused: [String] = []
+        for object in listing {
+            if cachePath(of: object.key, prefix: prefix, cacheDirectory: cache) == nil {
+                refused.append("'\(object.key)': the key does not map to a safe path under the cache (empty, '.' or '..' segments, or outside the prefix)")
+            } else if object.size > maximumObjectSize {
+                refused.append("'\(object.key)': its listed size \(object.size) is beyond the \(maximumObjectSize) bytes caid stores")
+            } else {
+                objects.append(object)
+            }
+        }
+        return (objects, refused)
     }
 
     /// Beside the cache directory, not in it, so the mount never sees them.
@@ -55,10 +90,13 @@ public struct Fetcher: Sendable {
     /// - Parameter progress: bytes verified so far and the total to fetch.
     public func run(progress: @escaping @Sendable (UInt64, UInt64) async -> Void = { _, _ in }) async throws -> Summary {
         try makeDirectory(cache)
-        let listing = try await client.list(prefix: prefix).filter { !$0.key.hasSuffix("/") }
+        let (listing, refused) = Self.admissible(try await client.list(prefix: prefix).filter { !$0.key.hasSuffix("/") }, prefix: prefix, cache: cache)
         var manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: manifestPath))) ?? Data())
         var summary = Summary()
         summary.objects = listing.count
+        summary.refused = refused
+        for line in refused.prefix(20) { logger.error("not fetching \(line)") }
+        if refused.count > 20 { logger.error("not fetching \(refused.count - 20) more objects the bucket lists") }
 
         for key in manifest.stale(comparedWith: listing) {
             if let path = try? localPath(key) { unlink(path) }
@@ -78,7 +116,7 @@ public struct Fetcher: Sendable {
             }
         }
         try saveManifest(manifest)
-        let total = pending.reduce(0) { $0 + $1.size }
+        let total = try Self.totalSize(of: pending, prefix: prefix)
         let done = ByteCounter()
         await progress(0, total)
         let report: @Sendable (UInt64) async -> Void = { bytes in await progress(done.add(bytes), total) }

@@ -20,8 +20,13 @@ public final class OSSClient: Sendable {
     private let signature: Signature
     private let http: HTTPClient
     private let clockOffset = ClockOffset()
+    private let limits: ListingLimits
 
-    public init(endpoint: Endpoint, bucket: String, credentials: OSSCredentials, signature: Signature = .v4, http: HTTPClient) {
+    public init(
+        endpoint: Endpoint, bucket: String, credentials: OSSCredentials, signature: Signature = .v4, http: HTTPClient,
+        limits: ListingLimits = ListingLimits()
+    ) {
+        self.limits = limits
         self.endpoint = endpoint
         self.bucket = bucket
         self.credentials = credentials
@@ -29,11 +34,29 @@ public final class OSSClient: Sendable {
         self.http = http
     }
 
+    /// How far a listing may go: a model is a few hundred files, and a bucket answering without end must not keep
+    /// caid listing (and growing) forever.
+    public struct ListingLimits: Sendable {
+        public var objects = 1_000_000
+        /// OSS pages hold up to 1000 keys, but may hold fewer.
+        public var pages = 10_000
+        public init() {}
+    }
+    /// The longest wait OSS's `x-oss-qos-delay-time` may ask for before a retry.
+    public static let maximumQoSDelay = Duration.seconds(10)
+
     /// Every object under `prefix`, all pages.
+    /// - Throws: ``FetchError/listing(_:)`` when the listing goes on past the bounds above or repeats itself.
     public func list(prefix: String) async throws -> [ObjectSummary] {
         var objects: [ObjectSummary] = []
         var token: String?
+        var seenTokens: Set<String> = []
+        var pages = 0
         repeat {
+            pages += 1
+            guard pages <= limits.pages, objects.count <= limits.objects else {
+                throw FetchError.listing("the listing of \(prefix) goes on past \(objects.count) objects in \(pages - 1) pages; caid lists at most \(limits.objects) objects in \(limits.pages) pages: point MODEL_OSS_BUCKET_PATH at the model's own folder")
+            }
             var query = [("list-type", "2"), ("encoding-type", "url"), ("max-keys", "1000"), ("prefix", prefix)]
             if let token { query.append(("continuation-token", token)) }
             let request = OSSRequest(method: "GET", bucket: bucket, key: nil, query: query)
@@ -48,6 +71,9 @@ public final class OSSClient: Sendable {
             }
             objects += page.objects
             token = page.nextContinuationToken
+            if let token, !seenTokens.insert(token).inserted {
+                throw FetchError.listing("the listing of \(prefix) returned the continuation token '\(token.prefix(64))' a second time: the server is looping")
+            }
         } while token != nil
         return objects
     }
@@ -119,7 +145,7 @@ public final class OSSClient: Sendable {
                 let failure = error as? FetchError ?? .transport("\(what): \(error)")
                 if failure.isPermanent || attempt >= attempts { throw failure }
                 var delay = Duration.milliseconds(Int.random(in: 0...min(10_000, 200 << min(attempt, 10))))
-                if case .oss(_, let qos?) = failure { delay = .milliseconds(qos) }
+                if case .oss(_, let qos?) = failure { delay = min(.milliseconds(max(qos, 0)), maximumQoSDelay) }
                 logger?.warning("retrying \(what) in \(delay.formatted) after: \(failure)")
                 try await Task.sleep(for: delay)
             }

@@ -41,21 +41,22 @@ struct FetchCommand: AsyncParsableCommand {
             throw ExitCode(ConfigError.exitCode)
         }
         let meter = ProgressMeter(label: "fetching", total: 0)
+        let summary: Fetcher.Summary
         do {
-            let summary: Fetcher.Summary
-            do {
-                summary = try await fetcher.run { done, total in meter.update(done: done, total: total) }
-                try? await http.shutdown()
-            } catch {
-                try? await http.shutdown()
-                throw error
-            }
-            meter.finish()
-            printOut("fetched \(summary.downloaded) objects (\(ByteCount(summary.bytes))), \(summary.skipped) already verified, "
-                + "\(summary.removed) stale removed; all \(summary.objects) verified in \(config.modelCacheDirectory)")
+            summary = try await fetcher.run { done, total in meter.update(done: done, total: total) }
         } catch {
+            try? await http.shutdown()
             meter.finish()
             printError("caid fetch: \(error)")
+            throw ExitCode.failure
+        }
+        try? await http.shutdown()
+        meter.finish()
+        printOut("fetched \(summary.downloaded) objects (\(ByteCount(summary.bytes))), \(summary.skipped) already verified, "
+            + "\(summary.removed) stale removed; all \(summary.objects) verified in \(config.modelCacheDirectory)")
+        if !summary.refused.isEmpty {
+            for line in summary.refused { printError("caid fetch: not fetched: \(line)") }
+            printError("caid fetch: \(summary.refused.count) listed objects were not fetched; fix or remove them in the bucket")
             throw ExitCode.failure
         }
     }

@@ -41,7 +41,7 @@ struct GatewayCommand: AsyncParsableCommand {
         let registry = HealthRegistry()
         let handle = ServiceHandle(name: "gateway", registry: registry, logger: logger)
         // Only the passport model talks to the Attestation Service.
-        let http = gateway.attestationModel == .passport ? HTTPClient(eventLoopGroupProvider: .singleton) : nil
+        let http = gateway.attestationModel == .passport ? HTTPTimeouts.client(read: config.readTimeout) : nil
         let passport = http.map { AttestationServiceClient.trustee(config, http: $0) }
         let service = GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, attestationService: passport, handle: handle)
         let group = ServiceGroup(configuration: .init(

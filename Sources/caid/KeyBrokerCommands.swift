@@ -21,7 +21,7 @@ enum KeyBrokerSetup {
 
     /// The HTTP client for Trustee (KBS and AS): the system's CA certificates, or only those of `CAID_TRUSTEE_CA`.
     static func httpClient(for config: CaidConfig) throws(ConfigError) -> HTTPClient {
-        guard let ca = config.attestation.trusteeCA else { return HTTPClient(eventLoopGroupProvider: .singleton) }
+        guard let ca = config.attestation.trusteeCA else { return HTTPTimeouts.client(read: config.readTimeout) }
         let roots: [NIOSSLCertificate]
         do {
             roots = try NIOSSLCertificate.fromPEMFile(ca)
@@ -35,7 +35,7 @@ enum KeyBrokerSetup {
         }
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(roots)
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(tlsConfiguration: tls))
+        return HTTPTimeouts.client(read: config.readTimeout, tls: tls)
     }
 
     /// The trusted certificates for Attestation Service tokens (`CAID_TOKEN_CERTS`), nil when none are set.

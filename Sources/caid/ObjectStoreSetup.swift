@@ -20,6 +20,7 @@ enum ObjectStoreSetup {
         case .failure(let error): throw Invalid(description: "\(config.file): MODEL_OSS_ENDPOINT: \(error)")
         }
         var httpConfiguration = HTTPClient.Configuration()
+        httpConfiguration.timeout = HTTPTimeouts.configuration(read: config.readTimeout)
         if let proxy = ProxySettings.resolve(for: endpoint.bucketURL, override: config.ossProxy, environment: ProcessInfo.processInfo.environment) {
             httpConfiguration.proxy = .server(host: proxy.host, port: proxy.port)
             logger.info("fetching through the proxy \(proxy.host):\(proxy.port)")

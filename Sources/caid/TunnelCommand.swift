@@ -59,7 +59,7 @@ struct TunnelCommand: AsyncParsableCommand {
         }
         LogDestination.bootstrap(level: logLevel)
         let logger = Logger(label: "caid.tunnel")
-        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        let http = HTTPTimeouts.client()
         let trust: TokenTrust?
         do {
             trust = tokenCertificates.isEmpty ? nil : try TokenTrust(pemFiles: tokenCertificates)

@@ -91,8 +91,8 @@ import Testing
                 """)
         }
 
-        func fetch(_ extra: [String] = []) throws -> Programs.Result {
-            try Programs.run(Programs.caid, ["fetch", "--env", env, "--part-size", "1"] + extra)
+        func fetch(_ extra: [String] = [], environment: [String: String] = [:]) throws -> Programs.Result {
+            try Programs.run(Programs.caid, ["fetch", "--env", env, "--part-size", "1"] + extra, environment: Programs.environment(environment))
         }
 
         /// Path → SHA-256 of every file below `root`, hidden bookkeeping files left out.
@@ -173,11 +173,12 @@ import Testing
     }
 
     /// The fetcher in-process, as the fetch service of `caid run` uses it.
-    func fetcher(_ setup: Setup) throws -> Fetcher {
+    func fetcher(_ setup: Setup, limits: OSSClient.ListingLimits = .init()) throws -> Fetcher {
         let endpoint = try Endpoint.resolve(endpoint: URL(string: "http://127.0.0.1:\(setup.server.port)")!, bucket: "models", region: "cn-test").get()
         let client = OSSClient(
             endpoint: endpoint, bucket: "models",
-            credentials: OSSCredentials(accessKeyID: "LTAItest", secret: Secret(Array(setup.secret.utf8))), http: HTTPClient.shared)
+            credentials: OSSCredentials(accessKeyID: "LTAItest", secret: Secret(Array(setup.secret.utf8))), http: HTTPClient.shared,
+            limits: limits)
         return Fetcher(client: client, prefix: "qwen", cacheDirectory: setup.cache + "/model", logger: quietLogger)
     }
 
@@ -372,6 +373,51 @@ import Testing
         #expect(try setup.fetch().status == 0)
         try setup.expectIdentical()
         #expect(try fetcher.verifyCache() == 0)
+    }
+
+    /// A body that stops halfway with the connection left open (a NAT drop: no FIN, no RST) is cut by the read
+    /// timeout, and the part is fetched again.
+    @Test func aBodyThatStallsMidPartIsRetriedAndTheFetchCompletes() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        try setup.server.setFaults(#"{"stall": 2, "stall_seconds": 60}"#)
+        let started = ContinuousClock.now
+        let result = try setup.fetch(environment: ["CAID_READ_TIMEOUT": "2"])
+        #expect(result.status == 0, "\(result.stderr.suffix(1500))")
+        #expect(ContinuousClock.now - started < .seconds(45))
+        try setup.expectIdentical()
+    }
+
+    /// A listed size near 2^63 (which would trap in `off_t`) and a key that cannot be stored are named and left out;
+    /// the rest of the model is fetched, and nothing crashes.
+    @Test func anAbsurdSizeIsRefusedByNameAndTheRestIsFetched() async throws {
+        let setup = try await Setup()
+        defer { setup.dir.remove() }
+        try setup.server.setFaults(#"{"absurd_size": {"qwen/shards/s3": 9223372036854775000, "qwen/shards/s4": 18446744073709551615}}"#)
+        let result = try setup.fetch()
+        #expect(result.status == 1, "\(result.stderr.suffix(1500))")
+        #expect(result.stderr.contains("not fetched: 'qwen/shards/s3': its listed size 9223372036854775000 is beyond"), "\(result.stderr.suffix(1500))")
+        #expect(result.stderr.contains("'qwen/shards/s4'"))
+        #expect(result.stderr.contains("2 listed objects were not fetched"))
+        #expect(result.stdout.contains("all 154 verified"), "\(result.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: setup.cache + "/model/shards/s3"))
+        #expect(FileManager.default.fileExists(atPath: setup.cache + "/model/shards/s5"))
+    }
+
+    @Test func anEndlessOrLoopingListingEndsWithAClearError() async throws {
+        let setup = try await Setup(pageSize: 20)
+        defer { setup.dir.remove() }
+        try setup.server.setFaults(#"{"endless_listing": "same"}"#)
+        let looping = try setup.fetch()
+        #expect(looping.status == 1)
+        #expect(looping.stderr.contains("a second time: the server is looping"), "\(looping.stderr.suffix(1000))")
+
+        try setup.server.setFaults(#"{"endless_listing": true}"#)
+        var limits = OSSClient.ListingLimits()
+        limits.pages = 40
+        let endless = await #expect(throws: FetchError.self) { _ = try await self.fetcher(setup, limits: limits).run() }
+        #expect(endless.map { "\($0)" }?.contains("goes on past 156 objects in 40 pages") == true, "\(String(describing: endless))")
+        #expect(endless?.isPermanent == true)
     }
 
     @Test func goesThroughTheConfiguredProxy() async throws {

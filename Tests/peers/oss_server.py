@@ -142,6 +142,10 @@ class Handler(BaseHTTPRequestHandler):
         start = int(q.get("continuation-token") or 0)
         page = keys[start:start + args.page_size]
         truncated = start + args.page_size < len(keys)
+        # A listing that never ends: every page says there is another, with a fresh token.
+        endless = faults().get("endless_listing", False)
+        if endless:
+            truncated = True
         enc = (lambda s: quote(s, safe="")) if q.get("encoding-type") == "url" else (lambda s: s)
         xml = ['<?xml version="1.0" encoding="UTF-8"?>', "<ListBucketResult>", "<Name>%s</Name>" % args.bucket,
                "<Prefix>%s</Prefix>" % enc(prefix)]
@@ -149,9 +153,13 @@ class Handler(BaseHTTPRequestHandler):
             xml.append("<EncodingType>url</EncodingType>")
         xml.append("<IsTruncated>%s</IsTruncated>" % ("true" if truncated else "false"))
         if truncated:
-            xml.append("<NextContinuationToken>%d</NextContinuationToken>" % (start + args.page_size))
+            # "same": a server that loops, answering every page with the token it was asked for.
+            token = start if endless == "same" else start + args.page_size
+            xml.append("<NextContinuationToken>%d</NextContinuationToken>" % token)
+        absurd = faults().get("absurd_size", {})
         for k in page:
             size, _, etag = object_info(os.path.join(args.root, k))
+            size = absurd.get(k, size)
             xml.append("<Contents><Key>%s</Key><ETag>%s</ETag><Size>%d</Size></Contents>" % (enc(k), etag, size))
         xml.append("</ListBucketResult>")
         body = "\n".join(xml).encode()
@@ -190,6 +198,13 @@ class Handler(BaseHTTPRequestHandler):
         with open(path, "rb") as f:
             f.seek(start)
             data = f.read(length)
+        if length > 1 and take_fault("stall"):
+            # Half the body, then silence with the connection open (a NAT drop: no FIN, no RST).
+            self.wfile.write(data[: length // 2])
+            self.wfile.flush()
+            time.sleep(faults().get("stall_seconds", 30))
+            self.close_connection = True
+            return
         if length > 1 and take_fault("truncate"):
             self.wfile.write(data[: length // 2])
             self.wfile.flush()
