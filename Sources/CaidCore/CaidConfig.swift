@@ -96,6 +96,9 @@ public struct CaidConfig: Sendable {
         public var maxResets = 2_000
         public var idleTimeout: Duration = .seconds(600)
         public var certificateRefresh: Duration = .seconds(600)
+        /// Whether caid closes `MODEL_SERVICE_PORT` to the network with filter rules of its own (`CAID_SERVICE_GUARD`),
+        /// from start to a clean stop, whatever the gateway is doing.
+        public var serviceGuard = true
     }
 
     /// Where the model ciphertext lives in OSS and how to reach it.
@@ -165,6 +168,7 @@ public struct CaidConfig: Sendable {
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
+        "CAID_SERVICE_GUARD",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -277,6 +281,7 @@ extension CaidConfig {
             ("CAID_GATEWAY_HANDSHAKE_TIMEOUT", String(gateway.handshakeTimeout.components.seconds)),
             ("CAID_GATEWAY_IDLE_TIMEOUT", String(gateway.idleTimeout.components.seconds)),
             ("CAID_GATEWAY_CERT_REFRESH", String(gateway.certificateRefresh.components.seconds)),
+            ("CAID_SERVICE_GUARD", gateway.serviceGuard ? "on" : "off"),
             ("CAID_LOG_LEVEL", logLevel.rawValue),
             ("CAID_OSS_REGION", ossRegion ?? "(from the endpoint)"),
             ("CAID_OSS_SIGNATURE", ossSignature),
@@ -556,6 +561,13 @@ private struct Decoder {
         }
         gateway.idleTimeout = .seconds(count("CAID_GATEWAY_IDLE_TIMEOUT", default: 600))
         gateway.certificateRefresh = .seconds(count("CAID_GATEWAY_CERT_REFRESH", default: 600))
+        if let raw = text("CAID_SERVICE_GUARD") {
+            switch raw.lowercased() {
+            case "on", "true", "yes", "1": gateway.serviceGuard = true
+            case "off", "false", "no", "0": gateway.serviceGuard = false
+            default: error("CAID_SERVICE_GUARD", "'\(raw)' is not on or off")
+            }
+        }
         var level = Logger.Level.info
         if let raw = text("CAID_LOG_LEVEL") {
             if let value = Logger.Level(rawValue: raw.lowercased()) {

@@ -38,6 +38,13 @@ struct GatewayCommand: AsyncParsableCommand {
             printError("caid gateway: \(error)")
             throw ExitCode(ConfigError.exitCode)
         }
+        let serviceGuard: ServiceGuard?
+        do {
+            serviceGuard = try ServiceGuardSetup.install(for: config, logger: logger)
+        } catch {
+            printError("caid gateway: \(error)")
+            throw ExitCode.failure
+        }
         let registry = HealthRegistry()
         let handle = ServiceHandle(name: "gateway", registry: registry, logger: logger)
         // Only the passport model talks to the Attestation Service.
@@ -45,11 +52,13 @@ struct GatewayCommand: AsyncParsableCommand {
         let passport = http.map { AttestationServiceClient.trustee(config, http: $0) }
         let service = GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, attestationService: passport, handle: handle)
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)],
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)]
+                + (serviceGuard.map { [.init(service: ServiceGuardWatch(serviceGuard: $0, logger: logger))] } ?? []),
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
             try? await http?.shutdown()
+            serviceGuard?.remove()
         } catch {
             try? await http?.shutdown()
             printError("caid gateway: \(error)")

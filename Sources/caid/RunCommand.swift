@@ -41,6 +41,17 @@ struct RunCommand: AsyncParsableCommand {
             printError("caid run: \(error)")
             throw ExitCode(ConfigError.exitCode)
         }
+        // Before attestation and before any service: the inference port is closed to the network from here to a
+        // clean stop, whatever the gateway does (and after a crash, until the next caid adopts the rules).
+        let serviceGuard: ServiceGuard?
+        do {
+            serviceGuard = try ServiceGuardSetup.install(for: config, logger: logger)
+        } catch {
+            logger.critical("caid cannot start: \(error)")
+            printError("caid run: \(error)")
+            await catalog.shutdown()
+            throw ExitCode.failure
+        }
         let supervisor = Supervisor(services: catalog.specs, registry: registry, logger: logger)
         let health = HealthServer(path: config.healthSocket, registry: registry, metrics: metrics, logger: logger)
         let notifier = NotifierService(registry: registry, logger: logger)
@@ -52,7 +63,7 @@ struct RunCommand: AsyncParsableCommand {
                 .init(service: health, serviceName: "health"),
                 .init(service: supervisor, serviceName: "supervisor"),
                 .init(service: notifier, serviceName: "systemd"),
-            ],
+            ] + (serviceGuard.map { [.init(service: ServiceGuardWatch(serviceGuard: $0, logger: logger), serviceName: "guard")] } ?? []),
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(10)
@@ -61,10 +72,15 @@ struct RunCommand: AsyncParsableCommand {
             try await ServiceGroup(configuration: groupConfig).run()
         } catch {
             await catalog.shutdown()
+            // Not a clean stop: the guard stays, and the caid systemd restarts adopts it.
             logger.critical("caid cannot go on: \(error)")
             throw ExitCode.failure
         }
         await catalog.shutdown()
+        if let serviceGuard {
+            serviceGuard.remove()
+            logger.notice("guard of port \(serviceGuard.servicePort) removed (clean stop)")
+        }
         logger.info("caid stopped")
     }
 }
