@@ -110,7 +110,10 @@ struct ServiceCatalog {
                 // Peers check each other with Trustee's Attestation Service under TRUSTEE_POLICY.
                 var trustee = config.trusteeURL.absoluteString
                 if !trustee.hasSuffix("/") { trustee += "/" }
-                let verifier = PeerVerifier(attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], tokenTrust: tokenTrust, http: kbsHTTP)
+                // Sample peers only in a development group, where this host sends sample evidence itself.
+                let verifier = PeerVerifier(
+                    attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], tokenTrust: tokenTrust,
+                    allowSample: provider.attester.tee == .sample, http: kbsHTTP)
                 let peers = try AttestedPeers(certificate: try AttestedCertificate.make(attester: provider.attester), verifier: verifier, logger: logger)
                 let port = Int(config.sharingPort)
                 let source = PeerRangeSource(hosts: config.sharingPeers, client: PeerObjectClient(peers: peers, port: port), logger: logger)

@@ -51,7 +51,7 @@ import Testing
         let service = try await host.startService()
         let asAddress = "http://\(namespaces.serverAddress):\(host.trustee.peer.port)/trustee/as/"
         let tunnelPort = 41000
-        let tunnel = try namespaces.start(in: namespaces.client, Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(tunnelPort)", "--as-addr", asAddress])
+        let tunnel = try namespaces.start(in: namespaces.client, Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(tunnelPort)", "--as-addr", asAddress, "--allow-sample"])
         defer { tunnel.signal(SIGTERM); _ = tunnel.wait() }
         for _ in 0..<250 where !tunnel.stdout.contains("listening") { try await Task.sleep(for: .milliseconds(20)) }
         let response = try namespaces.run(in: namespaces.client, "/usr/bin/curl", [
