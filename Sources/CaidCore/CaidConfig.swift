@@ -141,6 +141,11 @@ public struct CaidConfig: Sendable {
     public var ossSignature: String
     /// An HTTP proxy for OSS that wins over HTTPS_PROXY/HTTP_PROXY (`CAID_OSS_PROXY`), such as a Dragonfly dfdaemon.
     public var ossProxy: String?
+    /// Sharing connections open at once (`CAID_SHARING_MAX_CONNECTIONS`); more are closed on accept.
+    public var sharingMaxConnections = 64
+    /// How long a sharing connection may take to finish its TLS handshake, peer verification included
+    /// (`CAID_SHARING_HANDSHAKE_TIMEOUT`).
+    public var sharingHandshakeTimeout: Duration = .seconds(30)
 
     /// Where the verified ciphertext is kept: `CAID_CACHE_DIR/model`.
     public var modelCacheDirectory: String { cacheDirectory + "/model" }
@@ -168,7 +173,7 @@ public struct CaidConfig: Sendable {
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
-        "CAID_SERVICE_GUARD",
+        "CAID_SERVICE_GUARD", "CAID_SHARING_MAX_CONNECTIONS", "CAID_SHARING_HANDSHAKE_TIMEOUT",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -282,6 +287,8 @@ extension CaidConfig {
             ("CAID_GATEWAY_IDLE_TIMEOUT", String(gateway.idleTimeout.components.seconds)),
             ("CAID_GATEWAY_CERT_REFRESH", String(gateway.certificateRefresh.components.seconds)),
             ("CAID_SERVICE_GUARD", gateway.serviceGuard ? "on" : "off"),
+            ("CAID_SHARING_MAX_CONNECTIONS", String(sharingMaxConnections)),
+            ("CAID_SHARING_HANDSHAKE_TIMEOUT", String(sharingHandshakeTimeout.components.seconds)),
             ("CAID_LOG_LEVEL", logLevel.rawValue),
             ("CAID_OSS_REGION", ossRegion ?? "(from the endpoint)"),
             ("CAID_OSS_SIGNATURE", ossSignature),
@@ -589,6 +596,8 @@ private struct Decoder {
             }
         }
 
+        let sharingMaxConnections = count("CAID_SHARING_MAX_CONNECTIONS", default: 64)
+        let sharingHandshakeTimeout = Duration.seconds(count("CAID_SHARING_HANDSHAKE_TIMEOUT", default: 30))
         guard let trustee, let keyID, let bucket, let endpoint, let accessKeyID, let secretKey else { return nil }
         return CaidConfig(
             file: file, trusteeURL: trustee, trusteePolicy: policy, modelKeyID: keyID, encryptionMethod: method,
@@ -596,7 +605,8 @@ private struct Decoder {
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, sharingPort: sharingPort, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
-            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, mount: mount, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
+            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, mount: mount, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy,
+            sharingMaxConnections: sharingMaxConnections, sharingHandshakeTimeout: sharingHandshakeTimeout)
     }
 
     /// A positive whole number setting (a limit, or seconds).

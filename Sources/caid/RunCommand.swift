@@ -30,6 +30,11 @@ struct RunCommand: AsyncParsableCommand {
         let config = try env.load()
         LogDestination.bootstrap(level: config.logLevel)
         let logger = Logger(label: "caid")
+        // Done first thing in main; said here, where the journal hears it.
+        let hardening = ProcessHardening.disableCoreDumps()
+        if !hardening.coreLimitZero || !hardening.notDumpable {
+            logger.warning("cannot turn core dumps off (RLIMIT_CORE=0: \(hardening.coreLimitZero), PR_SET_DUMPABLE=0: \(hardening.notDumpable)); a crash may write secrets to disk")
+        }
         let registry = HealthRegistry()
         let metrics = HealthMetrics()
         metrics.bootstrap()
@@ -117,7 +122,11 @@ struct ServiceCatalog {
                 let peers = try AttestedPeers(certificate: try AttestedCertificate.make(attester: provider.attester), verifier: verifier, logger: logger)
                 let port = Int(config.sharingPort)
                 let source = PeerRangeSource(hosts: config.sharingPeers, client: PeerObjectClient(peers: peers, port: port), logger: logger)
-                let server = PeerObjectServer(peers: peers, cacheDirectory: config.modelCacheDirectory, prefix: config.objectStorage.prefix, logger: logger)
+                var limits = PeerObjectServer.Limits()
+                limits.maxConnections = config.sharingMaxConnections
+                limits.handshakeTimeout = config.sharingHandshakeTimeout
+                let server = PeerObjectServer(
+                    peers: peers, cacheDirectory: config.modelCacheDirectory, prefix: config.objectStorage.prefix, limits: limits, logger: logger)
                 options.alternate = source
                 sharing = ServiceSpec(name: "sharing", required: false) {
                     SharingService(peers: peers, server: server, source: source, port: port, attester: provider.attester, handle: $0)
