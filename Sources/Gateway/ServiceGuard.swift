@@ -139,7 +139,7 @@ public struct ServiceGuard: Sendable {
                 states[rules.family] = .intact
                 continue
             }
-            let missingHooks = Set(missing.filter { ServiceGuardRules.hooks.map(\.hook).contains($0[1]) }.map { $0[1] })
+            let missingHooks = Set(missing.filter { ServiceGuardRules.hooks.map { $0.hook }.contains($0[1]) }.map { $0[1] })
             for step in rules.repair(missingHooks: missingHooks) {
                 let result = tool.run(step.arguments)
                 guard result.status == 0 || step.mayFail else {

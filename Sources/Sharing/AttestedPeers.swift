@@ -27,6 +27,8 @@ public final class AttestedPeers: Sendable {
         var client: NIOSSLContext
     }
 
+    private enum Decision { case known(VerdictCache.Verdict), wait(Task<VerdictCache.Verdict, Never>) }
+
     private struct Verdicts: Sendable {
         var cache = VerdictCache(capacity: AttestedPeers.verdictCapacity, acceptedLifetime: AttestedPeers.verdictLifetime, refusedLifetime: AttestedPeers.refusalLifetime)
         /// Checks under way, by certificate digest.
@@ -82,7 +84,6 @@ public final class AttestedPeers: Sendable {
             }
             let digest = Data(SHA256.hash(data: der))
             let now = Date()
-            enum Decision { case known(VerdictCache.Verdict), wait(Task<VerdictCache.Verdict, Never>) }
             // One lock for the lookup and the start of a check, so two presentations never start two checks.
             let decision = verdicts.withLock { state -> Decision in
                 if let known = state.cache.lookup(digest, now: now) { return .known(known) }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CaidCore
+import CaidSystemd
 
 /// `caid`: the Confidential AI host daemon and its tools.
 @main

@@ -51,9 +51,12 @@ struct GatewayCommand: AsyncParsableCommand {
         let http = gateway.attestationModel == .passport ? HTTPClient(eventLoopGroupProvider: .singleton) : nil
         let passport = http.map { AttestationServiceClient.trustee(config, http: $0) }
         let service = GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, attestationService: passport, handle: handle)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if let serviceGuard { services.append(.init(service: ServiceGuardWatch(serviceGuard: serviceGuard, logger: logger))) }
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)]
-                + (serviceGuard.map { [.init(service: ServiceGuardWatch(serviceGuard: $0, logger: logger))] } ?? []),
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()

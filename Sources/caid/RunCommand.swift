@@ -63,12 +63,16 @@ struct RunCommand: AsyncParsableCommand {
 
         // Started in this order and stopped in reverse: systemd hears STOPPING first, the services stop next, and
         // the health socket answers until the end.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: health, serviceName: "health"),
+            .init(service: supervisor, serviceName: "supervisor"),
+            .init(service: notifier, serviceName: "systemd"),
+        ]
+        if let serviceGuard {
+            services.append(.init(service: ServiceGuardWatch(serviceGuard: serviceGuard, logger: logger), serviceName: "guard"))
+        }
         var groupConfig = ServiceGroupConfiguration(
-            services: [
-                .init(service: health, serviceName: "health"),
-                .init(service: supervisor, serviceName: "supervisor"),
-                .init(service: notifier, serviceName: "systemd"),
-            ] + (serviceGuard.map { [.init(service: ServiceGuardWatch(serviceGuard: $0, logger: logger), serviceName: "guard")] } ?? []),
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(10)

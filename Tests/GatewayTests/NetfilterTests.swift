@@ -182,7 +182,7 @@ import Testing
     }
 
     /// A firewall reload that flushes the nat table and the filter table: caid notices within its 10 s check, puts
-    /// both back, and says so in its log; the port never serves in the clear meanwhile.
+    /// both back, and says so in its log; afterwards the port is closed again and the tunnel works.
     @Test func flushedRulesAreRestored() async throws {
         let setup = try await Setup()
         defer { setup.finish() }
@@ -193,7 +193,7 @@ import Testing
         _ = try setup.server("iptables", ["-t", "nat", "-F"])
         _ = try setup.server("iptables", ["-F"])
         _ = try setup.server("ip6tables", ["-F"])
-        #expect(try setup.plain(setup.namespaces.serverAddress) == "SERVED")  // what a reload exposes, until caid is back
+        // Until caid's next check the port is as open as the flush left it (not asserted: the check may come first).
         var restored = false
         while ContinuousClock.now - flushed < .seconds(15) {
             let log = caid.stderr
@@ -260,9 +260,9 @@ import Testing
     @Test func refusesTheServicePortOnlyFromOutsideLoopbackAndAfterDNAT() {
         for family in ServiceGuardRules.Family.allCases {
             let rules = ServiceGuardRules(servicePort: 8080, family: family)
-            let input = rules.rules.filter { $0.chain == ServiceGuardRules.inputChain }.map(\.rule)
+            let input = rules.rules.filter { $0.chain == ServiceGuardRules.inputChain }.map { $0.rule }
             #expect(input == [["!", "-i", "lo", "-p", "tcp", "--dport", "8080", "-j", "REJECT", "--reject-with", "tcp-reset"]])
-            let forward = rules.rules.filter { $0.chain == ServiceGuardRules.forwardChain }.map(\.rule)
+            let forward = rules.rules.filter { $0.chain == ServiceGuardRules.forwardChain }.map { $0.rule }
             #expect(forward == [["-p", "tcp", "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", "8080", "-j", "REJECT", "--reject-with", "tcp-reset"]])
             // The gateway's port is never named: redirected connections reach INPUT with it, and pass.
             #expect(!rules.rules.contains { $0.rule.contains("41001") })

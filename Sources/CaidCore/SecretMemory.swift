@@ -4,35 +4,6 @@ import Synchronization
 import Glibc
 #endif
 
-/// Keeps caid's memory out of core files: the model password, the gocryptfs master key, the OSS secret and the TEE
-/// keys live in this process, and a trap (or a SIGSEGV/SIGABRT someone sends) would otherwise write them to disk
-/// wherever `core_pattern` points, for anyone who can read that.
-public enum ProcessHardening {
-    /// What ``disableCoreDumps()`` managed, for the log.
-    public struct Outcome: Sendable, Equatable {
-        /// `RLIMIT_CORE` is 0 (soft and hard): the kernel writes no core file for this process or its children.
-        public var coreLimitZero: Bool
-        /// `PR_SET_DUMPABLE` is 0: no core (even to a `|` core_pattern helper such as systemd-coredump) and no
-        /// ptrace attach or /proc/<pid>/mem reads by other processes of the same user.
-        public var notDumpable: Bool
-    }
-
-    /// Turns core dumps off for this process; called first thing at start by every caid command.
-    @discardableResult
-    public static func disableCoreDumps() -> Outcome {
-        #if os(Linux)
-        var limit = rlimit(rlim_cur: 0, rlim_max: 0)
-        // Lowering both limits never needs privilege; a later raise needs CAP_SYS_RESOURCE.
-        let limited = setrlimit(Int32(RLIMIT_CORE.rawValue), &limit) == 0
-        // A pipe core_pattern (systemd-coredump) ignores RLIMIT_CORE=0 on older kernels; dumpable=0 stops it.
-        let undumpable = prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
-        return Outcome(coreLimitZero: limited, notDumpable: undumpable)
-        #else
-        return Outcome(coreLimitZero: false, notDumpable: false)
-        #endif
-    }
-}
-
 /// Memory for secret bytes: whole pages of their own, mapped privately and marked `MADV_DONTDUMP`, so that they
 /// stay out of a core file even if one is written (a core_pattern helper run before caid turned dumps off, a
 /// debugger's gcore). ``Secret`` allocates through here.
