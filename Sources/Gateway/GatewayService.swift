@@ -62,9 +62,10 @@ public struct GatewayService: Service {
         await handle.running("\(configuration.mode.rawValue): \(route); \(carried(first))")
         logger.notice("attested gateway listening", metadata: ["port": "\(port)", "mode": "\(configuration.mode.rawValue)", "model": "\(configuration.attestationModel.rawValue)"])
         // Ends on cancellation (the supervisor) or on graceful shutdown (`caid gateway` in its own service group).
+        let installed = rules
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
-                if let rules {
+                if let rules = installed {
                     group.addTask { await Self.watch(rules, every: Self.ruleCheckInterval, logger: logger) }
                 }
                 group.addTask { await self.renewCertificates(first: first, server: server, route: route) }

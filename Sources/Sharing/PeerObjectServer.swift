@@ -9,6 +9,10 @@ import NIOTLS
 import ObjectStore
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Serves this host's verified ciphertext to its sharing peers: `GET /v1/objects/<percent-encoded key>` with one
 /// `Range: bytes=a-b` and `If-Match: <ETag>`, over mutually attested TLS. Only objects in the manifest (complete and
 /// checked against OSS's CRC-64) are served; plaintext and keys never are.
