@@ -44,6 +44,14 @@ import Testing
             return (result.status, report)
         }
 
+        /// Stops the test AS and service now (see `finish()`, which may not get to run before the process exits).
+        func stopPeers() {
+            for process in [trustee.peer.process, service.process] {
+                process.signal(SIGKILL)
+                _ = process.wait()
+            }
+        }
+
         func finish() async {
             await server.stop()
             dir.remove()

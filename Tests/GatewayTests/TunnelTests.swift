@@ -86,7 +86,7 @@ import Testing
     @Test func expiredGatewayCertificateIsRefused() async throws {
         let old = try AttestedCertificate.make(attester: SampleAttester(), now: Date().addingTimeInterval(-7 * 3600))
         let setup = try await GatewayInteropTests.Setup(certificate: old)
-        defer { Task { await setup.finish() } }
+        defer { setup.stopPeers(); Task { await setup.finish() } }
         let tunnel = try await Tunnel(asAddress: setup.asAddress)
         let result = try tunnel.curl("http://127.0.0.1:\(setup.port)/index.html")
         #expect(result.stdout.contains("403"))
@@ -98,7 +98,7 @@ import Testing
         // A certificate that starts a little in the future (clock skew within 5 minutes) is fine.
         let early = try AttestedCertificate.make(attester: SampleAttester(), now: Date().addingTimeInterval(120))
         let skewed = try await GatewayInteropTests.Setup(certificate: early)
-        defer { Task { await skewed.finish() } }
+        defer { skewed.stopPeers(); Task { await skewed.finish() } }
         let fine = try tunnel.curl("http://127.0.0.1:\(skewed.port)/index.html")
         #expect(fine.stdout.contains(skewed.page), "\(fine.stdout.prefix(300))")
     }
@@ -107,7 +107,7 @@ import Testing
     /// ask the Attestation Service (which may well accept it).
     @Test func sampleEvidenceIsRefusedUnlessAllowed() async throws {
         let setup = try await GatewayInteropTests.Setup()
-        defer { Task { await setup.finish() } }
+        defer { setup.stopPeers(); Task { await setup.finish() } }
         let strict = try await Tunnel(asAddress: setup.asAddress, allowSample: false)
         let refused = try strict.curl("http://127.0.0.1:\(setup.port)/index.html")
         #expect(refused.stdout.contains("403"))
