@@ -96,6 +96,9 @@ public struct CaidConfig: Sendable {
         public var maxResets = 2_000
         public var idleTimeout: Duration = .seconds(600)
         public var certificateRefresh: Duration = .seconds(600)
+        /// Whether caid closes `MODEL_SERVICE_PORT` to the network with filter rules of its own (`CAID_SERVICE_GUARD`),
+        /// from start to a clean stop, whatever the gateway is doing.
+        public var serviceGuard = true
     }
 
     /// Where the model ciphertext lives in OSS and how to reach it.
@@ -141,6 +144,11 @@ public struct CaidConfig: Sendable {
     /// How long a connection to OSS, Trustee or an Attestation Service may stay silent in the middle of an answer
     /// before it is dropped and the request retried (`CAID_READ_TIMEOUT`).
     public var readTimeout: Duration = .seconds(30)
+    /// Sharing connections open at once (`CAID_SHARING_MAX_CONNECTIONS`); more are closed on accept.
+    public var sharingMaxConnections = 64
+    /// How long a sharing connection may take to finish its TLS handshake, peer verification included
+    /// (`CAID_SHARING_HANDSHAKE_TIMEOUT`).
+    public var sharingHandshakeTimeout: Duration = .seconds(30)
 
     /// Where the verified ciphertext is kept: `CAID_CACHE_DIR/model`.
     public var modelCacheDirectory: String { cacheDirectory + "/model" }
@@ -169,6 +177,7 @@ public struct CaidConfig: Sendable {
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
         "CAID_READ_TIMEOUT",
+        "CAID_SERVICE_GUARD", "CAID_SHARING_MAX_CONNECTIONS", "CAID_SHARING_HANDSHAKE_TIMEOUT",
     ]
 
     /// Reads and validates a configuration file. `CAID_*` settings may also come from the environment, where they
@@ -310,6 +319,9 @@ extension CaidConfig {
             ("CAID_GATEWAY_HANDSHAKE_TIMEOUT", String(gateway.handshakeTimeout.components.seconds)),
             ("CAID_GATEWAY_IDLE_TIMEOUT", String(gateway.idleTimeout.components.seconds)),
             ("CAID_GATEWAY_CERT_REFRESH", String(gateway.certificateRefresh.components.seconds)),
+            ("CAID_SERVICE_GUARD", gateway.serviceGuard ? "on" : "off"),
+            ("CAID_SHARING_MAX_CONNECTIONS", String(sharingMaxConnections)),
+            ("CAID_SHARING_HANDSHAKE_TIMEOUT", String(sharingHandshakeTimeout.components.seconds)),
             ("CAID_LOG_LEVEL", logLevel.rawValue),
             ("CAID_OSS_REGION", ossRegion ?? "(from the endpoint)"),
             ("CAID_OSS_SIGNATURE", ossSignature),
@@ -595,6 +607,13 @@ private struct Decoder {
         }
         gateway.idleTimeout = .seconds(count("CAID_GATEWAY_IDLE_TIMEOUT", default: 600))
         gateway.certificateRefresh = .seconds(count("CAID_GATEWAY_CERT_REFRESH", default: 600))
+        if let raw = text("CAID_SERVICE_GUARD") {
+            switch raw.lowercased() {
+            case "on", "true", "yes", "1": gateway.serviceGuard = true
+            case "off", "false", "no", "0": gateway.serviceGuard = false
+            default: error("CAID_SERVICE_GUARD", "'\(raw)' is not on or off")
+            }
+        }
         var level = Logger.Level.info
         if let raw = text("CAID_LOG_LEVEL") {
             if let value = Logger.Level(rawValue: raw.lowercased()) {
@@ -618,6 +637,8 @@ private struct Decoder {
 
         let readTimeout = Duration.seconds(count("CAID_READ_TIMEOUT", default: 30))
 
+        let sharingMaxConnections = count("CAID_SHARING_MAX_CONNECTIONS", default: 64)
+        let sharingHandshakeTimeout = Duration.seconds(count("CAID_SHARING_HANDSHAKE_TIMEOUT", default: 30))
         guard let trustee, let keyID, let bucket, let endpoint, let accessKeyID, let secretKey else { return nil }
         var config = CaidConfig(
             file: file, trusteeURL: trustee, trusteePolicy: policy, modelKeyID: keyID, encryptionMethod: method,
@@ -625,7 +646,8 @@ private struct Decoder {
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, sharingPort: sharingPort, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
-            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, mount: mount, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
+            cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, mount: mount, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy,
+            sharingMaxConnections: sharingMaxConnections, sharingHandshakeTimeout: sharingHandshakeTimeout)
         config.readTimeout = readTimeout
         return config
     }

@@ -8,9 +8,9 @@ import Glibc
 /// Bytes that must never reach a log, an error, a file or the health output: a model password, an OSS secret,
 /// a session token, a private key.
 ///
-/// The bytes live in one heap buffer that is overwritten with zeros when the last reference goes away, or earlier
-/// through ``wipe()``. Every textual form of a `Secret` is `<redacted>`, so interpolating one by mistake prints
-/// nothing of it.
+/// The bytes live in pages of their own, excluded from core dumps (``SecretMemory``), overwritten with zeros when
+/// the last reference goes away, or earlier through ``wipe()``. Every textual form of a `Secret` is `<redacted>`, so
+/// interpolating one by mistake prints nothing of it.
 public final class Secret: Sendable, CustomStringConvertible, CustomDebugStringConvertible {
     private struct Storage: @unchecked Sendable {
         var buffer: UnsafeMutableRawBufferPointer
@@ -20,7 +20,7 @@ public final class Secret: Sendable, CustomStringConvertible, CustomDebugStringC
 
     /// Copies `bytes` into secret storage. The caller should wipe its own copy.
     public init(_ bytes: some Collection<UInt8>) {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
+        let buffer = SecretMemory.allocate(bytes.count)
         _ = buffer.initializeMemory(as: UInt8.self, from: bytes)
         storage = Mutex(Storage(buffer: buffer))
     }
@@ -28,7 +28,7 @@ public final class Secret: Sendable, CustomStringConvertible, CustomDebugStringC
     deinit {
         storage.withLock { storage in
             Self.zero(storage.buffer)
-            storage.buffer.deallocate()
+            SecretMemory.release(storage.buffer)
         }
     }
 
@@ -47,8 +47,8 @@ public final class Secret: Sendable, CustomStringConvertible, CustomDebugStringC
     public func wipe() {
         storage.withLock { storage in
             Self.zero(storage.buffer)
-            storage.buffer.deallocate()
-            storage.buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 0, alignment: 16)
+            SecretMemory.release(storage.buffer)
+            storage.buffer = SecretMemory.allocate(0)
         }
     }
 

@@ -24,7 +24,8 @@ public final class ModelHost: Sendable {
     /// - Parameters:
     ///   - namespace: run the servers in this network namespace, listening on all its addresses (`caid run` must
     ///     then run there too); the inference stand-in is then on port 8080 and started by ``startService()``.
-    ///   - gateway: `CAID_GATEWAY_MODE`.
+    ///   - gateway: `CAID_GATEWAY_MODE`. The guard of the service port is on only inside a namespace: a test in the
+    ///     machine's own network must not leave filter rules in it.
     ///   - serverAddress: where caid reaches the servers (their namespace's address when caid runs elsewhere).
     ///   - sessionToken: an STS token the OSS server requires and cai.env carries (none by default).
     public init(
@@ -79,6 +80,7 @@ public final class ModelHost: Sendable {
             CAID_OSS_REGION=cn-test
             CAID_GATEWAY_MODE=\(gateway)
             CAID_GATEWAY_PORT=\(gatewayPort)
+            CAID_SERVICE_GUARD=\(namespace == nil ? "off" : "on")
             \(extraSettings)
             """)
     }

@@ -62,32 +62,64 @@ public struct GatewayService: Service {
         await handle.running("\(configuration.mode.rawValue): \(route); \(carried(first))")
         logger.notice("attested gateway listening", metadata: ["port": "\(port)", "mode": "\(configuration.mode.rawValue)", "model": "\(configuration.attestationModel.rawValue)"])
         // Ends on cancellation (the supervisor) or on graceful shutdown (`caid gateway` in its own service group).
+        let installed = rules
         await cancelWhenGracefulShutdown {
-            var current = first
-            var delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry, now: Date())
-            while !Task.isCancelled {
-                try? await Task.sleep(for: delay)
-                if Task.isCancelled { break }
-                do {
-                    let fresh = try await self.certificate()
-                    try server.renew(fresh)
-                    current = fresh
-                    delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: fresh.tokenExpiry, now: Date())
-                    await handle.running("\(configuration.mode.rawValue): \(route); \(carried(fresh))")
-                    logger.debug("gateway certificate renewed", metadata: ["model": "\(configuration.attestationModel.rawValue)"])
-                } catch {
-                    delay = Self.retryDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry)
-                    if let expiry = current.tokenExpiry, expiry <= Date() {
-                        // Still fail closed: clients refuse the expired token; nothing is served unattested.
-                        logger.error("the gateway's passport token expired at \(expiry) and cannot be renewed; TNG passport clients refuse this gateway until the Attestation Service answers: \(error)")
-                    } else {
-                        // The current certificate stays valid; keep serving it and say why renewal failed.
-                        logger.warning("cannot renew the gateway certificate, keeping the current one: \(error)")
-                    }
+            await withTaskGroup(of: Void.self) { group in
+                if let rules = installed {
+                    group.addTask { await Self.watch(rules, every: Self.ruleCheckInterval, logger: logger) }
                 }
+                group.addTask { await self.renewCertificates(first: first, server: server, route: route) }
+                await group.waitForAll()
             }
         }
         await server.stop()
+    }
+
+    /// How often the nat rules are checked (a firewall reload flushes them).
+    public static let ruleCheckInterval: Duration = .seconds(10)
+
+    /// Checks the nat rules until cancelled and puts them back when they are gone. Without them clients of the
+    /// service port meet the guard (``ServiceGuard``), so nothing leaks meanwhile, but nothing is served either.
+    static func watch(_ rules: NatRules, every interval: Duration, logger: Logger) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            if Task.isCancelled { return }
+            guard !rules.isComplete() else { continue }
+            do {
+                try rules.install()
+                logger.error("the nat rules redirecting port \(rules.servicePort) to the gateway were gone (a firewall reload?); restored")
+            } catch {
+                logger.critical("the nat rules redirecting port \(rules.servicePort) to the gateway are gone and cannot be restored; clients are refused until they are: \(error)")
+            }
+        }
+    }
+
+    /// Renews the certificate on its timer until cancelled.
+    private func renewCertificates(first: AttestedCertificate, server: GatewayServer, route: String) async {
+        let logger = handle.logger
+        var current = first
+        var delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry, now: Date())
+        while !Task.isCancelled {
+            try? await Task.sleep(for: delay)
+            if Task.isCancelled { break }
+            do {
+                let fresh = try await self.certificate()
+                try server.renew(fresh)
+                current = fresh
+                delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: fresh.tokenExpiry, now: Date())
+                await handle.running("\(configuration.mode.rawValue): \(route); \(carried(fresh))")
+                logger.debug("gateway certificate renewed", metadata: ["model": "\(configuration.attestationModel.rawValue)"])
+            } catch {
+                delay = Self.retryDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry)
+                if let expiry = current.tokenExpiry, expiry <= Date() {
+                    // Still fail closed: clients refuse the expired token; nothing is served unattested.
+                    logger.error("the gateway's passport token expired at \(expiry) and cannot be renewed; TNG passport clients refuse this gateway until the Attestation Service answers: \(error)")
+                } else {
+                    // The current certificate stays valid; keep serving it and say why renewal failed.
+                    logger.warning("cannot renew the gateway certificate, keeping the current one: \(error)")
+                }
+            }
+        }
     }
 
     private func carried(_ certificate: AttestedCertificate) -> String {

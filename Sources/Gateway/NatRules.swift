@@ -32,6 +32,21 @@ public struct NatRules: Sendable {
         ]
     }
 
+    /// `-C` lines for every rule: the nat rules are whole when each succeeds.
+    public var checks: [[String]] {
+        rules.compactMap { rule in
+            guard let verb = rule.firstIndex(where: { $0 == "-A" || $0 == "-I" }) else { return nil }
+            var check = rule
+            check[verb] = "-C"
+            return check
+        }
+    }
+
+    /// Whether every rule is in place (a firewall reload may have flushed the nat table).
+    public func isComplete() -> Bool {
+        checks.allSatisfy { run($0).status == 0 }
+    }
+
     /// Installs the rules, after clearing any left by an earlier caid.
     public func install() throws(NatError) {
         remove()
@@ -47,23 +62,15 @@ public struct NatRules: Sendable {
     /// Removes caid's chain and the jumps to it; what is not there is skipped.
     public func remove() {
         for hook in ["PREROUTING", "OUTPUT"] {
-            while run(["-t", "nat", "-D", hook, "-p", "tcp", "-j", Self.chain]).status == 0 {}
+            var removed = 0
+            while removed < 16, run(["-t", "nat", "-D", hook, "-p", "tcp", "-j", Self.chain]).status == 0 { removed += 1 }
         }
         _ = run(["-t", "nat", "-F", Self.chain])
         _ = run(["-t", "nat", "-X", Self.chain])
     }
 
     private func run(_ arguments: [String]) -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [iptables, "-w"] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        do { try process.run() } catch { return (127, "cannot run \(iptables): \(error)") }
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+        IPTables(iptables).run(arguments)
     }
 }
 

@@ -1,3 +1,4 @@
+import Foundation
 import Crypto
 import Logging
 import NIOCore
@@ -258,7 +259,9 @@ public final class TunnelClient: Sendable {
             return cached
         }
         let verdict = try await verifier.verify(certificate: der)
-        let lifetime = options.verdictLifetime
+        // Never past the certificate's own notAfter.
+        let left = Duration.milliseconds(Int64(max(0, min(verdict.notAfter.timeIntervalSinceNow, 1e9)) * 1000))
+        let lifetime = min(options.verdictLifetime, left)
         verdicts.withLock { $0[digest] = (verdict, ContinuousClock.now + lifetime) }
         return verdict
     }

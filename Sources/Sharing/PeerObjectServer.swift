@@ -5,43 +5,90 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import NIOTLS
 import ObjectStore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Serves this host's verified ciphertext to its sharing peers: `GET /v1/objects/<percent-encoded key>` with one
 /// `Range: bytes=a-b` and `If-Match: <ETag>`, over mutually attested TLS. Only objects in the manifest (complete and
 /// checked against OSS's CRC-64) are served; plaintext and keys never are.
+///
+/// The port is open to the network, so what a stranger can hold is bounded: at most ``Limits/maxConnections``
+/// connections at once (more are closed on accept), a TLS handshake (peer verification included) of at most
+/// ``Limits/handshakeTimeout``, and an idle connection for at most ``Limits/idleTimeout``.
 public final class PeerObjectServer: Sendable {
     /// The largest range one request may ask for.
     public static let maximumRange: UInt64 = 16 << 20
+
+    /// What one stranger can hold (`CAID_SHARING_MAX_CONNECTIONS`, `CAID_SHARING_HANDSHAKE_TIMEOUT`).
+    public struct Limits: Sendable {
+        public var maxConnections = 64
+        /// From accept to a verified peer; the peer's check with the Attestation Service runs inside it.
+        public var handshakeTimeout: Duration = .seconds(30)
+        /// No bytes either way for this long closes a verified connection (the client opens one per request).
+        public var idleTimeout: Duration = .seconds(120)
+
+        public init() {}
+    }
 
     private let peers: AttestedPeers
     private let cacheDirectory: String
     private let prefix: String
     private let manifestPath: String
+    private let limits: Limits
     private let logger: Logger
     private let listener = Listener()
+    private let open = Atomic<Int>(0)
+    private let refusals = RefusalLog()
 
     /// - Parameters:
     ///   - cacheDirectory: `CAID_CACHE_DIR/model`; the manifest is `<cacheDirectory>.manifest.json`.
     ///   - prefix: the bucket prefix the object keys start with (the cache holds them without it).
-    public init(peers: AttestedPeers, cacheDirectory: String, prefix: String, logger: Logger) {
+    public init(peers: AttestedPeers, cacheDirectory: String, prefix: String, limits: Limits = Limits(), logger: Logger) {
         self.peers = peers
         self.cacheDirectory = cacheDirectory
         self.prefix = prefix.isEmpty || prefix.hasSuffix("/") ? prefix : prefix + "/"
         self.manifestPath = cacheDirectory + ".manifest.json"
+        self.limits = limits
         self.logger = logger
     }
+
+    /// How often the manifest was read and parsed (it is parsed once per change of the file, not per request).
+    var manifestParses: Int { files.manifests.parses }
+
+    private var files: ObjectFiles {
+        ObjectFiles(cacheDirectory: cacheDirectory, prefix: prefix, manifestPath: manifestPath, manifests: manifests)
+    }
+
+    private let manifests = ManifestCache()
 
     /// Listens on `host:port`. - Returns: the port.
     public func start(host: String, port: Int) async throws -> Int {
         let peers = peers
-        let files = ObjectFiles(cacheDirectory: cacheDirectory, prefix: prefix, manifestPath: manifestPath)
+        let files = files
+        let limits = limits
+        let logger = logger
         return try await listener.bind(host: host, port: port) { bootstrap in
-            bootstrap.childChannelInitializer { channel in
+            bootstrap.childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     let peer = channel.remoteAddress?.ipAddress ?? "unknown"
+                    let admitted = open.wrappingAdd(1, ordering: .relaxed).newValue <= limits.maxConnections
+                    channel.closeFuture.whenComplete { [self] _ in _ = open.wrappingSubtract(1, ordering: .relaxed) }
+                    guard admitted else {
+                        refusals.note(logger: logger) { count in
+                            "refused \(count) sharing connection(s), the latest from \(peer): \(limits.maxConnections) are open (CAID_SHARING_MAX_CONNECTIONS)"
+                        }
+                        channel.close(promise: nil)
+                        return
+                    }
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(NIOSSLServerHandler(context: peers.serverContext, customVerificationCallback: peers.verification(peer: peer)))
+                    try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(limits.idleTimeout)))
+                    try sync.addHandler(PeerConnectionDeadline(handshake: limits.handshakeTimeout, idle: limits.idleTimeout, peer: peer, logger: logger))
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
                     try sync.addHandler(ObjectRequestHandler(files: files))
                 }
@@ -54,11 +101,106 @@ public final class PeerObjectServer: Sendable {
     }
 }
 
+/// The manifest as last parsed, and the identity of the file it came from: the fetcher replaces the file (a new
+/// inode, size or mtime) whenever it changes, so a request only stats it.
+final class ManifestCache: Sendable {
+    private struct State: Sendable {
+        var identity: [Int] = []
+        var manifest = Manifest()
+        var parses = 0
+    }
+
+    private let state = Mutex(State())
+
+    var parses: Int { state.withLock { $0.parses } }
+
+    /// The manifest at `path` (empty when it is missing or unreadable).
+    func manifest(at path: String) -> Manifest {
+        var info = stat()
+        let identity = stat(path, &info) == 0
+            ? [Int(info.st_dev), Int(info.st_ino), Int(info.st_size), info.st_mtim.tv_sec, info.st_mtim.tv_nsec]
+            : []
+        if let cached = state.withLock({ $0.identity == identity && !identity.isEmpty ? $0.manifest : nil }) { return cached }
+        let manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data())
+        state.withLock { state in
+            state.identity = identity
+            state.manifest = manifest
+            state.parses += 1
+        }
+        return manifest
+    }
+}
+
+/// Logs refusals at most once per 10 s with how many there were, so a flood does not flood the journal.
+final class RefusalLog: Sendable {
+    private let state = Mutex<(last: ContinuousClock.Instant?, count: Int)>((nil, 0))
+
+    func note(logger: Logger, _ message: (Int) -> String) {
+        let now = ContinuousClock.now
+        let due = state.withLock { state -> Int? in
+            state.count += 1
+            if let last = state.last, now - last < .seconds(10) { return nil }
+            defer { state = (now, 0) }
+            return state.count
+        }
+        if let due { logger.warning("\(message(due))") }
+    }
+}
+
+/// Closes a sharing connection whose TLS handshake (with the peer's verification) has not finished within its
+/// deadline, and a verified one that stayed idle (`IdleStateHandler`'s event).
+final class PeerConnectionDeadline: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    private let handshake: Duration
+    private let idle: Duration
+    private let peer: String
+    private let logger: Logger
+    private var timer: Scheduled<Void>?
+    private var established = false
+
+    init(handshake: Duration, idle: Duration, peer: String, logger: Logger) {
+        self.handshake = handshake
+        self.idle = idle
+        self.peer = peer
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loop = context.eventLoop.assumeIsolated()
+        let limit = handshake
+        timer = loop.scheduleTask(in: TimeAmount(handshake)) { [self] in
+            guard !established else { return }
+            logger.info("closing the sharing connection from \(peer): its TLS handshake did not finish in \(limit.components.seconds) s (CAID_SHARING_HANDSHAKE_TIMEOUT)")
+            context.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            established = true
+            timer?.cancel()
+            timer = nil
+        } else if let event = event as? IdleStateHandler.IdleStateEvent, event == .all, established {
+            logger.debug("closing the sharing connection from \(peer): idle for \(idle.components.seconds) s")
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
 /// Where verified objects are and what the manifest says about them.
 struct ObjectFiles: Sendable {
     let cacheDirectory: String
     let prefix: String
     let manifestPath: String
+    let manifests: ManifestCache
 
     enum Answer {
         case bytes(Data, total: UInt64, range: ClosedRange<UInt64>)
@@ -67,7 +209,7 @@ struct ObjectFiles: Sendable {
 
     /// The answer to a request, read from disk (called off the event loop).
     func answer(key: String, range: ClosedRange<UInt64>?, etag: String?) -> Answer {
-        let manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: manifestPath))) ?? Data())
+        let manifest = manifests.manifest(at: manifestPath)
         guard let path = Fetcher.cachePath(of: key, prefix: prefix, cacheDirectory: cacheDirectory), let entry = manifest.entries[key] else {
             return .refused(.notFound, "not a verified object here")
         }

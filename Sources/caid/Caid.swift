@@ -1,5 +1,6 @@
 import ArgumentParser
 import CaidCore
+import CaidSystemd
 
 /// `caid`: the Confidential AI host daemon and its tools.
 @main
@@ -18,6 +19,22 @@ struct Caid: AsyncParsableCommand {
             FetchCommand.self, AttestCommand.self, GetResourceCommand.self, GatewayCommand.self, TunnelCommand.self,
         ]
     )
+
+    /// Core dumps are turned off before anything else runs (before cai.env, a password or a key is read), for every
+    /// command: a trap must not write secrets to disk.
+    static func main() async {
+        ProcessHardening.disableCoreDumps()
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// The `--env` option every command that reads cai.env shares.

@@ -38,18 +38,30 @@ struct GatewayCommand: AsyncParsableCommand {
             printError("caid gateway: \(error)")
             throw ExitCode(ConfigError.exitCode)
         }
+        let serviceGuard: ServiceGuard?
+        do {
+            serviceGuard = try ServiceGuardSetup.install(for: config, logger: logger)
+        } catch {
+            printError("caid gateway: \(error)")
+            throw ExitCode.failure
+        }
         let registry = HealthRegistry()
         let handle = ServiceHandle(name: "gateway", registry: registry, logger: logger)
         // Only the passport model talks to the Attestation Service.
         let http = gateway.attestationModel == .passport ? HTTPTimeouts.client(read: config.readTimeout) : nil
         let passport = http.map { AttestationServiceClient.trustee(config, http: $0) }
         let service = GatewayService(configuration: gateway, attester: provider.attester, gpu: provider.gpu, attestationService: passport, handle: handle)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if let serviceGuard { services.append(.init(service: ServiceGuardWatch(serviceGuard: serviceGuard, logger: logger))) }
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
             try? await http?.shutdown()
+            serviceGuard?.remove()
         } catch {
             try? await http?.shutdown()
             printError("caid gateway: \(error)")

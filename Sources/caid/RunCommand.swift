@@ -33,6 +33,11 @@ struct RunCommand: AsyncParsableCommand {
         LogDestination.bootstrap(level: config.logLevel)
         let logger = Logger(label: "caid")
         if let wipingFailure { logger.warning("\(wipingFailure)") }
+        // Done first thing in main; said here, where the journal hears it.
+        let hardening = ProcessHardening.disableCoreDumps()
+        if !hardening.coreLimitZero || !hardening.notDumpable {
+            logger.warning("cannot turn core dumps off (RLIMIT_CORE=0: \(hardening.coreLimitZero), PR_SET_DUMPABLE=0: \(hardening.notDumpable)); a crash may write secrets to disk")
+        }
         let registry = HealthRegistry()
         let metrics = HealthMetrics()
         metrics.bootstrap()
@@ -44,18 +49,33 @@ struct RunCommand: AsyncParsableCommand {
             printError("caid run: \(error)")
             throw ExitCode(ConfigError.exitCode)
         }
+        // Before attestation and before any service: the inference port is closed to the network from here to a
+        // clean stop, whatever the gateway does (and after a crash, until the next caid adopts the rules).
+        let serviceGuard: ServiceGuard?
+        do {
+            serviceGuard = try ServiceGuardSetup.install(for: config, logger: logger)
+        } catch {
+            logger.critical("caid cannot start: \(error)")
+            printError("caid run: \(error)")
+            await catalog.shutdown()
+            throw ExitCode.failure
+        }
         let supervisor = Supervisor(services: catalog.specs, registry: registry, logger: logger)
         let health = HealthServer(path: config.healthSocket, registry: registry, metrics: metrics, logger: logger)
         let notifier = NotifierService(registry: registry, logger: logger)
 
         // Started in this order and stopped in reverse: systemd hears STOPPING first, the services stop next, and
         // the health socket answers until the end.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: health, serviceName: "health"),
+            .init(service: supervisor, serviceName: "supervisor"),
+            .init(service: notifier, serviceName: "systemd"),
+        ]
+        if let serviceGuard {
+            services.append(.init(service: ServiceGuardWatch(serviceGuard: serviceGuard, logger: logger), serviceName: "guard"))
+        }
         var groupConfig = ServiceGroupConfiguration(
-            services: [
-                .init(service: health, serviceName: "health"),
-                .init(service: supervisor, serviceName: "supervisor"),
-                .init(service: notifier, serviceName: "systemd"),
-            ],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(10)
@@ -64,10 +84,15 @@ struct RunCommand: AsyncParsableCommand {
             try await ServiceGroup(configuration: groupConfig).run()
         } catch {
             await catalog.shutdown()
+            // Not a clean stop: the guard stays, and the caid systemd restarts adopts it.
             logger.critical("caid cannot go on: \(error)")
             throw ExitCode.failure
         }
         await catalog.shutdown()
+        if let serviceGuard {
+            serviceGuard.remove()
+            logger.notice("guard of port \(serviceGuard.servicePort) removed (clean stop)")
+        }
         logger.info("caid stopped")
     }
 }
@@ -97,11 +122,18 @@ struct ServiceCatalog {
                 // Peers check each other with Trustee's Attestation Service under TRUSTEE_POLICY.
                 var trustee = config.trusteeURL.absoluteString
                 if !trustee.hasSuffix("/") { trustee += "/" }
-                let verifier = PeerVerifier(attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], tokenTrust: tokenTrust, http: kbsHTTP)
+                // Sample peers only in a development group, where this host sends sample evidence itself.
+                let verifier = PeerVerifier(
+                    attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], tokenTrust: tokenTrust,
+                    allowSample: provider.attester.tee == .sample, http: kbsHTTP)
                 let peers = try AttestedPeers(certificate: try AttestedCertificate.make(attester: provider.attester), verifier: verifier, logger: logger)
                 let port = Int(config.sharingPort)
                 let source = PeerRangeSource(hosts: config.sharingPeers, client: PeerObjectClient(peers: peers, port: port), logger: logger)
-                let server = PeerObjectServer(peers: peers, cacheDirectory: config.modelCacheDirectory, prefix: config.objectStorage.prefix, logger: logger)
+                var limits = PeerObjectServer.Limits()
+                limits.maxConnections = config.sharingMaxConnections
+                limits.handshakeTimeout = config.sharingHandshakeTimeout
+                let server = PeerObjectServer(
+                    peers: peers, cacheDirectory: config.modelCacheDirectory, prefix: config.objectStorage.prefix, limits: limits, logger: logger)
                 options.alternate = source
                 sharing = ServiceSpec(name: "sharing", required: false) {
                     SharingService(peers: peers, server: server, source: source, port: port, attester: provider.attester, handle: $0)

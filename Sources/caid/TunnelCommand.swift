@@ -41,6 +41,10 @@ struct TunnelCommand: AsyncParsableCommand {
         valueName: "domain[:port]"))
     var dstFilters: [String] = []
 
+    @Flag(name: .customLong("allow-sample"), help: ArgumentHelp(
+        "Accept gateways whose certificate carries sample evidence (CAID_ATTESTER=sample: no TEE at all), for development. Refused by default, before the Attestation Service is asked."))
+    var allowSample = false
+
     @Option(help: ArgumentHelp("Log level.", valueName: "level"))
     var logLevel: Logger.Level = .info
 
@@ -68,7 +72,10 @@ struct TunnelCommand: AsyncParsableCommand {
             try? await http.shutdown()
             throw ExitCode(64)
         }
-        let verifier = PeerVerifier(attestationService: asAddress, policyIDs: policies, tokenTrust: trust, http: http)
+        let verifier = PeerVerifier(attestationService: asAddress, policyIDs: policies, tokenTrust: trust, allowSample: allowSample, http: http)
+        if allowSample {
+            logger.warning("--allow-sample: gateways with sample evidence (no TEE) are accepted; use it only for development")
+        }
         let proxy = TunnelProxy(client: try TunnelClient(verifier: verifier, logger: logger), filter: filter, logger: logger)
         do {
             let bound = try await proxy.start(host: host, port: port)

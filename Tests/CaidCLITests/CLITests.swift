@@ -109,7 +109,7 @@ import Testing
 
         // A client request through the attested tunnel, answered by the stand-in service from the mount.
         let tunnelPort = Programs.unusedPort()
-        let tunnel = try Programs.start(Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(tunnelPort)", "--as-addr", host.trustee.url + "as/"])
+        let tunnel = try Programs.start(Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(tunnelPort)", "--as-addr", host.trustee.url + "as/", "--allow-sample"])
         defer { tunnel.signal(SIGTERM); _ = tunnel.wait() }
         for _ in 0..<250 where !tunnel.stdout.contains("listening") { try await Task.sleep(for: .milliseconds(20)) }
         let response = try Programs.run("/usr/bin/env", ["curl", "-sS", "--max-time", "20", "-x", "http://127.0.0.1:\(tunnelPort)", "http://127.0.0.1:\(host.gatewayPort)/config.json"])

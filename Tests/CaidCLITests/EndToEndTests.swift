@@ -46,12 +46,21 @@ import Testing
 
         let rules = try namespaces.run(in: namespaces.server, "/usr/sbin/iptables", ["-t", "nat", "-S", "CAID_GATEWAY"])
         #expect(rules.stdout.contains("--dport 8080"))
+        // The guard of the service port went in before attestation (the KBS faults delayed it), and for IPv6 too.
+        let log = daemon.stderr
+        let guarded = log.range(of: "guard installed")
+        let attested = log.range(of: "attested to Trustee")
+        #expect(guarded != nil && attested != nil && guarded!.lowerBound < attested!.lowerBound, "\(log)")
+        for tool in ["iptables", "ip6tables"] {
+            let guardRules = try namespaces.run(in: namespaces.server, "/usr/sbin/" + tool, ["-S", "CAID_GUARD"])
+            #expect(guardRules.stdout.contains("--dport 8080"), "\(tool): \(guardRules.stdout) \(guardRules.stderr)")
+        }
 
         // The inference service comes up only now; the client reaches it through the tunnel on <server>:8080.
         let service = try await host.startService()
         let asAddress = "http://\(namespaces.serverAddress):\(host.trustee.peer.port)/trustee/as/"
         let tunnelPort = 41000
-        let tunnel = try namespaces.start(in: namespaces.client, Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(tunnelPort)", "--as-addr", asAddress])
+        let tunnel = try namespaces.start(in: namespaces.client, Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(tunnelPort)", "--as-addr", asAddress, "--allow-sample"])
         defer { tunnel.signal(SIGTERM); _ = tunnel.wait() }
         for _ in 0..<250 where !tunnel.stdout.contains("listening") { try await Task.sleep(for: .milliseconds(20)) }
         let response = try namespaces.run(in: namespaces.client, "/usr/bin/curl", [
@@ -68,6 +77,8 @@ import Testing
         #expect(result?.status == 0, "\(result?.stderr ?? "killed after 15 s")")
         let after = try namespaces.run(in: namespaces.server, "/usr/sbin/iptables", ["-t", "nat", "-S"])
         #expect(!after.stdout.contains("CAID_GATEWAY"))
+        let guardAfter = try namespaces.run(in: namespaces.server, "/usr/sbin/iptables", ["-S"])
+        #expect(!guardAfter.stdout.contains("CAID_GUARD"), "a clean stop removes the guard")
         #expect(!FileManager.default.fileExists(atPath: host.mountpoint + "/config.json"), "still mounted after stop")
     }
 }

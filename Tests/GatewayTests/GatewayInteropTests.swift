@@ -19,7 +19,10 @@ import Testing
         let port: Int
         let page: String
 
-        init(asAPI: String = "legacy", trusteeOptions: [String] = [], configure: (inout GatewayConfiguration) -> Void = { _ in }) async throws {
+        init(
+            asAPI: String = "legacy", trusteeOptions: [String] = [], certificate: AttestedCertificate? = nil,
+            configure: (inout GatewayConfiguration) -> Void = { _ in }
+        ) async throws {
             dir = try TemporaryDirectory("caid-gateway")
             page = "<html>tokens from the model " + String(repeating: "x", count: 300_000) + "</html>\n"
             try FileManager.default.createDirectory(atPath: dir.path + "/www", withIntermediateDirectories: true)
@@ -29,7 +32,7 @@ import Testing
             var configuration = GatewayConfiguration(mode: .mapping, listenPort: 0, servicePort: UInt16(service.port))
             configuration.listenHost = "127.0.0.1"
             configure(&configuration)
-            server = try GatewayServer(configuration: configuration, certificate: try AttestedCertificate.make(attester: SampleAttester()), logger: quietLogger)
+            server = try GatewayServer(configuration: configuration, certificate: try certificate ?? AttestedCertificate.make(attester: SampleAttester()), logger: quietLogger)
             port = try await server.start()
         }
 
@@ -39,6 +42,14 @@ import Testing
             let result = try Programs.run("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/tng_client.py", "--port", String(port)] + arguments)
             let report = (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]) ?? ["stderr": result.stderr]
             return (result.status, report)
+        }
+
+        /// Stops the test AS and service now (see `finish()`, which may not get to run before the process exits).
+        func stopPeers() {
+            for process in [trustee.peer.process, service.process] {
+                process.signal(SIGKILL)
+                _ = process.wait()
+            }
         }
 
         func finish() async {

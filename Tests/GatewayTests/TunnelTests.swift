@@ -12,9 +12,10 @@ import Testing
         let process: Programs.Running
         let port: Int
 
-        init(asAddress: String, policies: [String] = [], extra: [String] = []) async throws {
+        /// - Parameter allowSample: the test gateways carry sample evidence, which caid tunnel refuses by default.
+        init(asAddress: String, policies: [String] = [], extra: [String] = [], allowSample: Bool = true) async throws {
             let port = Programs.unusedPort()
-            process = try Programs.start(Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(port)", "--as-addr", asAddress] + policies.flatMap { ["--policy", $0] } + extra)
+            process = try Programs.start(Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(port)", "--as-addr", asAddress] + policies.flatMap { ["--policy", $0] } + (allowSample ? ["--allow-sample"] : []) + extra)
             self.port = port
             for _ in 0..<500 {
                 if process.stdout.contains("proxy listening") { return }
@@ -78,6 +79,42 @@ import Testing
         let result = try tunnel.curl("http://127.0.0.1:\(setup.port)/index.html")
         #expect(result.stdout.contains("403"))
         #expect(result.stdout.contains("expired"))
+    }
+
+    /// A gateway certificate past its notAfter (here one made 7 hours ago, valid for 6) is refused with the reason,
+    /// before the Attestation Service is asked.
+    @Test func expiredGatewayCertificateIsRefused() async throws {
+        let old = try AttestedCertificate.make(attester: SampleAttester(), now: Date().addingTimeInterval(-7 * 3600))
+        let setup = try await GatewayInteropTests.Setup(certificate: old)
+        defer { setup.stopPeers(); Task { await setup.finish() } }
+        let tunnel = try await Tunnel(asAddress: setup.asAddress)
+        let result = try tunnel.curl("http://127.0.0.1:\(setup.port)/index.html")
+        #expect(result.stdout.contains("403"))
+        #expect(result.stdout.contains("certificate expired at"), "\(result.stdout)")
+        #expect(!result.stdout.contains(setup.page))
+        let asked = setup.trustee.requests().filter { ($0["path"] as? String)?.hasSuffix("/as/attestation") == true }.count
+        #expect(asked == 0)
+
+        // A certificate that starts a little in the future (clock skew within 5 minutes) is fine.
+        let early = try AttestedCertificate.make(attester: SampleAttester(), now: Date().addingTimeInterval(120))
+        let skewed = try await GatewayInteropTests.Setup(certificate: early)
+        defer { skewed.stopPeers(); Task { await skewed.finish() } }
+        let fine = try tunnel.curl("http://127.0.0.1:\(skewed.port)/index.html")
+        #expect(fine.stdout.contains(skewed.page), "\(fine.stdout.prefix(300))")
+    }
+
+    /// Sample evidence proves no TEE: without --allow-sample the tunnel refuses it, with the reason, and does not
+    /// ask the Attestation Service (which may well accept it).
+    @Test func sampleEvidenceIsRefusedUnlessAllowed() async throws {
+        let setup = try await GatewayInteropTests.Setup()
+        defer { setup.stopPeers(); Task { await setup.finish() } }
+        let strict = try await Tunnel(asAddress: setup.asAddress, allowSample: false)
+        let refused = try strict.curl("http://127.0.0.1:\(setup.port)/index.html")
+        #expect(refused.stdout.contains("403"))
+        #expect(refused.stdout.contains("sample evidence"), "\(refused.stdout)")
+        #expect(!refused.stdout.contains(setup.page))
+        let asked = setup.trustee.requests().filter { ($0["path"] as? String)?.hasSuffix("/as/attestation") == true }.count
+        #expect(asked == 0)
     }
 
     @Test func evidenceThatDoesNotBindTheKeyIsRefused() async throws {

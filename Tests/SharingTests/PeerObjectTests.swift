@@ -3,8 +3,9 @@ import Attestation
 import CaidTestSupport
 import Foundation
 import Gateway
+import Logging
 import ObjectStore
-import Sharing
+@testable import Sharing
 import Testing
 
 /// Ranged reads of the verified cache between two sharing peers over mutually attested TLS, checked by the test
@@ -18,9 +19,11 @@ import Testing
         let port: Int
         let content: [UInt8]
 
-        init() async throws {
+        init(limits: PeerObjectServer.Limits = PeerObjectServer.Limits()) async throws {
             dir = try TemporaryDirectory("caid-sharing")
-            trustee = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path)
+            // The AS API of Trustee >= 1.6, so that one verification is one request (the older API takes two here:
+            // the current form, refused, then the flat one).
+            trustee = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path, options: ["--as-api", "current"])
             let cache = dir.path + "/cache/model"
             try FileManager.default.createDirectory(atPath: cache + "/shards/深 x", withIntermediateDirectories: true)
             content = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
@@ -30,7 +33,7 @@ import Testing
             try manifest.encoded().write(to: URL(fileURLWithPath: cache + ".manifest.json"))
             // Bytes that are in the cache directory but not in the manifest: never served.
             try Data("half-downloaded".utf8).write(to: URL(fileURLWithPath: cache + "/unverified.bin"))
-            server = PeerObjectServer(peers: try Self.peers(trustee: trustee, http: http), cacheDirectory: cache, prefix: "", logger: quietLogger)
+            server = PeerObjectServer(peers: try Self.peers(trustee: trustee, http: http), cacheDirectory: cache, prefix: "", limits: limits, logger: quietLogger)
             port = try await server.start(host: "127.0.0.1", port: 0)
         }
 
@@ -39,12 +42,26 @@ import Testing
             try Self.peers(trustee: trustee, http: http, policies: policies)
         }
 
-        static func peers(trustee: TrusteePeer, http: HTTPClient, policies: [String] = ["default"]) throws -> AttestedPeers {
-            let verifier = PeerVerifier(attestationService: trustee.url + "as/", policyIDs: policies, http: http)
-            return try AttestedPeers(certificate: try AttestedCertificate.make(attester: SampleAttester()), verifier: verifier, logger: quietLogger)
+        static func peers(
+            trustee: TrusteePeer, http: HTTPClient, policies: [String] = ["default"], attester: any Attester = SampleAttester(),
+            now: Date = Date(), allowSample: Bool = true
+        ) throws -> AttestedPeers {
+            // The test hosts attest with sample evidence, as a development group would (CAID_ATTESTER=sample).
+            let verifier = PeerVerifier(attestationService: trustee.url + "as/", policyIDs: policies, allowSample: allowSample, http: http)
+            return try AttestedPeers(certificate: try AttestedCertificate.make(attester: attester, now: now), verifier: verifier, logger: quietLogger)
         }
 
+        /// Accepted attestations.
         var attestations: Int { trustee.requests().filter { $0["as"] != nil }.count }
+        /// Every request to the Attestation Service, refused ones included.
+        var asRequests: Int { trustee.requests().filter { ($0["path"] as? String)?.hasSuffix("/as/attestation") == true }.count }
+
+        /// Stops the test AS now: `finish()` runs in a task that may not get to run before the test process exits,
+        /// and a leaked AS keeps the build lock's descriptor (inherited through `flock`) open.
+        func stopTrustee() {
+            trustee.peer.process.signal(SIGKILL)
+            _ = trustee.peer.process.wait()
+        }
 
         func finish() async {
             await server.stop()
@@ -55,7 +72,7 @@ import Testing
 
     @Test func rangesOfVerifiedObjectsOnly() async throws {
         let setup = try await Setup()
-        defer { Task { await setup.finish() } }
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
         let client = PeerObjectClient(peers: try setup.peers(), port: setup.port)
         let bytes = try await client.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 100...70_099)
         #expect(bytes == Array(setup.content[100...70_099]))
@@ -78,7 +95,7 @@ import Testing
 
     @Test func peerWhoseEvidenceTheServiceRefusesGetsNothing() async throws {
         let setup = try await Setup()
-        defer { Task { await setup.finish() } }
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
         // This side asks the AS for a policy it does not have: it refuses the server, and gets no bytes.
         let strict = PeerObjectClient(peers: try setup.peers(policies: ["strict"]), port: setup.port)
         let error = await #expect(throws: PeerError.self) {
@@ -89,7 +106,7 @@ import Testing
 
     @Test func clientWithoutEvidenceIsRefusedByTheServer() async throws {
         let setup = try await Setup()
-        defer { Task { await setup.finish() } }
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
         let plain = try PlainCertificate.make(in: setup.dir.path)
         let script = """
             import socket, ssl, sys
@@ -112,7 +129,7 @@ import Testing
 
     @Test func serverWithoutEvidenceIsRefusedByTheClient() async throws {
         let setup = try await Setup()
-        defer { Task { await setup.finish() } }
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
         let plain = try PlainCertificate.make(in: setup.dir.path)
         let port = Programs.unusedPort()
         let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", plain.certificate,
@@ -124,5 +141,163 @@ import Testing
             try await client.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9)
         }
         #expect(error?.message.contains("did not prove a trusted TEE") == true, "\(String(describing: error))")
+    }
+
+    /// TDX "evidence" the Attestation Service refuses (a quote far too short): a certificate that passes every local
+    /// check and is refused only by the AS, as a stranger's forged evidence would be.
+    struct UnverifiableTDX: Attester {
+        var tee: TEEType { .tdx }
+        func evidence(reportData: [UInt8], gpuEvidence: JSONValue?) -> JSONValue {
+            ["quote": .string(Base64.standard(Array(repeating: 7, count: 32)))]
+        }
+    }
+
+    @Test func unverifiableCertificatesCostOneAttestationEach() async throws {
+        let setup = try await Setup()
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
+        let strangers = try (0..<2).map { _ in
+            PeerObjectClient(peers: try Setup.peers(trustee: setup.trustee, http: setup.http, attester: UnverifiableTDX()), port: setup.port)
+        }
+        let start = ContinuousClock.now
+        var refused = 0
+        for stranger in strangers {
+            // Ten at once, then ten after another: each TLS attempt presents the same certificate.
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for _ in 0..<10 {
+                    group.addTask {
+                        do { _ = try await stranger.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9); return false } catch { return true }
+                    }
+                }
+                for try await failed in group where failed { refused += 1 }
+            }
+            for _ in 0..<10 {
+                do { _ = try await stranger.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9) } catch { refused += 1 }
+            }
+        }
+        #expect(refused == 40)
+        // The AS saw: each stranger checking the server once (accepted, then remembered), and the server checking
+        // each stranger's certificate once (refused, then remembered): 4 requests for 40 connections.
+        let refusedByAS = setup.asRequests - setup.attestations
+        #expect(refusedByAS == 2, "\(setup.asRequests) AS requests, \(setup.attestations) accepted")
+        #expect(setup.asRequests == 4)
+        print("40 connections with 2 unverifiable certificates: \(setup.asRequests) AS requests (\(refusedByAS) refused) in \(ContinuousClock.now - start)")
+        // A genuine peer is still served.
+        let client = PeerObjectClient(peers: try setup.peers(), port: setup.port)
+        let bytes = try await client.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9)
+        #expect(bytes == Array(setup.content[0...9]))
+    }
+
+    /// One TCP connection that sends part of a ClientHello and stalls; the other cap tests share the script.
+    static let stallScript = """
+        import json, socket, sys, time
+        port, count, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+        def stalled():
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]))
+            return s
+        def closed_after(s):
+            start = time.monotonic()
+            try:
+                data = s.recv(4096)
+                while data:
+                    data = s.recv(4096)
+            except socket.timeout:
+                return None
+            except OSError:
+                pass
+            return time.monotonic() - start
+        held = [stalled() for _ in range(count)]
+        time.sleep(0.3)
+        extra = stalled()
+        over = closed_after(extra)
+        first = closed_after(held[0]) if hold > 0 else None
+        print(json.dumps({"over_cap_closed_after": over, "stalled_closed_after": first}))
+        """
+
+    @Test func stalledHandshakeIsClosedAfterTheTimeout() async throws {
+        var limits = PeerObjectServer.Limits()
+        limits.handshakeTimeout = .seconds(2)
+        let setup = try await Setup(limits: limits)
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
+        let result = try Programs.run("/usr/bin/env", ["python3", "-c", Self.stallScript, String(setup.port), "1", "1"])
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.stderr)")
+        // Both the held connection and the extra one (under the cap of 64) stall mid-ClientHello: closed at ~2 s.
+        let closed = try #require(report["over_cap_closed_after"] as? Double, "\(report)")
+        #expect(closed > 1.0 && closed < 4.0, "\(closed)")
+        print("a handshake stalled mid-ClientHello was closed after \(closed) s (timeout 2 s)")
+    }
+
+    @Test func connectionsOverTheCapAreRefused() async throws {
+        var limits = PeerObjectServer.Limits()
+        limits.maxConnections = 3
+        limits.handshakeTimeout = .seconds(5)
+        let setup = try await Setup(limits: limits)
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
+        let result = try Programs.run("/usr/bin/env", ["python3", "-c", Self.stallScript, String(setup.port), "3", "1"])
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.stderr)")
+        // The fourth is closed at once; the three held ones only at the handshake timeout.
+        let over = try #require(report["over_cap_closed_after"] as? Double, "\(report)")
+        #expect(over < 1.0, "\(over)")
+        let held = try #require(report["stalled_closed_after"] as? Double, "\(report)")
+        #expect(held > 2.0, "\(held)")
+        print("over the cap of 3: closed after \(over) s; a held stalled one after a further \(held) s")
+        // Once they are gone, a peer is served again.
+        let client = PeerObjectClient(peers: try setup.peers(), port: setup.port)
+        let bytes = try await client.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9)
+        #expect(bytes == Array(setup.content[0...9]))
+    }
+
+    @Test func manifestIsParsedOncePerChange() async throws {
+        let setup = try await Setup()
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
+        let client = PeerObjectClient(peers: try setup.peers(), port: setup.port)
+        for _ in 0..<5 {
+            _ = try await client.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9)
+        }
+        #expect(setup.server.manifestParses == 1)
+        // The fetcher replaces the manifest: the next request sees the new one.
+        var manifest = Manifest()
+        manifest.entries["shards/深 x/a.bin"] = .init(size: UInt64(setup.content.count), etag: "\"E2\"", crc64: 1)
+        try manifest.encoded().write(to: URL(fileURLWithPath: setup.dir.path + "/cache/model.manifest.json"), options: .atomic)
+        let error = await #expect(throws: PeerError.self) {
+            try await client.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9)
+        }
+        #expect(error?.status == 412)
+        _ = try await client.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E2\"", range: 0...9)
+        #expect(setup.server.manifestParses == 2)
+    }
+
+    /// A sharing peer whose certificate expired (made 7 hours ago, valid for 6) is refused by the server before the
+    /// Attestation Service is asked, and a server with an expired certificate is refused by the client.
+    @Test func expiredPeerCertificateIsRefused() async throws {
+        let setup = try await Setup()
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
+        let past = Date().addingTimeInterval(-7 * 3600)
+        let stale = PeerObjectClient(peers: try Setup.peers(trustee: setup.trustee, http: setup.http, now: past), port: setup.port)
+        let error = await #expect(throws: PeerError.self) {
+            try await stale.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9)
+        }
+        // The server refused this certificate in the handshake (its log says why: expired).
+        #expect(error?.message.contains("CERTIFICATE_UNKNOWN") == true, "\(String(describing: error))")
+        // Only the stale client's check of the server reached the AS.
+        #expect(setup.asRequests == 1)
+
+        // The client side's check, with the reason it gives.
+        let verifier = PeerVerifier(attestationService: setup.trustee.url + "as/", policyIDs: ["default"], allowSample: true, http: setup.http)
+        let expired = try AttestedCertificate.make(attester: SampleAttester(), now: past)
+        let refusal = await #expect(throws: VerificationError.self) { try await verifier.verify(certificate: expired.der) }
+        #expect(refusal?.message.contains("certificate expired at") == true, "\(String(describing: refusal))")
+        #expect(setup.asRequests == 1)
+    }
+
+    /// A production host (not itself sample) refuses sample peers, before asking the Attestation Service.
+    @Test func samplePeersAreRefusedUnlessThisHostIsSample() async throws {
+        let setup = try await Setup()
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
+        let strict = PeerVerifier(attestationService: setup.trustee.url + "as/", policyIDs: ["default"], allowSample: false, http: setup.http)
+        let sample = try AttestedCertificate.make(attester: SampleAttester())
+        let error = await #expect(throws: VerificationError.self) { try await strict.verify(certificate: sample.der) }
+        #expect(error?.message.contains("sample evidence") == true)
+        #expect(setup.asRequests == 0)
     }
 }
