@@ -105,7 +105,7 @@ public final class PeerObjectServer: Sendable {
 /// inode, size or mtime) whenever it changes, so a request only stats it.
 final class ManifestCache: Sendable {
     private struct State: Sendable {
-        var identity: [Int] = []
+        var identity: FileStamp?
         var manifest = Manifest()
         var parses = 0
     }
@@ -116,11 +116,8 @@ final class ManifestCache: Sendable {
 
     /// The manifest at `path` (empty when it is missing or unreadable).
     func manifest(at path: String) -> Manifest {
-        var info = stat()
-        let identity = stat(path, &info) == 0
-            ? [Int(info.st_dev), Int(info.st_ino), Int(info.st_size), info.st_mtim.tv_sec, info.st_mtim.tv_nsec]
-            : []
-        if let cached = state.withLock({ $0.identity == identity && !identity.isEmpty ? $0.manifest : nil }) { return cached }
+        let identity = FileStamp.of(path)
+        if let cached = state.withLock({ $0.identity == identity && identity != nil ? $0.manifest : nil }) { return cached }
         let manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data())
         state.withLock { state in
             state.identity = identity
