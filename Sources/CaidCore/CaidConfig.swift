@@ -124,6 +124,8 @@ public struct CaidConfig: Sendable {
     public var modelServicePort: UInt16
     public var modelMountPoint: String
     public var healthSocket: String
+    /// A group (name or GID) whose members may probe the health socket (`CAID_HEALTH_GROUP`); nil: root only.
+    public var healthGroup: String? = nil
     public var cacheDirectory: String
     public var attester: Attester
     public var kbsProtocol: KBSProtocol
@@ -160,7 +162,7 @@ public struct CaidConfig: Sendable {
         "TRUSTEE_URL", "TRUSTEE_POLICY", "MODEL_KEY_ID", "MODEL_ENCRYPTION_METHOD",
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
-        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
+        "CAID_HEALTH_SOCKET", "CAID_HEALTH_GROUP", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
         "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY",
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
@@ -258,6 +260,7 @@ extension CaidConfig {
             ("CAID_MOUNT_OWNER", "\(mount.uid):\(mount.gid)"),
             ("CAID_MOUNT_MODE", "0" + String(mount.mode, radix: 8)),
             ("CAID_HEALTH_SOCKET", healthSocket),
+            ("CAID_HEALTH_GROUP", healthGroup ?? "(not set: root only)"),
             ("CAID_CACHE_DIR", cacheDirectory),
             ("CAID_ATTESTER", attester.rawValue),
             ("CAID_KBS_PROTOCOL", kbsProtocol.rawValue),
@@ -577,14 +580,22 @@ private struct Decoder {
             }
         }
 
+        // Resolved to a GID by `caid run` (and check-config), which may read the group database; here only its form.
+        let healthGroup = text("CAID_HEALTH_GROUP").flatMap { $0.isEmpty ? nil : $0 }
+        if let healthGroup, healthGroup.contains(where: { $0 == ":" || $0 == "/" || $0.isWhitespace }) {
+            error("CAID_HEALTH_GROUP", "'\(healthGroup)' is not a group name or GID")
+        }
+
         guard let trustee, let keyID, let bucket, let endpoint, let accessKeyID, let secretKey else { return nil }
-        return CaidConfig(
+        var config = CaidConfig(
             file: file, trusteeURL: trustee, trusteePolicy: policy, modelKeyID: keyID, encryptionMethod: method,
             objectStorage: .init(
                 bucket: bucket, prefix: prefix, endpoint: endpoint, accessKeyID: accessKeyID,
                 secretAccessKey: secretKey, sessionToken: token),
             sharingPeers: peers, sharingPort: sharingPort, modelServicePort: port, modelMountPoint: mountPoint, healthSocket: socket,
             cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, mount: mount, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy)
+        config.healthGroup = healthGroup
+        return config
     }
 
     /// A positive whole number setting (a limit, or seconds).

@@ -19,9 +19,9 @@ enum KeyBrokerSetup {
             nvmlLibrary: settings.gpuEvidence == .off ? nil : settings.nvmlLibrary)
     }
 
-    /// The HTTP client for Trustee (KBS and AS): the system's CA certificates, or only those of `CAID_TRUSTEE_CA`.
-    static func httpClient(for config: CaidConfig) throws(ConfigError) -> HTTPClient {
-        guard let ca = config.attestation.trusteeCA else { return HTTPClient(eventLoopGroupProvider: .singleton) }
+    /// The CA certificates of `CAID_TRUSTEE_CA`, nil when it is not set (then the system's are used).
+    static func trusteeRoots(for config: CaidConfig) throws(ConfigError) -> [NIOSSLCertificate]? {
+        guard let ca = config.attestation.trusteeCA else { return nil }
         let roots: [NIOSSLCertificate]
         do {
             roots = try NIOSSLCertificate.fromPEMFile(ca)
@@ -33,6 +33,16 @@ enum KeyBrokerSetup {
         guard !roots.isEmpty else {
             throw ConfigError(diagnostics: [ConfigDiagnostic(.error, file: config.file, key: "CAID_TRUSTEE_CA", message: "'\(ca)' holds no certificate")])
         }
+        return roots
+    }
+
+    /// The HTTP client for Trustee (KBS and AS): the system's CA certificates, or only those of `CAID_TRUSTEE_CA`.
+    static func httpClient(for config: CaidConfig) throws(ConfigError) -> HTTPClient {
+        httpClient(roots: try trusteeRoots(for: config))
+    }
+
+    static func httpClient(roots: [NIOSSLCertificate]?) -> HTTPClient {
+        guard let roots else { return HTTPClient(eventLoopGroupProvider: .singleton) }
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(roots)
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(tlsConfiguration: tls))

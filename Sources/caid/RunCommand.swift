@@ -27,22 +27,17 @@ struct RunCommand: AsyncParsableCommand {
     @OptionGroup var env: EnvOption
 
     func run() async throws {
-        let config = try env.load()
+        // The only place caid refuses a configuration at start (exit 78, which the unit does not restart).
+        let (config, preflight) = try env.loadForRun()
         LogDestination.bootstrap(level: config.logLevel)
         let logger = Logger(label: "caid")
         let registry = HealthRegistry()
         let metrics = HealthMetrics()
         metrics.bootstrap()
 
-        let catalog: ServiceCatalog
-        do {
-            catalog = try ServiceCatalog(config: config, logger: logger)
-        } catch {
-            printError("caid run: \(error)")
-            throw ExitCode(ConfigError.exitCode)
-        }
+        let catalog = ServiceCatalog(config: config, preflight: preflight, logger: logger)
         let supervisor = Supervisor(services: catalog.specs, registry: registry, logger: logger)
-        let health = HealthServer(path: config.healthSocket, registry: registry, metrics: metrics, logger: logger)
+        let health = HealthServer(path: config.healthSocket, group: preflight.healthGroup, registry: registry, metrics: metrics, logger: logger)
         let notifier = NotifierService(registry: registry, logger: logger)
 
         // Started in this order and stopped in reverse: systemd hears STOPPING first, the services stop next, and
@@ -79,16 +74,16 @@ struct ServiceCatalog {
     let specs: [ServiceSpec]
     private let clients: [HTTPClient]
 
-    /// - Throws: when the host has no TEE (and sample is not chosen) or the OSS settings cannot work.
-    init(config: CaidConfig, logger: Logger) throws {
-        let provider = try KeyBrokerSetup.provider(for: config)
+    /// - Parameter preflight: what ``RunPreflight`` found usable; nothing here refuses the configuration.
+    init(config: CaidConfig, preflight: RunPreflight, logger: Logger) {
+        let provider = preflight.provider
         if provider.attester.tee == .sample {
             logger.warning("CAID_ATTESTER=sample: this host sends sample evidence, which proves nothing; use it only for development")
         }
-        let kbsHTTP = try KeyBrokerSetup.httpClient(for: config)
+        let kbsHTTP = KeyBrokerSetup.httpClient(roots: preflight.trusteeRoots)
         var options = Fetcher.Options()
         var sharing: ServiceSpec?
-        let tokenTrust = try KeyBrokerSetup.tokenTrust(for: config)
+        let tokenTrust = preflight.tokenTrust
         if !config.sharingPeers.isEmpty {
             do {
                 // Peers check each other with Trustee's Attestation Service under TRUSTEE_POLICY.
@@ -108,7 +103,7 @@ struct ServiceCatalog {
                 logger.error("model sharing is off for this run: cannot make the attested sharing certificate: \(error)")
             }
         }
-        let (fetcher, ossHTTP) = try ObjectStoreSetup.fetcher(for: config, options: options, logger: logger)
+        let (fetcher, ossHTTP) = ObjectStoreSetup.fetcher(for: config, endpoint: preflight.ossEndpoint, options: options, logger: logger)
         clients = [kbsHTTP, ossHTTP]
         let kbs = KeyBrokerSetup.client(for: config, provider: provider, http: kbsHTTP, logger: logger)
         let handoff = KeyHandoff()
