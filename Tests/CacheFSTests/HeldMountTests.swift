@@ -148,6 +148,6 @@ import Testing
             7f0000200000-7f0000300000 r-xp 00000000 fd:01 99 /usr/lib/libc.so.6
             """
         #expect(MountHolders.maps(maps, device: MountHolders.Device(major: 0, minor: 0x39)))
-        #expect(!MountHolders.maps(maps, device: device))
+        #expect(!MountHolders.maps(maps, device: MountHolders.Device(major: 0, minor: 0x3A)))
     }
 }

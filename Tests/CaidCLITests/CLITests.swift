@@ -208,9 +208,12 @@ import Testing
     @Test func systemdUnitVerifies() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        // systemd-analyze checks that ExecStart= exists: point it at the caid just built.
-        let unit = try String(contentsOfFile: Programs.packageRoot + "/systemd/caid.service", encoding: .utf8)
-            .replacingOccurrences(of: "/usr/local/bin/caid", with: Programs.caid)
+        // systemd-analyze checks that ExecStart= exists: point it at the caid just built. It also runs `man` for
+        // a man: Documentation=, whose page only the package installs.
+        let shipped = try String(contentsOfFile: Programs.packageRoot + "/systemd/caid.service", encoding: .utf8)
+        #expect(shipped.contains("ExecStart=/usr/bin/caid run --env /etc/caid/cai.env"))
+        #expect(!shipped.split(separator: "\n").contains { $0.hasPrefix("ExecStartPre=") }, "a refusal in ExecStartPre= restarts forever: RestartPreventExitStatus= covers the main process only")
+        let unit = shipped.replacingOccurrences(of: "/usr/bin/caid", with: Programs.caid).replacingOccurrences(of: " man:caid(1)", with: "")
         let path = try dir.write("caid.service", unit, mode: 0o644)
         let result = try Programs.run("/usr/bin/systemd-analyze", ["verify", path])
         #expect(result.status == 0, "\(result.stderr)")
