@@ -5,9 +5,11 @@
 # Usage: scripts/package.sh [--debug]
 #   (default)  a release build (swift build -c release), 10-16 minutes from cold on 2 cores.
 #   --debug    the debug build, for CI's VM test: it reuses the objects `swift build --build-tests` compiled and
-#              only links again (see docs/operations.md, "Building the packages").
+#              only links them again, with the Swift runtime statically (see docs/operations.md, "Building the
+#              packages").
 #
-# Either way the Swift runtime is linked statically (--static-swift-stdlib), so the binary needs only the C
+# Either way the Swift runtime is linked statically (-static-stdlib, what --static-swift-stdlib passes; see below
+# why not that flag itself), so the binary needs only the C
 # libraries the packages declare. Each package holds the binary (/usr/bin/caid), the unit
 # (/usr/lib/systemd/system/caid.service), /usr/lib/tmpfiles.d/caid.conf (/run/caid-model, the parent to bind into
 # containers: docs/operations.md), /etc/caid/cai.env.example (a conffile, mode 0600), the docs the unit's
@@ -32,25 +34,52 @@ for tool in dpkg-deb rpmbuild objdump gzip; do
     command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install-deps.sh" >&2; exit 1; }
 done
 
-echo "== building caid $version ($configuration, Swift runtime linked statically)" >&2
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+
 start=$(date +%s)
-flock "$lock" swift build -c "$configuration" --static-swift-stdlib --product caid >&2
-bin_dir=$(flock "$lock" swift build -c "$configuration" --static-swift-stdlib --show-bin-path)
-binary="$bin_dir/caid"
+# The objects are built as usual, then linked again into a binary of our own with -static-stdlib, using SwiftPM's
+# own link command for caid (from .build/<configuration>.yaml). Why not `swift build --static-swift-stdlib`:
+# - after a normal build it re-runs every swiftc command, since SwiftPM adds -static-stdlib to each compile and
+#   llbuild sees new commands, and the next `swift build --build-tests` re-runs them all once more (measured:
+#   docs/operations.md, "Building the packages"); -static-stdlib only matters to the link;
+# - with Swift 6.3.1 its link fails: libFoundation.a and libFoundationInternationalization.a need CoreFoundation
+#   and _FoundationICU, which come earlier on the command line than they are needed, so they are named again last.
+echo "== building caid $version ($configuration objects, linked with the Swift runtime statically)" >&2
+flock "$lock" swift build -c "$configuration" --product caid >&2
+binary="$stage/caid"
+python3 - "$binary" "$configuration" > "$stage/link-args" <<'PY'
+import json, re, sys
+binary, configuration = sys.argv[1], sys.argv[2]
+text = open(f".build/{configuration}.yaml").read()
+block = re.search(r'^  "C\.caid-[^"]*-' + configuration + r'\.exe":\n(?:    .*\n)*?    args: (\[.*\])$', text, re.M)
+if not block:
+    sys.exit(f"no link command for caid in .build/{configuration}.yaml")
+args = [a for a in json.loads(block.group(1)) if a != "-static-stdlib"]
+out = args.index("-o")
+args[out + 1] = binary
+args.insert(out, "-static-stdlib")
+args += ["-lFoundation", "-lFoundationInternationalization", "-lFoundationEssentials", "-lCoreFoundation",
+         "-l_FoundationICU", "-l_FoundationCShims", "-l_FoundationCollections"]
+print("\0".join(args), end="")
+PY
+# NUL-separated: no argument can hold a NUL, and some hold $ORIGIN.
+mapfile -d '' -t link_args < "$stage/link-args"
+flock "$lock" "${link_args[@]}" >&2
 echo "== built in $(( $(date +%s) - start )) s: $binary" >&2
 
 # The binary must not need the toolchain: no libswift*, no libFoundation*, no lib_FoundationICU.
 if objdump -p "$binary" | awk '$1 == "NEEDED" {print $2}' | grep -E '^(libswift|libFoundation|lib_Foundation|libdispatch|libBlocksRuntime)'; then
-    echo "$binary still needs the Swift runtime (above); --static-swift-stdlib did not take" >&2
+    echo "$binary still needs the Swift runtime (above); -static-stdlib did not take" >&2
     exit 1
 fi
 needed=$(objdump -p "$binary" | awk '$1 == "NEEDED" {print $2}' | sort)
 # The glibc floor: the highest GLIBC_x.y symbol version the binary asks for.
 glibc_floor=$(objdump -T "$binary" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
-echo "== needs: $(echo $needed); glibc >= $glibc_floor" >&2
+# Likewise libfuse3: the fuse_loop_cfg_* API caid uses came with 3.12 (FUSE_3.12).
+fuse_floor=$(objdump -T "$binary" | grep -o 'FUSE_[0-9][0-9.]*' | sed 's/FUSE_//' | sort -V | tail -1)
+echo "== needs: $(echo $needed); glibc >= $glibc_floor, libfuse3 >= $fuse_floor" >&2
 
-stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
 root="$stage/root"
 install -D -m 0755 "$binary" "$root/usr/bin/caid"
 install -D -m 0644 systemd/caid.service "$root/usr/lib/systemd/system/caid.service"
@@ -92,6 +121,7 @@ for lib in $needed; do
     [ -n "$path" ] || { echo "cannot find $lib on this host to name its package" >&2; exit 1; }
     pkg=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -1 | cut -d: -f1) || true
     [ -n "$pkg" ] || pkg=$(dpkg -S "$path" | head -1 | cut -d: -f1)
+    case "$lib" in libfuse3.so.*) pkg="$pkg (>= $fuse_floor)" ;; esac
     deb_depends="$deb_depends, $pkg"
 done
 deb_root="$stage/deb"
@@ -116,7 +146,7 @@ Description: Confidential AI daemon: attestation, model key, model mount, attest
  mounts it decrypted and read-only with FUSE, and serves it behind an attested gateway TNG clients can reach.
  .
  Installing starts nothing: copy /etc/caid/cai.env.example to /etc/caid/cai.env (mode 0600), fill it in,
- run `caid check-config`, then `systemctl enable --now caid`.
+ run caid check-config, then systemctl enable --now caid.
 EOF
 echo "/etc/caid/cai.env.example" > "$deb_root/DEBIAN/conffiles"
 cat > "$deb_root/DEBIAN/postinst" <<'EOF'
@@ -151,7 +181,7 @@ dpkg-deb --root-owner-group -Zxz --build "$deb_root" "$deb" >&2
 # ---- .rpm ----
 # Dependencies by soname, as RPM distributions (Alibaba Cloud Linux 3, its RHEL 8 base) provide them, and glibc
 # by the GLIBC_ symbol version the floor needs: the same names rpm's own dependency generator would write.
-rpm_requires="libc.so.6(GLIBC_${glibc_floor})(64bit)"
+rpm_requires="libc.so.6(GLIBC_${glibc_floor})(64bit), libfuse3.so.3(FUSE_${fuse_floor})(64bit)"
 for lib in $needed; do rpm_requires="$rpm_requires, ${lib}()(64bit)"; done
 rpm_top="$stage/rpm"
 mkdir -p "$rpm_top"/{BUILD,RPMS,SPECS,BUILDROOT}
@@ -201,6 +231,6 @@ EOF
 rpmbuild --quiet -bb --define "_topdir $rpm_top" --define "_rpmdir $rpm_top/RPMS" "$rpm_top/SPECS/caid.spec" >&2
 mv "$rpm_top/RPMS/x86_64/caid-${version}-1.x86_64.rpm" "$rpm"
 
-echo "== packages (binary needs $(echo $needed), glibc >= $glibc_floor)" >&2
+echo "== packages (binary needs $(echo $needed), glibc >= $glibc_floor, libfuse3 >= $fuse_floor)" >&2
 echo "$deb"
 echo "$rpm"
