@@ -19,4 +19,9 @@ static inline struct fuse_session *caid_fuse_session_new(struct fuse_args *args,
 static inline int caid_umount_detach(const char *target) {
     return umount2(target, MNT_DETACH);
 }
+
+// fusectl, where a FUSE connection can be aborted (/sys/fs/fuse/connections/<dev>/abort).
+static inline int caid_mount_fusectl(const char *target) {
+    return mount("fusectl", target, "fusectl", 0, NULL);
+}
 #endif

@@ -23,6 +23,9 @@ public final class FuseMount: Sendable {
         public var maxThreads = 8
         /// The kernel readahead for the mount, in KiB (model files are read sequentially).
         public var readAheadKiB = 2048
+        /// How long ``FuseMount/unmount()`` waits for the kernel to let go after the detach, before it ends the FUSE
+        /// connection; and again after. Two of these fit well in the 10 s caid has to stop.
+        public var unmountGrace: Duration = .seconds(2)
 
         public init() {}
     }
@@ -43,9 +46,15 @@ public final class FuseMount: Sendable {
     private let loopDone = DispatchSemaphore(value: 0)
     private let loopEnded = OneShotSignal()
     private let logger: Logger
+    /// The mount's device and its mount IDs in caid's namespace, read once it is up; what the holder scan and
+    /// the FUSE connection's abort file go by.
+    private let identity = Mutex<(device: MountHolders.Device, mountIDs: Set<Int>)?>(nil)
+    /// How long the request loop gets to end after the unmount before the connection is aborted, and after that.
+    private let grace: Duration
 
-    private init(mountpoint: String, session: Session, fileSystem: Unmanaged<CacheFileSystem>, logger: Logger) {
+    private init(mountpoint: String, session: Session, fileSystem: Unmanaged<CacheFileSystem>, grace: Duration, logger: Logger) {
         self.mountpoint = mountpoint
+        self.grace = grace
         self.session = session
         self.fileSystem = fileSystem
         self.logger = logger
@@ -75,11 +84,12 @@ public final class FuseMount: Sendable {
             retained.release()
             throw MountError(description: "cannot mount at \(mountpoint): it needs root (CAP_SYS_ADMIN) or fusermount3, and /dev/fuse")
         }
-        let mount = FuseMount(mountpoint: mountpoint, session: Session(pointer: pointer), fileSystem: retained, logger: logger)
+        let mount = FuseMount(mountpoint: mountpoint, session: Session(pointer: pointer), fileSystem: retained, grace: options.unmountGrace, logger: logger)
         let thread = Thread { [mount] in mount.loop(maxThreads: options.maxThreads) }
         thread.name = "caid-fuse"
         thread.start()
         // Only now: stat on the mount point waits for the loop to answer the kernel's INIT.
+        mount.recordIdentity()
         mount.setReadAhead(kibibytes: options.readAheadKiB)
         return mount
     }
@@ -97,13 +107,29 @@ public final class FuseMount: Sendable {
 
     /// Unmounts, waits for the loop to end, and releases the file system. Safe to call more than once and from
     /// several threads: every caller returns only once the teardown is complete.
+    ///
+    /// libfuse detaches the mount lazily when caid is root (`umount2(MNT_DETACH)`, libfuse `lib/mount.c`
+    /// `fuse_kern_unmount`; fusermount3 `-z` otherwise), which always succeeds, but the kernel keeps the file system
+    /// while anything still references it: a process with a file open in it, or another mount namespace with a
+    /// mount of it (a container's `-v /tmp/model:/tmp/model` is one). The request loop then never ends, and caid
+    /// would miss its stop timeout. So when the loop has not ended within the grace, the holders are logged and the
+    /// connection is aborted through fusectl (`/sys/fs/fuse/connections/<dev>/abort`, the kernel's
+    /// Documentation/filesystems/fuse.rst): their reads fail with ENOTCONN and the loop ends.
     public func unmount() {
         finished.withLock { done in
             guard !done else { return }
             done = true
             fuse_session_exit(session.pointer)
             fuse_session_unmount(session.pointer)
-            loopDone.wait()
+            if !waitForLoop(grace) {
+                endHeldConnection()
+                guard waitForLoop(grace) else {
+                    // The session's threads may still run: leave it and the file system allocated rather than free
+                    // them under those threads. caid is stopping or mounting anew; a stale mount is cleared then.
+                    logger.error("the FUSE request loop for \(mountpoint) did not end after the connection was aborted; leaving it")
+                    return
+                }
+            }
             loopDone.signal()  // for other waiters
             fuse_session_destroy(session.pointer)
             fileSystem.takeUnretainedValue().close()
@@ -111,11 +137,58 @@ public final class FuseMount: Sendable {
         }
     }
 
+    private func waitForLoop(_ timeout: Duration) -> Bool {
+        let nanoseconds = Int(timeout.components.seconds) * 1_000_000_000 + Int(timeout.components.attoseconds / 1_000_000_000)
+        return loopDone.wait(timeout: .now() + .nanoseconds(nanoseconds)) == .success
+    }
+
+    /// Logs who still holds the detached mount and aborts its FUSE connection.
+    private func endHeldConnection() {
+        guard let identity = self.identity.withLock({ $0 }) else {
+            logger.error("\(mountpoint) is still in use after the unmount, and its device is unknown: cannot end its FUSE connection")
+            return
+        }
+        let holders = MountHolders.scan(device: identity.device, ownMountIDs: identity.mountIDs)
+        let who = holders.isEmpty ? "no process found (a reference from the kernel, or a process that just exited)" : holders.map(\.description).joined(separator: "; ")
+        logger.warning("\(mountpoint) is still in use after the unmount: \(who); ending its FUSE connection, so those readers get ENOTCONN (a container that bound the mount must be restarted, or bind its parent with rslave propagation: see docs/operations.md)", metadata: [
+            "holders": "\(holders.map { "\($0.pid)" }.joined(separator: ","))",
+        ])
+        let connections = "/sys/fs/fuse/connections"
+        let abort = "\(connections)/\(identity.device.kernelNumber)/abort"
+        if access(abort, F_OK) != 0, access(connections, F_OK) == 0 {
+            // systemd mounts fusectl at boot (sys-fs-fuse-connections.mount); elsewhere caid mounts it itself.
+            if caid_mount_fusectl(connections) != 0 {
+                logger.debug("cannot mount fusectl at \(connections): \(String(cString: strerror(errno)))")
+            }
+        }
+        let fd = open(abort, O_WRONLY)
+        guard fd >= 0 else {
+            logger.error("cannot end the FUSE connection of \(mountpoint) through \(abort): \(String(cString: strerror(errno)))")
+            return
+        }
+        defer { close(fd) }
+        let written = [UInt8(ascii: "1")].withUnsafeBytes { write(fd, $0.baseAddress, 1) }
+        if written != 1 { logger.error("cannot write \(abort): \(String(cString: strerror(errno)))") }
+    }
+
+    /// Reads the mount's device and its mount IDs here, once it is up.
+    private func recordIdentity() {
+        var info = stat()
+        guard stat(mountpoint, &info) == 0 else { return }
+        let device = MountHolders.Device(info.st_dev)
+        let table = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let ids = MountHolders.mountIDs(inMountinfo: table, device: device)
+        identity.withLock { $0 = (device: device, mountIDs: ids) }
+    }
+
     /// Blocks until the request loop ends (unmounted by ``unmount()`` or from outside).
     public func waitUntilUnmounted() {
         loopDone.wait()
         loopDone.signal()
     }
+
+    /// The mount's device (`0:<minor>`), known once it is up.
+    public var device: MountHolders.Device? { identity.withLock { $0?.device } }
 
     /// Returns when the request loop ends, or the task is cancelled.
     public func unmounted() async {

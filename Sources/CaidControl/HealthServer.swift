@@ -9,7 +9,9 @@ import ServiceLifecycle
 /// The health API over HTTP/1.1 on a Unix socket: `/healthz`, `/readyz`, `/status`, `/metrics`.
 ///
 /// The socket is created with mode 0660 in a directory created 0750; a stale socket left by a dead caid is
-/// replaced, but a socket another process still answers on, or a file that is not a socket, is left alone.
+/// replaced, but a socket another process still answers on, or a file that is not a socket, is left alone. With a
+/// `group` (`CAID_HEALTH_GROUP`) the socket, and its directory when caid owns it, belong to that group, so its
+/// members (a monitoring agent) may probe without root; without one only root may.
 public struct HealthServer: Service {
     /// The socket could not be set up; caid cannot run without it.
     public struct SetupError: Error, CustomStringConvertible {
@@ -20,9 +22,11 @@ public struct HealthServer: Service {
     private let registry: HealthRegistry
     private let metrics: HealthMetrics
     private let logger: Logger
+    private let group: gid_t?
 
-    public init(path: String, registry: HealthRegistry, metrics: HealthMetrics, logger: Logger) {
+    public init(path: String, group: gid_t? = nil, registry: HealthRegistry, metrics: HealthMetrics, logger: Logger) {
         self.path = path
+        self.group = group
         self.registry = registry
         self.metrics = metrics
         self.logger = logger
@@ -50,6 +54,15 @@ public struct HealthServer: Service {
             try? await channel.close()
             throw SetupError(description: "cannot set mode 0660 on \(path): \(String(cString: strerror(errno)))")
         }
+        if let group {
+            do {
+                try Self.share(path, with: group)
+            } catch {
+                try? await channel.close()
+                unlink(path)
+                throw error
+            }
+        }
         logger.info("health socket listening", metadata: ["socket": "\(path)"])
         // caid is ready only once probes can reach it.
         await registry.register("health", required: true)
@@ -57,6 +70,21 @@ public struct HealthServer: Service {
         try? await gracefulShutdown()
         try? await channel.close()
         unlink(path)
+    }
+
+    /// Gives the socket to `group`, and its directory too when caid owns it and others cannot write it (the unit's
+    /// `RuntimeDirectory=`, which systemd makes root:root 0750 at every start); a directory owned by someone else is
+    /// left as it is, and then it must let the group through itself.
+    static func share(_ path: String, with group: gid_t) throws(SetupError) {
+        guard chown(path, uid_t.max, group) == 0 else {
+            throw SetupError(description: "cannot give \(path) to group \(group) (CAID_HEALTH_GROUP): \(String(cString: strerror(errno)))")
+        }
+        let parent = (path as NSString).deletingLastPathComponent
+        var info = stat()
+        guard stat(parent, &info) == 0, info.st_uid == geteuid(), info.st_mode & S_IWOTH == 0 else { return }
+        guard chown(parent, uid_t.max, group) == 0, chmod(parent, (info.st_mode & 0o7777 & ~0o020) | 0o010) == 0 else {
+            throw SetupError(description: "cannot let group \(group) (CAID_HEALTH_GROUP) through \(parent): \(String(cString: strerror(errno)))")
+        }
     }
 
     /// Creates the parent directory and clears a stale socket.

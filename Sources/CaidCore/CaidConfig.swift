@@ -127,6 +127,8 @@ public struct CaidConfig: Sendable {
     public var modelServicePort: UInt16
     public var modelMountPoint: String
     public var healthSocket: String
+    /// A group (name or GID) whose members may probe the health socket (`CAID_HEALTH_GROUP`); nil: root only.
+    public var healthGroup: String? = nil
     public var cacheDirectory: String
     public var attester: Attester
     public var kbsProtocol: KBSProtocol
@@ -171,7 +173,7 @@ public struct CaidConfig: Sendable {
         "TRUSTEE_URL", "TRUSTEE_POLICY", "MODEL_KEY_ID", "MODEL_ENCRYPTION_METHOD",
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
-        "CAID_HEALTH_SOCKET", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
+        "CAID_HEALTH_SOCKET", "CAID_HEALTH_GROUP", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
         "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY",
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
@@ -300,6 +302,7 @@ extension CaidConfig {
             ("CAID_MOUNT_OWNER", "\(mount.uid):\(mount.gid)"),
             ("CAID_MOUNT_MODE", "0" + String(mount.mode, radix: 8)),
             ("CAID_HEALTH_SOCKET", healthSocket),
+            ("CAID_HEALTH_GROUP", healthGroup ?? "(not set: root only)"),
             ("CAID_CACHE_DIR", cacheDirectory),
             ("CAID_ATTESTER", attester.rawValue),
             ("CAID_KBS_PROTOCOL", kbsProtocol.rawValue),
@@ -639,6 +642,13 @@ private struct Decoder {
 
         let sharingMaxConnections = count("CAID_SHARING_MAX_CONNECTIONS", default: 64)
         let sharingHandshakeTimeout = Duration.seconds(count("CAID_SHARING_HANDSHAKE_TIMEOUT", default: 30))
+
+        // Resolved to a GID by `caid run` (and check-config), which may read the group database; here only its form.
+        let healthGroup = text("CAID_HEALTH_GROUP").flatMap { $0.isEmpty ? nil : $0 }
+        if let healthGroup, healthGroup.contains(where: { $0 == ":" || $0 == "/" || $0.isWhitespace }) {
+            error("CAID_HEALTH_GROUP", "'\(healthGroup)' is not a group name or GID")
+        }
+
         guard let trustee, let keyID, let bucket, let endpoint, let accessKeyID, let secretKey else { return nil }
         var config = CaidConfig(
             file: file, trusteeURL: trustee, trusteePolicy: policy, modelKeyID: keyID, encryptionMethod: method,
@@ -649,6 +659,7 @@ private struct Decoder {
             cacheDirectory: cache, attester: attester, kbsProtocol: kbsProtocol, gateway: gateway, attestation: attestation, mount: mount, logLevel: level, ossRegion: region, ossSignature: signature, ossProxy: proxy,
             sharingMaxConnections: sharingMaxConnections, sharingHandshakeTimeout: sharingHandshakeTimeout)
         config.readTimeout = readTimeout
+        config.healthGroup = healthGroup
         return config
     }
 

@@ -7,6 +7,8 @@ public actor HealthRegistry {
     private var shuttingDown = false
     private var subscribers: [UUID: AsyncStream<HealthSnapshot>.Continuation] = [:]
     private var lastTick = ContinuousClock.now
+    private var progressCount = 0
+    private var startNote: String?
 
     public init() {}
 
@@ -31,10 +33,23 @@ public actor HealthRegistry {
         publish()
     }
 
-    /// Changes only what a service is doing, keeping its state.
+    /// Changes only what a service is doing, keeping its state; counts as progress (``progressMarks()``), as
+    /// bytes arriving in the fetch do.
     public func setDetail(_ name: String, _ detail: String?) {
         guard services[name] != nil, services[name]?.detail != detail else { return }
         services[name]?.detail = detail
+        progressCount += 1
+        publish()
+    }
+
+    /// How many times a service has reported progress with ``setDetail(_:_:)``; grows while work moves on.
+    public func progressMarks() -> Int { progressCount }
+
+    /// A note on the start as a whole, shown first in the summary (STATUS= and `caid health`), such as why
+    /// systemd's start timeout is no longer extended; nil to clear it.
+    public func setStartNote(_ note: String?) {
+        guard startNote != note else { return }
+        startNote = note
         publish()
     }
 
@@ -52,7 +67,9 @@ public actor HealthRegistry {
         let list = order.compactMap { services[$0] }
         let ready = !shuttingDown && list.allSatisfy { !$0.required || $0.state == .running }
         let state = shuttingDown ? "stopping" : (ready ? "ready" : "starting")
-        return HealthSnapshot(state: state, ready: ready, services: list, summary: Self.summary(list, state: state))
+        var summary = Self.summary(list, state: state)
+        if let startNote, !ready, !shuttingDown { summary = "\(state) (\(startNote))" + summary.dropFirst(state.count) }
+        return HealthSnapshot(state: state, ready: ready, services: list, summary: summary)
     }
 
     /// A stream of snapshots: the current one at once, then one after every change.

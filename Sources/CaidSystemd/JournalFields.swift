@@ -25,13 +25,15 @@ public enum JournalFields {
         return name.hasPrefix("CAID_") ? name : "CAID_" + name
     }
 
-    /// The `NAME=value` fields of one entry.
+    /// The `NAME=value` fields of one entry. A message from one of caid's services starts with the service's name
+    /// (`fetch: downloaded …`), as on stderr, so that plain `journalctl -u caid` says which service "starting" or
+    /// "stopped" is about; `CAID_SERVICE` still carries it for filtering.
     public static func make(
         level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata,
         identifier: String, file: String, function: String, line: UInt
     ) -> [String] {
         var fields = [
-            "MESSAGE=\(message)",
+            metadata["service"].map { "MESSAGE=\($0): \(message)" } ?? "MESSAGE=\(message)",
             "PRIORITY=\(priority(level))",
             "SYSLOG_IDENTIFIER=\(identifier)",
             "CODE_FILE=\(file)",

@@ -4,7 +4,10 @@ import ServiceLifecycle
 
 /// Tells systemd how caid is doing: `STATUS=` as stages progress, `READY=1` once every required service runs,
 /// `WATCHDOG=1` at half the watchdog timeout while the supervisor's loop is responsive, `EXTEND_TIMEOUT_USEC=` while
-/// a responsive start is still under way, `STOPPING=1` on shutdown.
+/// the start makes progress (``StartBound``), `STOPPING=1` on shutdown.
+///
+/// A start that makes no progress (Trustee unreachable) is not extended, so systemd's `TimeoutStartSec=` ends it
+/// and the restart policy applies; STATUS= and health then say what it waits on.
 ///
 /// The watchdog is fed only while the supervisor keeps ticking the registry: a wedged supervisor (or a starved
 /// runtime) stops the pets and systemd restarts caid.
@@ -15,17 +18,19 @@ public struct NotifierService: Service {
     private let logger: Logger
     private let stallThreshold: Duration
     private let startExtension: Duration
+    private let progressWindow: Duration
 
     /// - Parameters:
     ///   - send: delivers one notification; by default `sd_notify`.
     ///   - watchdogTimeout: by default from `WATCHDOG_USEC`; `nil` when systemd runs no watchdog.
     ///   - stallThreshold: the supervisor counts as wedged when it has not ticked for this long.
     ///   - startExtension: how far each `EXTEND_TIMEOUT_USEC=` pushes the start timeout while starting.
+    ///   - progressWindow: how long a start may go without progress before the extensions stop.
     public init(
         registry: HealthRegistry, logger: Logger,
         send: @escaping @Sendable (String) -> Void = { SystemdNotifier().send($0) },
         watchdogTimeout: Duration? = SystemdNotifier().watchdogTimeout(),
-        stallThreshold: Duration = .seconds(5), startExtension: Duration = .seconds(30)
+        stallThreshold: Duration = .seconds(5), startExtension: Duration = .seconds(30), progressWindow: Duration = .seconds(30)
     ) {
         self.registry = registry
         self.send = send
@@ -33,6 +38,7 @@ public struct NotifierService: Service {
         self.logger = logger
         self.stallThreshold = stallThreshold
         self.startExtension = startExtension
+        self.progressWindow = progressWindow
     }
 
     public func run() async {
@@ -67,18 +73,39 @@ public struct NotifierService: Service {
         }
     }
 
-    /// Feeds the watchdog, and extends the start timeout until ready, while the supervisor ticks.
+    /// Feeds the watchdog while the supervisor ticks, and extends the start timeout while the start makes progress.
     private func keepAlive() async {
         let interval = min(watchdogTimeout.map { $0 / 2 } ?? startExtension / 3, startExtension / 3)
-        var started = false
+        var bound = StartBound(window: progressWindow, now: ContinuousClock.now)
+        var starting = true
+        var holding = false
         while !Task.isCancelled {
             let silence = await registry.sinceLastTick()
             if silence < stallThreshold {
                 var message: [String] = []
                 if watchdogTimeout != nil { message.append("WATCHDOG=1") }
-                if !started { started = await registry.snapshot().ready }
-                if !started {
-                    message.append("EXTEND_TIMEOUT_USEC=\(startExtension.microseconds)")
+                if starting {
+                    let snapshot = await registry.snapshot()
+                    let marks = await registry.progressMarks()
+                    switch bound.decide(snapshot, progressMarks: marks, now: ContinuousClock.now) {
+                    case .ready:
+                        starting = false
+                        await registry.setStartNote(nil)
+                    case .extend:
+                        message.append("EXTEND_TIMEOUT_USEC=\(startExtension.microseconds)")
+                        if holding {
+                            holding = false
+                            logger.notice("the start makes progress again; extending the start timeout")
+                            await registry.setStartNote(nil)
+                        }
+                    case .hold(let stalled):
+                        let note = StartBound.stallNote(snapshot, stalledFor: stalled)
+                        if !holding {
+                            holding = true
+                            logger.warning("\(note); systemd's TimeoutStartSec= ends the start unless it moves")
+                        }
+                        await registry.setStartNote(note)
+                    }
                 }
                 if !message.isEmpty { send(message.joined(separator: "\n")) }
             } else {

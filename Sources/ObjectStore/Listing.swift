@@ -1,9 +1,5 @@
 import Foundation
 
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
-
 /// One object of a bucket listing.
 public struct ObjectSummary: Sendable, Equatable, Codable {
     public var key: String
@@ -101,32 +97,156 @@ public enum OSSXML {
         func child(_ name: String) -> Element? { children.first { $0.name == name } }
     }
 
+    /// Parses an XML document into elements: tags (attributes skipped), character data with the five predefined
+    /// entities and character references, CDATA, comments and the `<?xml ?>` declaration. A DOCTYPE is refused,
+    /// so there are no entity definitions to expand. Enough for OSS's answers, and it spares caid FoundationXML,
+    /// which would make the installed binary need libxml2.
     static func parse(_ data: Data) throws(ParseError) -> Element {
-        let builder = TreeBuilder()
-        let parser = XMLParser(data: data)
-        parser.shouldResolveExternalEntities = false
-        parser.delegate = builder
-        guard parser.parse(), let root = builder.root else {
-            throw ParseError(description: "the answer is not well-formed XML (\(parser.parserError.map { "\($0)" } ?? "empty"))")
+        var reader = XMLReader(bytes: Array(data))
+        return try reader.document()
+    }
+}
+
+/// The reader behind ``OSSXML/parse(_:)``: one pass over the bytes, a stack of open elements.
+struct XMLReader {
+    typealias ParseError = OSSXML.ParseError
+    let bytes: [UInt8]
+    var index = 0
+
+    init(bytes: [UInt8]) {
+        self.bytes = bytes
+    }
+
+    mutating func document() throws(ParseError) -> OSSXML.Element {
+        var stack: [OSSXML.Element] = []
+        var root: OSSXML.Element?
+        while index < bytes.count {
+            if bytes[index] != UInt8(ascii: "<") {
+                let text = try characterData()
+                if stack.isEmpty {
+                    guard text.allSatisfy(\.isWhitespace) else { throw fail("text outside the document element") }
+                } else {
+                    stack[stack.count - 1].text += text
+                }
+                continue
+            }
+            if starts(with: "<?") {
+                try skip(past: "?>")
+            } else if starts(with: "<!--") {
+                try skip(past: "-->")
+            } else if starts(with: "<![CDATA[") {
+                index += 9
+                let start = index
+                try skip(past: "]]>")
+                guard !stack.isEmpty else { throw fail("CDATA outside the document element") }
+                stack[stack.count - 1].text += String(decoding: bytes[start..<(index - 3)], as: UTF8.self)
+            } else if starts(with: "<!") {
+                throw fail("a DOCTYPE or other declaration, which OSS never sends")
+            } else if starts(with: "</") {
+                index += 2
+                let name = try self.name()
+                skipSpace()
+                guard take(">") else { throw fail("a malformed end tag </\(name)") }
+                guard let element = stack.popLast(), element.name == name else { throw fail("</\(name)> does not close the open element") }
+                if stack.isEmpty { root = element } else { stack[stack.count - 1].children.append(element) }
+            } else {
+                guard root == nil else { throw fail("a second document element") }
+                index += 1
+                let name = try self.name()
+                // Attributes (xmlns on the root) are not needed: skip to the end of the tag, quotes respected.
+                var quote: UInt8?
+                while index < bytes.count {
+                    let byte = bytes[index]
+                    if let open = quote {
+                        if byte == open { quote = nil }
+                    } else if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "'") {
+                        quote = byte
+                    } else if byte == UInt8(ascii: ">") {
+                        break
+                    }
+                    index += 1
+                }
+                guard index < bytes.count else { throw fail("the tag <\(name) does not end") }
+                let empty = bytes[index - 1] == UInt8(ascii: "/")
+                index += 1
+                let element = OSSXML.Element(name: name)
+                if empty {
+                    if stack.isEmpty { root = element } else { stack[stack.count - 1].children.append(element) }
+                } else {
+                    stack.append(element)
+                }
+            }
         }
+        guard stack.isEmpty else { throw fail("the document ends inside <\(stack[stack.count - 1].name)>") }
+        guard let root else { throw fail("no document element") }
         return root
     }
 
-    private final class TreeBuilder: NSObject, XMLParserDelegate {
-        var stack: [Element] = []
-        var root: Element?
+    private func fail(_ what: String) -> ParseError {
+        ParseError(description: "the answer is not well-formed XML: \(what) at byte \(index)")
+    }
 
-        func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?, attributes: [String: String]) {
-            stack.append(Element(name: name))
-        }
+    private func starts(with text: String) -> Bool {
+        let prefix = Array(text.utf8)
+        return bytes.count - index >= prefix.count && bytes[index..<(index + prefix.count)].elementsEqual(prefix)
+    }
 
-        func parser(_ parser: XMLParser, foundCharacters string: String) {
-            if !stack.isEmpty { stack[stack.count - 1].text += string }
-        }
+    private mutating func take(_ text: String) -> Bool {
+        guard starts(with: text) else { return false }
+        index += text.utf8.count
+        return true
+    }
 
-        func parser(_ parser: XMLParser, didEndElement name: String, namespaceURI: String?, qualifiedName: String?) {
-            guard let element = stack.popLast() else { return }
-            if stack.isEmpty { root = element } else { stack[stack.count - 1].children.append(element) }
+    private mutating func skip(past end: String) throws(ParseError) {
+        while index < bytes.count {
+            if take(end) { return }
+            index += 1
         }
+        throw fail("'\(end)' is missing")
+    }
+
+    private mutating func skipSpace() {
+        while index < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
+    }
+
+    private mutating func name() throws(ParseError) -> String {
+        let start = index
+        while index < bytes.count {
+            let byte = bytes[index]
+            if [0x20, 0x09, 0x0A, 0x0D, UInt8(ascii: ">"), UInt8(ascii: "/"), UInt8(ascii: "<"), UInt8(ascii: "=")].contains(byte) { break }
+            index += 1
+        }
+        guard index > start else { throw fail("a tag without a name") }
+        return String(decoding: bytes[start..<index], as: UTF8.self)
+    }
+
+    /// Text up to the next `<`, with entity and character references replaced.
+    private mutating func characterData() throws(ParseError) -> String {
+        var out: [UInt8] = []
+        while index < bytes.count, bytes[index] != UInt8(ascii: "<") {
+            guard bytes[index] == UInt8(ascii: "&") else {
+                out.append(bytes[index])
+                index += 1
+                continue
+            }
+            guard let semicolon = bytes[index...].prefix(12).firstIndex(of: UInt8(ascii: ";")) else { throw fail("an unterminated '&' reference") }
+            let reference = String(decoding: bytes[(index + 1)..<semicolon], as: UTF8.self)
+            switch reference {
+            case "amp": out.append(UInt8(ascii: "&"))
+            case "lt": out.append(UInt8(ascii: "<"))
+            case "gt": out.append(UInt8(ascii: ">"))
+            case "quot": out.append(UInt8(ascii: "\""))
+            case "apos": out.append(UInt8(ascii: "'"))
+            default:
+                let number: UInt32?
+                if reference.hasPrefix("#x") { number = UInt32(reference.dropFirst(2), radix: 16) }
+                else if reference.hasPrefix("#") { number = UInt32(reference.dropFirst(1)) }
+                else { number = nil }
+                guard let number, number != 0, let scalar = Unicode.Scalar(number) else { throw fail("the unknown reference &\(reference);") }
+                out.append(contentsOf: Array(String(Character(scalar)).utf8))
+            }
+            index = semicolon + 1
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }

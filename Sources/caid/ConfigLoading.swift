@@ -38,13 +38,17 @@ struct CheckConfigCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check-config",
         abstract: "Validate cai.env and print the effective configuration, secrets redacted.",
-        discussion: "Exits 0 when caid can start with it and 78 otherwise; every problem names file, line and key."
+        discussion: """
+            Exits 0 when caid can start with it and 78 otherwise; every problem names file, line and key. It makes \
+            the same checks as `caid run` (the TEE CAID_ATTESTER asks for, certificate files, the OSS endpoint), so \
+            it refuses exactly what `run` refuses.
+            """
     )
 
     @OptionGroup var env: EnvOption
 
     func run() throws {
-        let config = try env.load()
+        let (config, _) = try env.loadForRun()
         print("# effective configuration from \(config.file)")
         for (key, value) in config.redactedSummary { print("\(key)=\(value)") }
     }

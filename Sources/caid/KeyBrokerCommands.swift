@@ -19,9 +19,9 @@ enum KeyBrokerSetup {
             nvmlLibrary: settings.gpuEvidence == .off ? nil : settings.nvmlLibrary)
     }
 
-    /// The HTTP client for Trustee (KBS and AS): the system's CA certificates, or only those of `CAID_TRUSTEE_CA`.
-    static func httpClient(for config: CaidConfig) throws(ConfigError) -> HTTPClient {
-        guard let ca = config.attestation.trusteeCA else { return HTTPTimeouts.client(read: config.readTimeout) }
+    /// The CA certificates of `CAID_TRUSTEE_CA`, nil when it is not set (then the system's are used).
+    static func trusteeRoots(for config: CaidConfig) throws(ConfigError) -> [NIOSSLCertificate]? {
+        guard let ca = config.attestation.trusteeCA else { return nil }
         let roots: [NIOSSLCertificate]
         do {
             roots = try NIOSSLCertificate.fromPEMFile(ca)
@@ -33,9 +33,19 @@ enum KeyBrokerSetup {
         guard !roots.isEmpty else {
             throw ConfigError(diagnostics: [ConfigDiagnostic(.error, file: config.file, key: "CAID_TRUSTEE_CA", message: "'\(ca)' holds no certificate")])
         }
+        return roots
+    }
+
+    /// The HTTP client for Trustee (KBS and AS): the system's CA certificates, or only those of `CAID_TRUSTEE_CA`.
+    static func httpClient(for config: CaidConfig) throws(ConfigError) -> HTTPClient {
+        httpClient(roots: try trusteeRoots(for: config), readTimeout: config.readTimeout)
+    }
+
+    static func httpClient(roots: [NIOSSLCertificate]?, readTimeout: Duration) -> HTTPClient {
+        guard let roots else { return HTTPTimeouts.client(read: readTimeout) }
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(roots)
-        return HTTPTimeouts.client(read: config.readTimeout, tls: tls)
+        return HTTPTimeouts.client(read: readTimeout, tls: tls)
     }
 
     /// The trusted certificates for Attestation Service tokens (`CAID_TOKEN_CERTS`), nil when none are set.

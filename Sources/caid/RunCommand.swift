@@ -29,7 +29,8 @@ struct RunCommand: AsyncParsableCommand {
     func run() async throws {
         // First, before any secret is read: on success this does not return but starts caid again.
         let wipingFailure = FreedMemoryWiping.ensure()
-        let config = try env.load()
+        // The only place caid refuses a configuration at start (exit 78, which the unit does not restart).
+        let (config, preflight) = try env.loadForRun()
         LogDestination.bootstrap(level: config.logLevel)
         let logger = Logger(label: "caid")
         if let wipingFailure { logger.warning("\(wipingFailure)") }
@@ -42,13 +43,7 @@ struct RunCommand: AsyncParsableCommand {
         let metrics = HealthMetrics()
         metrics.bootstrap()
 
-        let catalog: ServiceCatalog
-        do {
-            catalog = try ServiceCatalog(config: config, logger: logger)
-        } catch {
-            printError("caid run: \(error)")
-            throw ExitCode(ConfigError.exitCode)
-        }
+        let catalog = ServiceCatalog(config: config, preflight: preflight, logger: logger)
         // Before attestation and before any service: the inference port is closed to the network from here to a
         // clean stop, whatever the gateway does (and after a crash, until the next caid adopts the rules).
         let serviceGuard: ServiceGuard?
@@ -61,7 +56,7 @@ struct RunCommand: AsyncParsableCommand {
             throw ExitCode.failure
         }
         let supervisor = Supervisor(services: catalog.specs, registry: registry, logger: logger)
-        let health = HealthServer(path: config.healthSocket, registry: registry, metrics: metrics, logger: logger)
+        let health = HealthServer(path: config.healthSocket, group: preflight.healthGroup, registry: registry, metrics: metrics, logger: logger)
         let notifier = NotifierService(registry: registry, logger: logger)
 
         // Started in this order and stopped in reverse: systemd hears STOPPING first, the services stop next, and
@@ -107,16 +102,16 @@ struct ServiceCatalog {
     let specs: [ServiceSpec]
     private let clients: [HTTPClient]
 
-    /// - Throws: when the host has no TEE (and sample is not chosen) or the OSS settings cannot work.
-    init(config: CaidConfig, logger: Logger) throws {
-        let provider = try KeyBrokerSetup.provider(for: config)
+    /// - Parameter preflight: what ``RunPreflight`` found usable; nothing here refuses the configuration.
+    init(config: CaidConfig, preflight: RunPreflight, logger: Logger) {
+        let provider = preflight.provider
         if provider.attester.tee == .sample {
             logger.warning("CAID_ATTESTER=sample: this host sends sample evidence, which proves nothing; use it only for development")
         }
-        let kbsHTTP = try KeyBrokerSetup.httpClient(for: config)
+        let kbsHTTP = KeyBrokerSetup.httpClient(roots: preflight.trusteeRoots, readTimeout: config.readTimeout)
         var options = Fetcher.Options()
         var sharing: ServiceSpec?
-        let tokenTrust = try KeyBrokerSetup.tokenTrust(for: config)
+        let tokenTrust = preflight.tokenTrust
         if !config.sharingPeers.isEmpty {
             do {
                 // Peers check each other with Trustee's Attestation Service under TRUSTEE_POLICY.
@@ -143,7 +138,7 @@ struct ServiceCatalog {
                 logger.error("model sharing is off for this run: cannot make the attested sharing certificate: \(error)")
             }
         }
-        let (fetcher, ossHTTP) = try ObjectStoreSetup.fetcher(for: config, options: options, logger: logger)
+        let (fetcher, ossHTTP) = ObjectStoreSetup.fetcher(for: config, endpoint: preflight.ossEndpoint, options: options, logger: logger)
         clients = [kbsHTTP, ossHTTP]
         let kbs = KeyBrokerSetup.client(for: config, provider: provider, http: kbsHTTP, logger: logger)
         let handoff = KeyHandoff()

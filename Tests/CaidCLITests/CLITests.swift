@@ -25,7 +25,8 @@ import Testing
     }
 
     @Test func checkConfigPrintsTheEffectiveConfigurationWithSecretsRedacted() throws {
-        let result = try Programs.run(Programs.caid, ["check-config", "--env", example])
+        // This machine has no TEE: the example's CAID_ATTESTER=auto is refused (see checkConfigRefusesWhatRunRefuses).
+        let result = try Programs.run(Programs.caid, ["check-config", "--env", example], environment: Programs.environment(["CAID_ATTESTER": "sample"]))
         #expect(result.status == 0)
         #expect(result.stdout.contains("MODEL_OSS_SECRET_ACCESS_KEY=<redacted>"))
         #expect(result.stdout.contains("MODEL_SERVICE_PORT=8080"))
@@ -62,6 +63,35 @@ import Testing
         let missing = try Programs.run(Programs.caid, ["check-config", "--env", dir.path + "/nope.env"])
         #expect(missing.status == 78)
         #expect(missing.stderr.contains("nope.env: cannot be read"))
+    }
+
+    /// `check-config` makes the checks `run` makes before starting anything, so the unit needs no `ExecStartPre=`
+    /// (whose 78 `RestartPreventExitStatus=` does not cover): a host without a TEE under `CAID_ATTESTER=auto`, a
+    /// `CAID_TRUSTEE_CA` or `CAID_TOKEN_CERTS` that holds no certificate are refused by both, with the same words.
+    @Test func checkConfigRefusesWhatRunRefuses() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let notPEM = try dir.write("ca.pem", "not a certificate\n")
+        let cases: [(overrides: [String: String], expected: [String])] = [
+            ([:], ["CAID_ATTESTER: no TEE found"]),
+            (["CAID_ATTESTER": "sample", "CAID_TRUSTEE_CA": notPEM], ["CAID_TRUSTEE_CA: '\(notPEM)'"]),
+            (["CAID_ATTESTER": "sample", "CAID_TOKEN_CERTS": notPEM], ["CAID_TOKEN_CERTS: "]),
+            // Every problem at once, not only the first.
+            (["CAID_TRUSTEE_CA": notPEM, "CAID_TOKEN_CERTS": notPEM], ["CAID_ATTESTER: no TEE found", "CAID_TRUSTEE_CA: ", "CAID_TOKEN_CERTS: "]),
+        ]
+        for (overrides, expected) in cases {
+            var environment = Programs.environment(overrides)
+            environment["CAID_HEALTH_SOCKET"] = dir.path + "/never.sock"
+            for command in ["check-config", "run"] {
+                let result = try Programs.run(Programs.caid, [command, "--env", example], environment: environment)
+                #expect(result.status == 78, "\(command) \(overrides): \(result.stderr)")
+                for text in expected { #expect(result.stderr.contains("\(example): \(text)"), "\(command) \(overrides): \(result.stderr)") }
+                #expect(result.stderr.contains("caid did not start"))
+                #expect(!result.stdout.contains("# effective configuration"))
+            }
+        }
+        let fine = try Programs.run(Programs.caid, ["check-config", "--env", example], environment: Programs.environment(["CAID_ATTESTER": "sample"]))
+        #expect(fine.status == 0, "\(fine.stderr)")
     }
 
     @Test func runRefusesToStartWithoutATEE() throws {
@@ -178,9 +208,12 @@ import Testing
     @Test func systemdUnitVerifies() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        // systemd-analyze checks that ExecStart= exists: point it at the caid just built.
-        let unit = try String(contentsOfFile: Programs.packageRoot + "/systemd/caid.service", encoding: .utf8)
-            .replacingOccurrences(of: "/usr/local/bin/caid", with: Programs.caid)
+        // systemd-analyze checks that ExecStart= exists: point it at the caid just built. It also runs `man` for
+        // a man: Documentation=, whose page only the package installs.
+        let shipped = try String(contentsOfFile: Programs.packageRoot + "/systemd/caid.service", encoding: .utf8)
+        #expect(shipped.contains("ExecStart=/usr/bin/caid run --env /etc/caid/cai.env"))
+        #expect(!shipped.split(separator: "\n").contains { $0.hasPrefix("ExecStartPre=") }, "a refusal in ExecStartPre= restarts forever: RestartPreventExitStatus= covers the main process only")
+        let unit = shipped.replacingOccurrences(of: "/usr/bin/caid", with: Programs.caid).replacingOccurrences(of: " man:caid(1)", with: "")
         let path = try dir.write("caid.service", unit, mode: 0o644)
         let result = try Programs.run("/usr/bin/systemd-analyze", ["verify", path])
         #expect(result.status == 0, "\(result.stderr)")

@@ -21,9 +21,18 @@ import Testing
             level: .warning, message: "fetch slow\nsecond line", metadata: ["service": "fetch", "object": "model.bin"],
             identifier: "caid", file: "ObjectStore/Fetcher.swift", function: "run()", line: 42)
         #expect(fields == [
-            "MESSAGE=fetch slow\nsecond line", "PRIORITY=4", "SYSLOG_IDENTIFIER=caid",
+            "MESSAGE=fetch: fetch slow\nsecond line", "PRIORITY=4", "SYSLOG_IDENTIFIER=caid",
             "CODE_FILE=ObjectStore/Fetcher.swift", "CODE_LINE=42", "CODE_FUNC=run()",
             "CAID_OBJECT=model.bin", "CAID_SERVICE=fetch",
         ])
+    }
+
+    /// Plain `journalctl -u caid` shows MESSAGE only: a service's "starting" must say which service.
+    @Test func messageNamesTheServiceOnlyWhenThereIsOne() {
+        let service = JournalFields.make(
+            level: .info, message: "starting", metadata: ["service": "cachefs"], identifier: "caid", file: "f", function: "g", line: 1)
+        #expect(service.first == "MESSAGE=cachefs: starting")
+        let daemon = JournalFields.make(level: .info, message: "caid stopped", metadata: [:], identifier: "caid", file: "f", function: "g", line: 1)
+        #expect(daemon.first == "MESSAGE=caid stopped")
     }
 }

@@ -44,6 +44,10 @@ import Testing
         "<Error><Code>AccessDenied</Code></Error>",
         "",
         "not xml at all",
+        "<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><ListBucketResult>&e;</ListBucketResult>",
+        "<ListBucketResult><Contents></Key></Contents></ListBucketResult>",
+        "<ListBucketResult></ListBucketResult><ListBucketResult></ListBucketResult>",
+        "<ListBucketResult>&bogus;</ListBucketResult>",
     ])
     func malformedListingsAreErrors(text: String) {
         #expect(throws: OSSXML.ParseError.self) { try OSSXML.listPage(Data(text.utf8)) }
@@ -62,5 +66,22 @@ import Testing
         #expect(head == error)
         let plain = OSSXML.error(Data("<html>bad gateway</html>".utf8), status: 502, requestID: "r1")
         #expect(plain.code == "HTTP502" && !plain.isPermanent && plain.requestID == "r1")
+    }
+
+    /// What a parser of OSS's answers must read: the declaration, attributes (xmlns), entities, character
+    /// references, CDATA, comments and empty elements.
+    @Test func readsEntitiesReferencesCDATAAndAttributes() throws {
+        let body = """
+            <?xml version="1.0" encoding="UTF-8"?>
+            <!-- a comment -->
+            <ListBucketResult xmlns="http://doc.oss-cn-hangzhou.aliyuncs.com" a='x>y'>
+              <Contents><Key>a&amp;b &lt;c&gt; &quot;d&quot; &apos;e&apos; &#x6A21;&#22411;</Key><Size>1</Size>
+                <ETag><![CDATA["etag<1>"]]></ETag><Owner/></Contents>
+              <IsTruncated>false</IsTruncated>
+            </ListBucketResult>
+            """
+        let page = try OSSXML.listPage(Data(body.utf8))
+        #expect(page.objects == [ObjectSummary(key: "a&b <c> \"d\" 'e' 模型", size: 1, etag: "\"etag<1>\"")])
+        #expect(page.nextContinuationToken == nil)
     }
 }
