@@ -254,7 +254,7 @@ c_trustee_unreachable() {
     printf '[Service]\nTimeoutStartSec=25s\n' > /run/systemd/system/$unit.service.d/vmtest-timeout.conf
     systemctl daemon-reload; systemctl reset-failed $unit 2>/dev/null
     local t0 rc pid health; t0=$(now)
-    timeout 120 systemctl start $unit & pid=$!
+    timeout 60 systemctl start $unit & pid=$!
     sleep 10
     health=$(caid health 2>&1 | tr '\n' ' ' | cut -c1-160)
     wait $pid; rc=$?
