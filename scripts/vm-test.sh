@@ -73,7 +73,7 @@ cp Tests/peers/*.py "$run/payload/peers/"
 install -m 0755 scripts/vm/checks.sh "$run/payload/checks.sh"
 python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$run/payload/pylib"
 echo 1 > "$run/payload/stage"
-mkfs.ext4 -q -F -L vmtest -d "$run/payload" "$run/payload.img" 256M
+mkfs.ext4 -q -F -L vmtest -d "$run/payload" "$run/payload.img" 256M >/dev/null
 qemu-img create -q -f qcow2 -b "$image/rootfs.img" -F raw "$run/root.qcow2"
 
 # /dev/kvm may exist and still not run a stock kernel (a paravirtual KVM hangs it): boot the guest kernel with no
@@ -82,8 +82,9 @@ if [ "$accel" = auto ]; then
     accel=tcg
     if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
         t0=$(date +%s)
-        timeout 20 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -no-user-config -display none -no-reboot \
-            -serial "file:$run/kvm-probe.log" -kernel "$image/vmlinuz" -append "console=ttyS0 panic=-1" >/dev/null 2>&1 || true
+        # (A subshell, so that qemu aborting, as it does on some hosts' KVM with -cpu host, prints nothing.)
+        ( timeout 20 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -no-user-config -display none -no-reboot \
+            -serial "file:$run/kvm-probe.log" -kernel "$image/vmlinuz" -append "console=ttyS0 panic=-1" ) >/dev/null 2>&1 || true
         grep -q "Kernel panic" "$run/kvm-probe.log" 2>/dev/null && accel=kvm
         echo "== KVM probe: $accel ($(( $(date +%s) - t0 )) s)"
     fi

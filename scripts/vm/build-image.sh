@@ -68,7 +68,7 @@ cp -L "$root/initrd.img" "$work/initrd.img"
 # 3 GiB sparse: the root takes ~700 MB, the rest is room for the .deb's install, the model cache and the journal.
 size_mb=$(( $(du -sm "$root" | cut -f1) + 2300 ))
 mkdir -p "$out"
-mkfs.ext4 -q -F -L vmroot -d "$root" "$out/rootfs.img.tmp" "${size_mb}M"
+mkfs.ext4 -q -F -L vmroot -d "$root" "$out/rootfs.img.tmp" "${size_mb}M" >/dev/null
 mv "$work/vmlinuz" "$work/initrd.img" "$out/"
 mv "$out/rootfs.img.tmp" "$out/rootfs.img"
 echo "   image built in $(( $(date +%s) - start )) s: $(du -sh --apparent-size "$out/rootfs.img" | cut -f1) ($(du -sh "$out/rootfs.img" | cut -f1) used)"
