@@ -9,13 +9,13 @@
 # emulation) and no network device: the test OSS and Trustee servers (Tests/peers/) run inside the guest on loopback.
 # scripts/vm/checks.sh runs the checks from a second disk and writes its results there; this script reads them
 # back with debugfs, prints them and ends with `N passed, M failed`. Exit status 0 only if every check passed.
-# Environment: VM_TIMEOUT (seconds for the whole qemu run, default 720), VM_ACCEL (auto, kvm, tcg), VM_KEEP=1 (keep
+# Environment: VM_ONLY ("check names", space separated: the install and start checks and these only), VM_TIMEOUT (seconds for the whole qemu run, default 900), VM_ACCEL (auto, kvm, tcg), VM_KEEP=1 (keep
 # the run directory), VM_MIRROR (Debian mirror for debootstrap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 t_begin=$(date +%s)
-timeout_s=${VM_TIMEOUT:-720}
+timeout_s=${VM_TIMEOUT:-900}
 accel=${VM_ACCEL:-auto}
 
 [ "$(id -u)" = 0 ] || { echo "vm-test: run as root (debootstrap, KVM)" >&2; exit 2; }
@@ -73,6 +73,18 @@ cp Tests/peers/*.py "$run/payload/peers/"
 install -m 0755 scripts/vm/checks.sh "$run/payload/checks.sh"
 python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$run/payload/pylib"
 echo 1 > "$run/payload/stage"
+[ -n "${VM_ONLY:-}" ] && echo "$VM_ONLY" > "$run/payload/only"
+# The model and its ciphertext are made here with the package's own `caid encrypt` (scrypt under software
+# emulation takes long): a small model (random weights, a config, a tokenizer), the bucket the test OSS serves,
+# and the password the test KBS hands out.
+dpkg-deb -x "$deb" "$run/pkg"
+mkdir -p "$run/payload/model/plain"
+head -c $((3 << 20)) /dev/urandom > "$run/payload/model/plain/model.safetensors"
+printf '{"architectures": ["DemoForCausalLM"], "hidden_size": 64, "vocab_size": 256}\n' > "$run/payload/model/plain/config.json"
+printf '{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}}\n' > "$run/payload/model/plain/tokenizer.json"
+head -c 24 /dev/urandom | base64 > "$run/payload/model/password"
+"$run/pkg/usr/bin/caid" encrypt --plain "$run/payload/model/plain" --cipher "$run/payload/model/bucket/qwen" \
+    --passfile "$run/payload/model/password" >/dev/null
 mkfs.ext4 -q -F -L vmtest -d "$run/payload" "$run/payload.img" 256M >/dev/null
 qemu-img create -q -f qcow2 -b "$image/rootfs.img" -F raw "$run/root.qcow2"
 
@@ -84,7 +96,7 @@ if [ "$accel" = auto ]; then
         t0=$(date +%s)
         # (A subshell, so that qemu aborting, as it does on some hosts' KVM with -cpu host, prints nothing.)
         ( timeout 20 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -no-user-config -display none -no-reboot \
-            -serial "file:$run/kvm-probe.log" -kernel "$image/vmlinuz" -append "console=ttyS0 panic=-1" ) >/dev/null 2>&1 || true
+            -serial "file:$run/kvm-probe.log" -kernel "$image/vmlinuz" -append "console=ttyS0 panic=-1"; true ) >/dev/null 2>&1
         grep -q "Kernel panic" "$run/kvm-probe.log" 2>/dev/null && accel=kvm
         echo "== KVM probe: $accel ($(( $(date +%s) - t0 )) s)"
     fi
