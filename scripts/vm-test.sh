@@ -78,13 +78,13 @@ echo 1 > "$run/payload/stage"
 # emulation takes long): a small model (random weights, a config, a tokenizer), the bucket the test OSS serves,
 # and the password the test KBS hands out.
 dpkg-deb -x "$deb" "$run/pkg"
-mkdir -p "$run/payload/model/plain"
+mkdir -p "$run/payload/model/plain" "$run/payload/model/bucket"
 head -c $((3 << 20)) /dev/urandom > "$run/payload/model/plain/model.safetensors"
 printf '{"architectures": ["DemoForCausalLM"], "hidden_size": 64, "vocab_size": 256}\n' > "$run/payload/model/plain/config.json"
 printf '{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}}\n' > "$run/payload/model/plain/tokenizer.json"
 head -c 24 /dev/urandom | base64 > "$run/payload/model/password"
 "$run/pkg/usr/bin/caid" encrypt --plain "$run/payload/model/plain" --cipher "$run/payload/model/bucket/qwen" \
-    --passfile "$run/payload/model/password" >/dev/null
+    --passfile "$run/payload/model/password" > "$run/encrypt.log" 2>&1 || { cat "$run/encrypt.log" >&2; exit 1; }
 mkfs.ext4 -q -F -L vmtest -d "$run/payload" "$run/payload.img" 256M >/dev/null
 qemu-img create -q -f qcow2 -b "$image/rootfs.img" -F raw "$run/root.qcow2"
 
@@ -96,7 +96,7 @@ if [ "$accel" = auto ]; then
         t0=$(date +%s)
         # (A subshell, so that qemu aborting, as it does on some hosts' KVM with -cpu host, prints nothing.)
         ( timeout 20 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -no-user-config -display none -no-reboot \
-            -serial "file:$run/kvm-probe.log" -kernel "$image/vmlinuz" -append "console=ttyS0 panic=-1"; true ) >/dev/null 2>&1
+            -serial "file:$run/kvm-probe.log" -kernel "$image/vmlinuz" -append "console=ttyS0 panic=-1" || true ) >/dev/null 2>&1
         grep -q "Kernel panic" "$run/kvm-probe.log" 2>/dev/null && accel=kvm
         echo "== KVM probe: $accel ($(( $(date +%s) - t0 )) s)"
     fi

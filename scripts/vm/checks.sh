@@ -33,7 +33,8 @@ check() {
     if [ $rc = 0 ]; then record "PASS $name ($(elapsed "$t0") s) $out"; else
         record "FAIL $name ($(elapsed "$t0") s) $out"
         # What the unit and caid said meanwhile, on the console (the host keeps the serial log).
-        journalctl -u $unit --since "@${t0%.*}" -n 25 -o short-monotonic --no-pager 2>&1 | sed 's/^/vmtest:   journal: /' >&3
+        journalctl -u $unit --since "@${t0%.*}" -o short-monotonic --no-pager 2>&1 | grep -v ': [A-Z_]*=\|effective configuration\|thread priority' \
+            | tail -15 | cut -c1-220 | sed 's/^/vmtest:   journal: /' >&3
     fi
     return $rc
 }
@@ -182,7 +183,16 @@ c_nonroot_reader() {
     [ $orc != 0 ] && echo "$o" | grep -qi "permission denied"
 }
 c_nat_present() { nat_present && echo "$(iptables -w -t nat -S CAID_GATEWAY | tr '\n' ';')"; }
+# ensure_ready: each check that needs a ready caid starts from one, so that one failure does not fail the
+# checks after it (a stale mount a failed check left is cleared first, as an operator would).
+ensure_ready() {
+    healthy && model_readable && return 0
+    systemctl stop $unit; systemctl reset-failed $unit 2>/dev/null
+    mountpoint -q $mnt 2>/dev/null || findmnt $mnt >/dev/null 2>&1 && umount -l $mnt 2>/dev/null
+    timeout 180 systemctl start $unit && healthy || { echo "(could not get a ready caid for this check)"; return 1; }
+}
 c_watchdog() {
+    ensure_ready || return 1
     local p1 r1 p2 t0; p1=$(prop $unit MainPID); r1=$(prop $unit NRestarts); t0=$(now)
     kill -STOP "$p1"
     # WatchdogSec=30s: systemd aborts the stopped process and restarts it.
@@ -193,6 +203,7 @@ c_watchdog() {
     [ $ok = 0 ] && model_readable
 }
 c_kill9() {
+    ensure_ready || return 1
     local p1 t0 natok=no; p1=$(prop $unit MainPID); t0=$(now)
     kill -9 "$p1"
     sleep 0.3
@@ -206,6 +217,7 @@ c_kill9() {
 }
 c_nat_survive_kill() { grep -q "^NOTE nat-survive-kill yes" $R && echo "rules present right after kill -9 (before the restart)"; }
 c_stop_in_use() {
+    ensure_ready || return 1
     # A container's private bind of the mount (what `docker run -v /tmp/model:/tmp/model` makes) and a host
     # process holding a file open: both keep the FUSE connection referenced after caid detaches it.
     unshare -m --propagation private sh -c "mkdir -p /run/vmt-ctr && mount --bind $mnt /run/vmt-ctr && exec 3</run/vmt-ctr/config.json && exec sleep 300" &
@@ -226,7 +238,7 @@ c_stop_in_use() {
 c_container_after_restart() {
     # A container that binds the mount point's parent with slave propagation (docs/operations.md) sees the new
     # mount after caid restarts.
-    timeout 180 systemctl start $unit || { echo "start failed"; return 1; }
+    ensure_ready || return 1
     unshare -m --propagation slave sh -c "mkdir -p /run/vmt-ctr2 && mount --rbind ${mnt%/*} /run/vmt-ctr2 && mount --make-rslave /run/vmt-ctr2 && exec sleep 300" &
     local ctr=$!
     sleep 1
