@@ -10,7 +10,9 @@ V=/vmtest
 R=$V/results.txt
 stage=$(cat $V/stage 2>/dev/null || echo 1)
 plain=/srv/vmtest/plain
-mnt=/tmp/model
+# The layout docs/operations.md gives for containers: the mount one level below a directory of its own
+# (/run/caid-model, which the package's tmpfiles.d entry makes), and containers bind that directory rslave.
+mnt=/run/caid-model/model
 unit=caid
 # Progress goes to the unit's stdout (the serial console) through fd 3, also from inside a check's captured output.
 exec 3>&1
@@ -218,7 +220,7 @@ c_kill9() {
 c_nat_survive_kill() { grep -q "^NOTE nat-survive-kill yes" $R && echo "rules present right after kill -9 (before the restart)"; }
 c_stop_in_use() {
     ensure_ready || return 1
-    # A container's private bind of the mount (what `docker run -v /tmp/model:/tmp/model` makes) and a host
+    # A container's private bind of the mount (what `docker run -v <mount>:<mount>` makes) and a host
     # process holding a file open: both keep the FUSE connection referenced after caid detaches it.
     unshare -m --propagation private sh -c "mkdir -p /run/vmt-ctr && mount --bind $mnt /run/vmt-ctr && exec 3</run/vmt-ctr/config.json && exec sleep 300" &
     local ns=$!
