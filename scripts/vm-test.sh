@@ -9,13 +9,13 @@
 # emulation) and no network device: the test OSS and Trustee servers (Tests/peers/) run inside the guest on loopback.
 # scripts/vm/checks.sh runs the checks from a second disk and writes its results there; this script reads them
 # back with debugfs, prints them and ends with `N passed, M failed`. Exit status 0 only if every check passed.
-# Environment: VM_ONLY ("check names", space separated: the install and start checks and these only), VM_TIMEOUT (seconds for the whole qemu run, default 900), VM_ACCEL (auto, kvm, tcg), VM_KEEP=1 (keep
+# Environment: VM_ONLY ("check names", space separated: the install and start checks and these only), VM_TIMEOUT (seconds for the whole qemu run, default 1080: a run against a package whose checks fail waits out their timeouts), VM_ACCEL (auto, kvm, tcg), VM_KEEP=1 (keep
 # the run directory), VM_MIRROR (Debian mirror for debootstrap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 t_begin=$(date +%s)
-timeout_s=${VM_TIMEOUT:-900}
+timeout_s=${VM_TIMEOUT:-1080}
 accel=${VM_ACCEL:-auto}
 
 [ "$(id -u)" = 0 ] || { echo "vm-test: run as root (debootstrap, KVM)" >&2; exit 2; }
