@@ -554,6 +554,7 @@ def main():
     parser.add_argument("--log")
     parser.add_argument("--port-file")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (written to --port-file)")
     args = parser.parse_args()
     if args.encrypt_for:
         with open(args.encrypt_for) as f:
@@ -576,7 +577,7 @@ def main():
     if args.as_public_key:
         with open(args.as_public_key, "w") as f:
             f.write(signer.export_public())
-    server = ThreadingHTTPServer((args.host, 0), Handler)
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     if args.tls_cert:
         import ssl
