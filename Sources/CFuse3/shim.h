@@ -17,7 +17,8 @@ static inline struct fuse_session *caid_fuse_session_new(struct fuse_args *args,
 
 // Lazy detach of a stale mount (its daemon is gone).
 static inline int caid_umount_detach(const char *target) {
-    return umount2(target, MNT_DETACH);
+    // Never through a link: a local user may have replaced the mount point with one.
+    return umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW);
 }
 
 // fusectl, where a FUSE connection can be aborted (/sys/fs/fuse/connections/<dev>/abort).

@@ -239,30 +239,26 @@ public final class FuseMount: Sendable {
 
     /// Clears a stale FUSE mount ("Transport endpoint is not connected") and refuses a live one.
     static func prepareMountpoint(_ mountpoint: String, logger: Logger) throws(MountError) {
+        // A stale mount first: stat of a dead FUSE mount may be answered from the kernel's attribute cache, with the
+        // dead mount's owner (CAID_MOUNT_OWNER), so the ownership check must look at what lies under it. statvfs
+        // always reaches the FUSE daemon, and fails with ENOTCONN when it is gone.
+        var fsInfo = statvfs()
+        if statvfs(mountpoint, &fsInfo) != 0, errno == ENOTCONN {
+            logger.warning("clearing a stale mount at \(mountpoint) left by a process that died")
+            guard caid_umount_detach(mountpoint) == 0 else {
+                throw MountError(description: "\(mountpoint) holds a stale mount that cannot be cleared: \(String(cString: strerror(errno))); run: fusermount3 -uz \(mountpoint)")
+            }
+        }
         try checkOwnership(mountpoint)
         var info = stat()
-        // statvfs always reaches the FUSE daemon; stat may be answered from the kernel's attribute cache even when
-        // the daemon is gone.
-        var fsInfo = statvfs()
-        if statvfs(mountpoint, &fsInfo) != 0 || stat(mountpoint, &info) != 0 {
-            if errno == ENOTCONN {
-                logger.warning("clearing a stale mount at \(mountpoint) left by a process that died")
-                guard caid_umount_detach(mountpoint) == 0 else {
-                    throw MountError(description: "\(mountpoint) holds a stale mount that cannot be cleared: \(String(cString: strerror(errno))); run: fusermount3 -uz \(mountpoint)")
-                }
-            } else if errno == ENOENT {
-                do {
-                    try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-                } catch {
-                    throw MountError(description: "cannot create the mount point \(mountpoint): \(error.localizedDescription)")
-                }
-                return
-            } else {
-                throw MountError(description: "\(mountpoint): \(String(cString: strerror(errno)))")
+        if stat(mountpoint, &info) != 0 {
+            guard errno == ENOENT else { throw MountError(description: "\(mountpoint): \(String(cString: strerror(errno)))") }
+            do {
+                try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+            } catch {
+                throw MountError(description: "cannot create the mount point \(mountpoint): \(error.localizedDescription)")
             }
-            guard stat(mountpoint, &info) == 0 else {
-                throw MountError(description: "\(mountpoint): \(String(cString: strerror(errno))) after clearing the stale mount")
-            }
+            return
         }
         guard info.st_mode & S_IFMT == S_IFDIR else { throw MountError(description: "\(mountpoint) is not a directory") }
         if isMountPoint(mountpoint) {

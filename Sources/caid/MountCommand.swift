@@ -33,7 +33,16 @@ struct MountCommand: ParsableCommand {
         discussion: "By default caid mount keeps gocryptfs's rule, since a local volume may hold sparse files. caid run always refuses them: a downloaded model has no holes."))
     var refuseHoles = false
 
+    @Option(help: ArgumentHelp("Who owns every entry of the mount, as CAID_MOUNT_OWNER (mode 0440, directories 0550).", valueName: "uid:gid"))
+    var owner: String = "0:0"
+
     func run() throws {
+        let ids = owner.split(separator: ":").compactMap { UInt32($0) }
+        guard ids.count == 2, owner.split(separator: ":", omittingEmptySubsequences: false).count == 2 else {
+            printError("caid mount: --owner '\(owner)' is not uid:gid (numbers, like 0:0)")
+            throw ExitCode(64)
+        }
+        let ownership = CacheFileSystem.Ownership(uid: ids[0], gid: ids[1], fileMode: 0o440)
         LogDestination.bootstrap(level: .info)
         let logger = Logger(label: "caid.mount")
         let password = try passfile.read()
@@ -50,7 +59,7 @@ struct MountCommand: ParsableCommand {
         options.allowOther = allowOther
         let mount: FuseMount
         do {
-            mount = try FuseMount.mount(CacheFileSystem(volume: volume, logger: logger), at: mountpoint, options: options, logger: logger)
+            mount = try FuseMount.mount(CacheFileSystem(volume: volume, ownership: ownership, logger: logger), at: mountpoint, options: options, logger: logger)
         } catch {
             printError("caid mount: \(error)")
             throw ExitCode.failure

@@ -50,6 +50,23 @@ import Testing
         await second.stop()
     }
 
+    /// A dead mount's root still shows its owner from the kernel's attribute cache; with a non-root
+    /// CAID_MOUNT_OWNER that once made the ownership check refuse the stale mount point on every retry.
+    @Test func clearsAStaleMountWhoseOwnerIsNotRoot() async throws {
+        let ws = try Workspace()
+        defer { ws.remove() }
+        let (_, cipher) = try ws.gocryptfsVolume(largeSize: 0, manyFiles: 3)
+        let first = try await CaidMount(cipher: cipher, at: ws.path("m"), passfile: ws.passfile, extra: ["--owner", "1001:1001", "--allow-other"])
+        var info = stat()
+        #expect(stat(ws.path("m"), &info) == 0 && info.st_uid == 1001)
+        first.process.signal(SIGKILL)
+        _ = first.process.wait()
+        let second = try await CaidMount(cipher: cipher, at: ws.path("m"), passfile: ws.passfile, extra: ["--owner", "1001:1001", "--allow-other"])
+        #expect(second.process.stderr.contains("clearing a stale mount"), "\(second.process.stderr)")
+        #expect(try String(contentsOfFile: ws.path("m/dir1/dir2/nested.txt"), encoding: .utf8) == "nested\n")
+        await second.stop()
+    }
+
     @Test func refusesAWrongPasswordWithGocryptfsExitCode() throws {
         let ws = try Workspace()
         defer { ws.remove() }
