@@ -33,16 +33,21 @@ struct MountCommand: ParsableCommand {
         discussion: "By default caid mount keeps gocryptfs's rule, since a local volume may hold sparse files. caid run always refuses them: a downloaded model has no holes."))
     var refuseHoles = false
 
-    @Option(help: ArgumentHelp("Who owns every entry of the mount, as CAID_MOUNT_OWNER (mode 0440, directories 0550).", valueName: "uid:gid"))
-    var owner: String = "0:0"
+    @Option(help: ArgumentHelp(
+        "Show every entry as owned by uid:gid, files 0440 and directories 0550, as CAID_MOUNT_OWNER does for caid run.",
+        discussion: "Without it the mount shows the ciphertext's owners and modes, as gocryptfs does.", valueName: "uid:gid"))
+    var owner: String?
 
     func run() throws {
-        let ids = owner.split(separator: ":").compactMap { UInt32($0) }
-        guard ids.count == 2, owner.split(separator: ":", omittingEmptySubsequences: false).count == 2 else {
-            printError("caid mount: --owner '\(owner)' is not uid:gid (numbers, like 0:0)")
-            throw ExitCode(64)
+        var ownership: CacheFileSystem.Ownership?
+        if let owner {
+            let ids = owner.split(separator: ":", omittingEmptySubsequences: false).map { UInt32($0) }
+            guard ids.count == 2, let uid = ids[0], let gid = ids[1] else {
+                printError("caid mount: --owner '\(owner)' is not uid:gid (numbers, like 0:0)")
+                throw ExitCode(64)
+            }
+            ownership = CacheFileSystem.Ownership(uid: uid, gid: gid, fileMode: 0o440)
         }
-        let ownership = CacheFileSystem.Ownership(uid: ids[0], gid: ids[1], fileMode: 0o440)
         LogDestination.bootstrap(level: .info)
         let logger = Logger(label: "caid.mount")
         let password = try passfile.read()
