@@ -34,11 +34,11 @@ public actor HealthRegistry {
     }
 
     /// Changes only what a service is doing, keeping its state; counts as progress (``progressMarks()``), as
-    /// bytes arriving in the fetch do.
-    public func setDetail(_ name: String, _ detail: String?) {
+    /// bytes arriving in the fetch do, unless `progress` is false (a retry is not progress).
+    public func setDetail(_ name: String, _ detail: String?, progress: Bool = true) {
         guard services[name] != nil, services[name]?.detail != detail else { return }
         services[name]?.detail = detail
-        progressCount += 1
+        if progress { progressCount += 1 }
         publish()
     }
 

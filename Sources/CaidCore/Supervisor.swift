@@ -25,6 +25,11 @@ public struct ServiceHandle: Sendable {
     public func progress(_ detail: String) async {
         await registry.setDetail(name, detail)
     }
+
+    /// Says why the service is not there yet (a failure it is about to retry), keeping its state; not progress.
+    public func retrying(_ detail: String) async {
+        await registry.setDetail(name, detail, progress: false)
+    }
 }
 
 /// One service for the ``Supervisor`` to run.

@@ -30,7 +30,7 @@ public struct NotifierService: Service {
         registry: HealthRegistry, logger: Logger,
         send: @escaping @Sendable (String) -> Void = { SystemdNotifier().send($0) },
         watchdogTimeout: Duration? = SystemdNotifier().watchdogTimeout(),
-        stallThreshold: Duration = .seconds(5), startExtension: Duration = .seconds(30), progressWindow: Duration = .seconds(30)
+        stallThreshold: Duration = .seconds(5), startExtension: Duration = .seconds(10), progressWindow: Duration = .seconds(15)
     ) {
         self.registry = registry
         self.send = send

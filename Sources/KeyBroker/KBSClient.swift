@@ -79,8 +79,9 @@ public actor KBSClient {
     }
 
     /// The current session, attesting first when there is none or its token or cookie is about to expire.
-    public func attest() async throws(KBSError) -> Session {
-        try await retrying("attest") { () throws(KBSError) in try await established().session }
+    /// - Parameter retrying: told each failure that is about to be retried, in words for health.
+    public func attest(retrying report: (@Sendable (String) async -> Void)? = nil) async throws(KBSError) -> Session {
+        try await retrying("attest", report: report) { () throws(KBSError) in try await established().session }
     }
 
     /// Attests again now, whatever the state of the current session.
@@ -109,7 +110,9 @@ public actor KBSClient {
     }
 
     /// Runs `body` until it succeeds, fails permanently, or the attempts are used up.
-    private func retrying<T>(_ step: String, _ body: () async throws(KBSError) -> T) async throws(KBSError) -> T {
+    private func retrying<T>(
+        _ step: String, report: (@Sendable (String) async -> Void)? = nil, _ body: () async throws(KBSError) -> T
+    ) async throws(KBSError) -> T {
         var delay = retry.firstDelay
         var attempt = 1
         while true {
@@ -118,6 +121,7 @@ public actor KBSClient {
             } catch {
                 guard error.isTransient, attempt < retry.attempts, !Task.isCancelled else { throw error }
                 logger.warning("\(error); attempt \(attempt + 1) of \(retry.attempts) in \(delay)")
+                await report?("\(error); retrying (attempt \(attempt + 1) of \(retry.attempts))")
                 try? await Task.sleep(for: delay)
                 delay *= 2
                 attempt += 1

@@ -22,7 +22,8 @@ public struct AttestationService: Service {
     }
 
     public func run() async throws {
-        var session = try await client.attest()
+        // While Trustee does not answer, health says why the start waits (without counting it as progress).
+        var session = try await client.attest { await handle.retrying($0) }
         while !Task.isCancelled {
             let expires = session.token.expires ?? Date().addingTimeInterval(300)
             await handle.running("\(session.evidence) accepted (KBS protocol \(session.dialect)); token valid until \(Self.clock(expires))")

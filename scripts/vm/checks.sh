@@ -279,7 +279,7 @@ c_trustee_unreachable() {
     systemctl daemon-reload; systemctl reset-failed $unit 2>/dev/null
     local t0 rc pid health; t0=$(now)
     timeout 45 systemctl start $unit & pid=$!
-    sleep 10
+    sleep 15
     health=$(caid health 2>&1 | tr '\n' ' ' | cut -c1-160)
     wait $pid; rc=$?
     local took; took=$(elapsed "$t0")
