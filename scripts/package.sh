@@ -18,6 +18,7 @@
 #
 # Every swift command holds /tmp/swift-build.lock, as everything that builds on this machine must.
 set -euo pipefail
+trap 'echo "package.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 
 configuration=release
