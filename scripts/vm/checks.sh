@@ -272,14 +272,14 @@ c_bad_config_no_tee() { bad_config "CAID_ATTESTER=auto"; }
 c_trustee_unreachable() {
     # The operator's bound: TimeoutStartSec (here 25 s). With Trustee down, the start fails within it, and
     # health (while starting) and the journal say why.
-    systemctl stop vm-kbs
+    systemctl stop $unit vm-kbs
     write_env
     mkdir -p /run/systemd/system/$unit.service.d
     printf '[Service]\nTimeoutStartSec=25s\n' > /run/systemd/system/$unit.service.d/vmtest-timeout.conf
     systemctl daemon-reload; systemctl reset-failed $unit 2>/dev/null
     local t0 rc pid health; t0=$(now)
     timeout 45 systemctl start $unit & pid=$!
-    sleep 15
+    sleep 22
     health=$(caid health 2>&1 | tr '\n' ' ' | cut -c1-160)
     wait $pid; rc=$?
     local took; took=$(elapsed "$t0")
