@@ -86,6 +86,14 @@ public struct CaidConfig: Sendable {
         /// In `mapping` mode the port clients dial; in `netfilter` mode the local port the nat rules redirect to.
         public var port: UInt16 = 41001
         public var maxConnections = 256
+        /// Open connections from one source address at most.
+        public var maxConnectionsPerSource = 64
+        /// Tunnel streams (upstream sockets) open at once across all connections.
+        public var streamBudget = 4096
+        /// How long one tunnel stream may carry no bytes before it is reset.
+        public var streamIdleTimeout: Duration = .seconds(300)
+        /// MiB one connection may make the gateway buffer; the stream window is sized from it.
+        public var connectionBufferMiB = 64
         /// TNG's egress allows hyper's default of 200 concurrent streams.
         public var maxStreams = 200
         /// How long a new connection may send nothing.
@@ -176,7 +184,7 @@ public struct CaidConfig: Sendable {
         "CAID_HEALTH_SOCKET", "CAID_HEALTH_GROUP", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
         "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY",
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
-        "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
+        "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE", "CAID_GATEWAY_STREAM_BUDGET", "CAID_GATEWAY_STREAM_IDLE_TIMEOUT", "CAID_GATEWAY_CONNECTION_BUFFER", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
         "CAID_READ_TIMEOUT",
         "CAID_SERVICE_GUARD", "CAID_SHARING_MAX_CONNECTIONS", "CAID_SHARING_HANDSHAKE_TIMEOUT",
@@ -317,6 +325,10 @@ extension CaidConfig {
             ("CAID_GATEWAY_PORT", String(gateway.port)),
             ("CAID_GATEWAY_MAX_CONNECTIONS", String(gateway.maxConnections)),
             ("CAID_GATEWAY_MAX_STREAMS", String(gateway.maxStreams)),
+            ("CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE", String(gateway.maxConnectionsPerSource)),
+            ("CAID_GATEWAY_STREAM_BUDGET", String(gateway.streamBudget)),
+            ("CAID_GATEWAY_STREAM_IDLE_TIMEOUT", String(gateway.streamIdleTimeout.components.seconds)),
+            ("CAID_GATEWAY_CONNECTION_BUFFER", String(gateway.connectionBufferMiB)),
             ("CAID_GATEWAY_FIRST_BYTES_TIMEOUT", String(gateway.firstBytesTimeout.components.seconds)),
             ("CAID_GATEWAY_MAX_RESETS", String(gateway.maxResets)),
             ("CAID_GATEWAY_HANDSHAKE_TIMEOUT", String(gateway.handshakeTimeout.components.seconds)),
@@ -601,6 +613,10 @@ private struct Decoder {
         }
         gateway.maxConnections = count("CAID_GATEWAY_MAX_CONNECTIONS", default: gateway.maxConnections)
         gateway.maxStreams = count("CAID_GATEWAY_MAX_STREAMS", default: gateway.maxStreams)
+        gateway.maxConnectionsPerSource = count("CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE", default: gateway.maxConnectionsPerSource)
+        gateway.streamBudget = count("CAID_GATEWAY_STREAM_BUDGET", default: gateway.streamBudget)
+        gateway.streamIdleTimeout = .seconds(count("CAID_GATEWAY_STREAM_IDLE_TIMEOUT", default: 300))
+        gateway.connectionBufferMiB = count("CAID_GATEWAY_CONNECTION_BUFFER", default: gateway.connectionBufferMiB)
         gateway.maxResets = count("CAID_GATEWAY_MAX_RESETS", default: gateway.maxResets)
         gateway.firstBytesTimeout = .seconds(count("CAID_GATEWAY_FIRST_BYTES_TIMEOUT", default: 10))
         gateway.handshakeTimeout = .seconds(count("CAID_GATEWAY_HANDSHAKE_TIMEOUT", default: 60))

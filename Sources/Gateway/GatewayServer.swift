@@ -32,6 +32,20 @@ public struct GatewayConfiguration: Sendable {
     /// Where the service is in `mapping` mode.
     public var serviceHost = "127.0.0.1"
     public var maxConnections = 256
+    /// Open connections from one source address at most (`CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE`): one host's idle
+    /// or half-open connections cannot take every slot from the others.
+    public var maxConnectionsPerSource = 64
+    /// Tunnel streams open at once across all connections (`CAID_GATEWAY_STREAM_BUDGET`); each holds one upstream
+    /// socket. ``streamBudget(descriptorLimit:)`` lowers it to what the descriptor limit leaves.
+    public var streamBudget = 4096
+    /// How long one stream may carry no bytes either way before it is reset (`CAID_GATEWAY_STREAM_IDLE_TIMEOUT`):
+    /// the connection's idle timeout does not reach a silent stream on a connection whose other streams are busy.
+    /// Envoy's `stream_idle_timeout` defaults to the same 5 minutes.
+    public var streamIdleTimeout: Duration = .seconds(300)
+    /// Bytes one connection may make the gateway buffer from its client (`CAID_GATEWAY_CONNECTION_BUFFER`, in MiB):
+    /// swift-nio-http2 returns connection window as DATA arrives, so a stream whose service does not read holds up
+    /// to its stream window, and a connection holds streams × window. The stream window is sized from this.
+    public var connectionBuffer = 64 << 20
     /// TNG's egress serves with hyper's HTTP/2 defaults, 200 concurrent streams (hyper v1.6.0
     /// `src/proto/h2/server.rs`, `max_concurrent_streams: Some(200)`, the version TNG v2.2.6's Cargo.lock pins).
     public var maxStreamsPerConnection = 200
@@ -63,6 +77,24 @@ public struct GatewayConfiguration: Sendable {
         self.listenPort = listenPort
         self.servicePort = servicePort
     }
+
+    /// The receive window of one stream: ``connectionBuffer`` shared by the streams of a connection, within 64 KiB
+    /// (HTTP/2's default) and 4 MiB (beyond that a single tunnel is not faster here).
+    public var streamWindow: Int {
+        let share = connectionBuffer / max(1, maxStreamsPerConnection)
+        return min(4 << 20, max(64 << 10, share / (16 << 10) * (16 << 10)))
+    }
+
+    /// Descriptors kept for everything but tunnel streams: the health socket, KBS and OSS clients, downloads, the
+    /// FUSE device, sharing, journald.
+    public static let descriptorReserve = 1024
+
+    /// ``streamBudget``, lowered so that the gateway's connections and streams leave ``descriptorReserve``
+    /// descriptors of `descriptorLimit` (`RLIMIT_NOFILE`) for the rest of caid.
+    public func streamBudget(descriptorLimit: Int) -> Int {
+        let left = descriptorLimit - Self.descriptorReserve - maxConnections
+        return max(0, min(streamBudget, left))
+    }
 }
 
 /// The two RA-TLS models of TNG ≥ 2.2.5 (`attest.model`, tng/src/config/ra.rs @ v2.2.6; absent means
@@ -81,16 +113,25 @@ public enum AttestationModel: String, Sendable, CaseIterable {
 public final class GatewayServer: Sendable {
     private let configuration: GatewayConfiguration
     private let context: Mutex<NIOSSLContext>
-    private let connections = Atomic<Int>(0)
+    /// Connections, connections per source and streams open now, and what was refused.
+    public let budget: GatewayBudget
     private let logger: Logger
     private let listener = Listener()
     /// Open HTTP/2 connections, for ``sendGoAway()``.
     private let http2Connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
-    /// - Parameter certificate: the first attested certificate; replace it with ``renew(_:)``.
-    public init(configuration: GatewayConfiguration, certificate: AttestedCertificate, logger: Logger) throws {
+    /// - Parameters:
+    ///   - certificate: the first attested certificate; replace it with ``renew(_:)``.
+    ///   - descriptorLimit: this process's `RLIMIT_NOFILE`, which bounds the stream budget.
+    public init(configuration: GatewayConfiguration, certificate: AttestedCertificate, descriptorLimit: Int = DescriptorLimit.current, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
+        let streams = configuration.streamBudget(descriptorLimit: descriptorLimit)
+        if streams < configuration.streamBudget {
+            logger.warning("the gateway's stream budget is \(streams), not \(configuration.streamBudget) (CAID_GATEWAY_STREAM_BUDGET): the descriptor limit is \(descriptorLimit), and \(configuration.maxConnections) connections plus \(GatewayConfiguration.descriptorReserve) descriptors for the rest of caid come first; raise LimitNOFILE")
+        }
+        self.budget = GatewayBudget(
+            maxConnections: configuration.maxConnections, maxPerSource: configuration.maxConnectionsPerSource, maxStreams: streams)
         self.context = Mutex(try Self.tlsContext(certificate))
     }
 
@@ -140,18 +181,26 @@ public final class GatewayServer: Sendable {
     }
 
     private func initialize(_ channel: any Channel) throws {
-        let limit = configuration.maxConnections
-        let admitted = connections.wrappingAdd(1, ordering: .relaxed).newValue <= limit
-        channel.closeFuture.whenComplete { [self] _ in _ = connections.wrappingSubtract(1, ordering: .relaxed) }
-        guard admitted else {
-            logger.warning("refusing a connection: \(limit) gateway connections are open (CAID_GATEWAY_MAX_CONNECTIONS)")
+        let source = channel.remoteAddress?.ipAddress ?? "unknown"
+        if let refusal = budget.admitConnection(from: source) {
+            // Debug only: a flood would otherwise flood the journal; the counters say how many.
+            switch refusal {
+            case .connections:
+                logger.debug("refusing a connection from \(source): \(configuration.maxConnections) gateway connections are open (CAID_GATEWAY_MAX_CONNECTIONS)")
+            case .source, .streams:
+                logger.debug("refusing a connection from \(source): \(configuration.maxConnectionsPerSource) connections from it are open (CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE)")
+            }
             channel.close(promise: nil)
             return
         }
+        channel.closeFuture.whenComplete { [budget] _ in budget.releaseConnection(from: source) }
         let sync = channel.pipeline.syncOperations
         try Self.addTransportHandlers(sync, tls: context.withLock { $0 }, configuration: configuration, logger: logger)
         let upstream = upstreamConnector(for: channel)
         let streams = configuration.maxStreamsPerConnection
+        let window = configuration.streamWindow
+        let streamIdle = TimeAmount(configuration.streamIdleTimeout)
+        let budget = budget
         let (maxResets, resetWindow) = (configuration.maxResets, TimeAmount(configuration.resetWindow))
         let logger = logger
         try sync.addHandler(ApplicationProtocolNegotiationHandler { [channel, self] result in
@@ -164,13 +213,14 @@ public final class GatewayServer: Sendable {
                 connection.initialSettings = [
                     HTTP2Setting(parameter: .maxConcurrentStreams, value: streams),
                     // Wide windows: 64 KiB ones limit a tunnel's throughput badly (TNG measured it).
-                    HTTP2Setting(parameter: .initialWindowSize, value: 4 << 20),
+                    HTTP2Setting(parameter: .initialWindowSize, value: window),
                     HTTP2Setting(parameter: .maxHeaderListSize, value: 16 << 10),
                 ]
-                // The connection window is returned as bytes arrive, so it bounds no memory; the stream windows do.
+                // The connection window is returned as bytes arrive, so it bounds no memory; the stream windows do
+                // (``GatewayConfiguration/connectionBuffer``).
                 connection.targetWindowSize = 16 << 20
                 var stream = NIOHTTP2Handler.StreamConfiguration()
-                stream.targetWindowSize = 4 << 20
+                stream.targetWindowSize = window
                 stream.streamResetFrameRateLimit.maximumCount = maxResets
                 stream.streamResetFrameRateLimit.windowLength = resetWindow
                 stream.outboundBufferSizeHighWatermark = TunnelWindows.streamHighWatermark
@@ -179,7 +229,13 @@ public final class GatewayServer: Sendable {
                     mode: .server, connectionConfiguration: connection, streamConfiguration: stream
                 ) { stream in
                     stream.eventLoop.makeCompletedFuture {
-                        try stream.pipeline.syncOperations.addHandler(TunnelStreamHandler(upstream: upstream))
+                        guard budget.admitStream() == nil else {
+                            // RFC 9113 §8.7: REFUSED_STREAM tells the client nothing was processed, so it may retry.
+                            try stream.pipeline.syncOperations.addHandler(RefusedStreamHandler())
+                            return
+                        }
+                        stream.closeFuture.whenComplete { _ in budget.releaseStream() }
+                        try stream.pipeline.syncOperations.addHandler(TunnelStreamHandler(upstream: upstream, idleTimeout: streamIdle))
                     }
                 }
                 try channel.pipeline.syncOperations.addHandler(ClosingOnConnectionError(peer: "a tunnel client", logger: logger))

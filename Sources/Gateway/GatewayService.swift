@@ -4,6 +4,7 @@ import CaidCore
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 extension NatError: ClassifiedFailure {
     /// No iptables or no CAP_NET_ADMIN does not fix itself.
@@ -59,7 +60,8 @@ public struct GatewayService: Service {
         let route = configuration.mode == .netfilter
             ? "clients dial port \(configuration.servicePort), redirected to \(port)"
             : "clients dial port \(port), forwarded to \(configuration.serviceHost):\(configuration.servicePort)"
-        await handle.running("\(configuration.mode.rawValue): \(route); \(carried(first))")
+        let detail = GatewayDetail(prefix: "\(configuration.mode.rawValue): \(route)", carried: carried(first), budget: server.budget)
+        await handle.running(detail.text)
         logger.notice("attested gateway listening", metadata: ["port": "\(port)", "mode": "\(configuration.mode.rawValue)", "model": "\(configuration.attestationModel.rawValue)"])
         // Ends on cancellation (the supervisor) or on graceful shutdown (`caid gateway` in its own service group).
         let installed = rules
@@ -68,7 +70,8 @@ public struct GatewayService: Service {
                 if let rules = installed {
                     group.addTask { await Self.watch(rules, every: Self.ruleCheckInterval, logger: logger) }
                 }
-                group.addTask { await self.renewCertificates(first: first, server: server, route: route) }
+                group.addTask { await self.renewCertificates(first: first, server: server, detail: detail) }
+                group.addTask { await Self.reportBudget(detail, every: Self.budgetReportInterval, handle: self.handle) }
                 await group.waitForAll()
             }
         }
@@ -94,8 +97,31 @@ public struct GatewayService: Service {
         }
     }
 
+    /// How often health shows the budget and the log names new refusals.
+    static let budgetReportInterval: Duration = .seconds(10)
+
+    /// Puts what the gateway holds and refused into its health detail until cancelled, and logs refusals once per
+    /// interval: a flood of refused connections would flood the journal if each were logged.
+    static func reportBudget(_ detail: GatewayDetail, every interval: Duration, handle: ServiceHandle) async {
+        var reported = detail.budget.snapshot.refused
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            if Task.isCancelled { return }
+            let now = detail.budget.snapshot
+            let new = now.refused.compactMap { reason, count -> String? in
+                let delta = count - reported[reason, default: 0]
+                return delta > 0 ? "\(delta) by the \(reason) limit" : nil
+            }.sorted()
+            if !new.isEmpty {
+                handle.logger.warning("the gateway refused \(new.joined(separator: ", ")) in the last \(interval.components.seconds) s (see CAID_GATEWAY_MAX_CONNECTIONS, CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE, CAID_GATEWAY_STREAM_BUDGET); now \(now.summary)")
+            }
+            reported = now.refused
+            await handle.running(detail.text)
+        }
+    }
+
     /// Renews the certificate on its timer until cancelled.
-    private func renewCertificates(first: AttestedCertificate, server: GatewayServer, route: String) async {
+    private func renewCertificates(first: AttestedCertificate, server: GatewayServer, detail: GatewayDetail) async {
         let logger = handle.logger
         var current = first
         var delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry, now: Date())
@@ -107,7 +133,8 @@ public struct GatewayService: Service {
                 try server.renew(fresh)
                 current = fresh
                 delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: fresh.tokenExpiry, now: Date())
-                await handle.running("\(configuration.mode.rawValue): \(route); \(carried(fresh))")
+                detail.carried = carried(fresh)
+                await handle.running(detail.text)
                 logger.debug("gateway certificate renewed", metadata: ["model": "\(configuration.attestationModel.rawValue)"])
             } catch {
                 delay = Self.retryDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry)
@@ -179,6 +206,26 @@ public struct GatewayService: Service {
     }
 }
 
+/// The gateway's health detail: its route, what its certificate carries, and its budget now.
+final class GatewayDetail: Sendable {
+    let prefix: String
+    let budget: GatewayBudget
+    private let carriedNow: Mutex<String>
+
+    init(prefix: String, carried: String, budget: GatewayBudget) {
+        self.prefix = prefix
+        self.budget = budget
+        self.carriedNow = Mutex(carried)
+    }
+
+    var carried: String {
+        get { carriedNow.withLock { $0 } }
+        set { carriedNow.withLock { $0 = newValue } }
+    }
+
+    var text: String { "\(prefix); \(carried); \(budget.snapshot.summary)" }
+}
+
 extension GatewayConfiguration {
     /// The gateway configuration `CAID_GATEWAY_*` and `MODEL_SERVICE_PORT` describe; nil when the gateway is off.
     public init?(_ config: CaidConfig) {
@@ -190,6 +237,10 @@ extension GatewayConfiguration {
         }
         self.init(mode: mode, listenPort: config.gateway.port, servicePort: config.modelServicePort)
         maxConnections = config.gateway.maxConnections
+        maxConnectionsPerSource = config.gateway.maxConnectionsPerSource
+        streamBudget = config.gateway.streamBudget
+        streamIdleTimeout = config.gateway.streamIdleTimeout
+        connectionBuffer = config.gateway.connectionBufferMiB << 20
         maxStreamsPerConnection = config.gateway.maxStreams
         firstBytesTimeout = config.gateway.firstBytesTimeout
         maxResets = config.gateway.maxResets

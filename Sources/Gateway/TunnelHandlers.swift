@@ -25,11 +25,15 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
 
     private var state = State.idle
     private let upstream: @Sendable (any EventLoop) -> EventLoopFuture<any Channel>
+    private let idleTimeout: TimeAmount
 
-    /// - Parameter upstream: opens the upstream connection (mapping: the service; netfilter: the original
-    ///   destination) on the given loop, not reading until the pipe is joined.
-    init(upstream: @escaping @Sendable (any EventLoop) -> EventLoopFuture<any Channel>) {
+    /// - Parameters:
+    ///   - upstream: opens the upstream connection (mapping: the service; netfilter: the original destination) on
+    ///     the given loop, not reading until the pipe is joined.
+    ///   - idleTimeout: how long the piped stream may carry no bytes either way before it is reset.
+    init(upstream: @escaping @Sendable (any EventLoop) -> EventLoopFuture<any Channel>, idleTimeout: TimeAmount) {
         self.upstream = upstream
+        self.idleTimeout = idleTimeout
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -70,6 +74,9 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
             let socketSide = SocketSide()
             let streamSide = StreamSide()
             do {
+                // On the upstream socket, where every byte of the stream passes either way.
+                try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
+                try channel.pipeline.syncOperations.addHandler(ClosingWhenIdle())
                 try channel.pipeline.syncOperations.addHandler(socketSide)
                 try context.pipeline.syncOperations.addHandler(streamSide)
             } catch {
@@ -114,3 +121,29 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
     }
 }
 
+
+/// Closes the upstream socket of an idle stream; the ``StreamPipe`` then resets the stream.
+final class ClosingWhenIdle: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? IdleStateHandler.IdleStateEvent, event == .all {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// A stream over the gateway's stream budget: answered RST_STREAM REFUSED_STREAM as soon as its headers arrive.
+final class RefusedStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+    private var refused = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refused else { return }
+        refused = true
+        context.writeAndFlush(wrapOutboundOut(.rstStream(.refusedStream)), promise: nil)
+    }
+}

@@ -21,9 +21,10 @@ struct Caid: AsyncParsableCommand {
     )
 
     /// Core dumps are turned off before anything else runs (before cai.env, a password or a key is read), for every
-    /// command: a trap must not write secrets to disk.
+    /// command: a trap must not write secrets to disk. The descriptor limit goes up to what the unit allows.
     static func main() async {
         ProcessHardening.disableCoreDumps()
+        DescriptorLimit.raiseToHard()
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

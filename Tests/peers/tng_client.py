@@ -20,6 +20,8 @@ When the client checks the server (TNG's source decides, and it changed):
   --passport             TNG >= 2.2.5 `verify.model = passport`: the certificate carries an AS token (CBOR tag
                          0xC0C001 over [token, claims], rats-cert tee/coco/evidence.rs @ 15690513), checked against
                          the AS's public key (--as-public-key, a JWK) without calling the AS.
+--source ADDR connects from that local address (127.0.0.2 is a second source on loopback). --no-request opens the
+CONNECT streams and sends nothing on them (an idle stream). A reset stream reports its error code and when it came.
 --hold N keeps the connection silent after the tunnel for up to N seconds and reports when the server closed it.
 
 Negative modes: --tls12 (offer only TLS 1.2), --no-alpn, --method GET (a non-CONNECT request), --stall (open TCP,
@@ -219,6 +221,7 @@ def tunnel(sock, count, method, request_bytes):
     conn.initiate_connection()
     conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
     streams = {}
+    start = time.time()
     for _ in range(count):
         stream_id = conn.get_next_available_stream_id()
         headers = [(":method", method), (":authority", "tng.internal")]
@@ -236,7 +239,7 @@ def tunnel(sock, count, method, request_bytes):
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived):
                 streams[event.stream_id]["status"] = dict(event.headers)[":status"]
-                if event.stream_id in pending_request and streams[event.stream_id]["status"] == "200":
+                if request_bytes and event.stream_id in pending_request and streams[event.stream_id]["status"] == "200":
                     conn.send_data(event.stream_id, request_bytes, end_stream=False)
                     pending_request.discard(event.stream_id)
             elif isinstance(event, h2.events.DataReceived):
@@ -245,9 +248,11 @@ def tunnel(sock, count, method, request_bytes):
             elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                 streams[event.stream_id]["ended"] = True
                 if isinstance(event, h2.events.StreamReset):
-                    streams[event.stream_id]["reset"] = True
+                    streams[event.stream_id]["reset_code"] = int(event.error_code)
+                    streams[event.stream_id]["reset_after"] = round(time.time() - start, 2)
         sock.sendall(conn.data_to_send())
-    return [{"status": s["status"], "body": s["body"].decode(errors="replace"), "ended": s["ended"]} for s in streams.values()]
+    return [{"status": s["status"], "body": s["body"].decode(errors="replace"), "ended": s["ended"],
+             "reset_code": s.get("reset_code"), "reset_after": s.get("reset_after")} for s in streams.values()]
 
 
 def main():
@@ -268,10 +273,12 @@ def main():
     parser.add_argument("--passport", action="store_true")
     parser.add_argument("--as-public-key", metavar="JWK_FILE")
     parser.add_argument("--hold", type=float)
+    parser.add_argument("--source", help="the local address to connect from")
+    parser.add_argument("--no-request", action="store_true", help="open the CONNECT streams and send nothing on them")
     args = parser.parse_args()
     policies = args.policy or ["default"]
     report = {}
-    sock = socket.create_connection((args.host, args.port), timeout=30)
+    sock = socket.create_connection((args.host, args.port), timeout=30, source_address=(args.source, 0) if args.source else None)
     if args.stall:
         # Start a TLS handshake and stop in the middle of the ClientHello record. A reset counts as closed.
         start = time.time()
@@ -341,7 +348,7 @@ def main():
             check(tls.getpeercert(binary_form=True))
         report["verified_after_seconds"] = round(time.time() - start, 2)
         request = ("GET %s HTTP/1.1\r\nHost: service\r\nConnection: close\r\n\r\n" % args.path).encode()
-        report["streams"] = tunnel(tls, args.streams, args.method, request)
+        report["streams"] = tunnel(tls, args.streams, args.method, b"" if args.no_request else request)
         if args.hold:
             report["closed_by_server_after"] = hold(tls, args.hold)
     except Exception as error:  # report, do not crash: the test reads the reason
