@@ -97,26 +97,34 @@ public struct GatewayService: Service {
         }
     }
 
-    /// How often health shows the budget and the log names new refusals.
-    static let budgetReportInterval: Duration = .seconds(10)
+    /// How often health shows the budget; the log names new refusals ten times less often.
+    static let budgetReportInterval: Duration = .seconds(1)
 
-    /// Puts what the gateway holds and refused into its health detail until cancelled, and logs refusals once per
-    /// interval: a flood of refused connections would flood the journal if each were logged.
+    /// Puts what the gateway holds and refused into its health detail until cancelled, and logs refusals at most
+    /// once per ten intervals: a flood of refused connections would flood the journal if each were logged.
     static func reportBudget(_ detail: GatewayDetail, every interval: Duration, handle: ServiceHandle) async {
-        var reported = detail.budget.snapshot.refused
+        var logged = detail.budget.snapshot.refused
+        var shown = detail.text
+        var ticks = 0
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { return }
+            ticks += 1
+            let text = detail.text
+            if text != shown {
+                shown = text
+                await handle.progress(text)
+            }
+            guard ticks % 10 == 0 else { continue }
             let now = detail.budget.snapshot
             let new = now.refused.compactMap { reason, count -> String? in
-                let delta = count - reported[reason, default: 0]
+                let delta = count - logged[reason, default: 0]
                 return delta > 0 ? "\(delta) by the \(reason) limit" : nil
             }.sorted()
             if !new.isEmpty {
-                handle.logger.warning("the gateway refused \(new.joined(separator: ", ")) in the last \(interval.components.seconds) s (see CAID_GATEWAY_MAX_CONNECTIONS, CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE, CAID_GATEWAY_STREAM_BUDGET); now \(now.summary)")
+                handle.logger.warning("the gateway refused \(new.joined(separator: ", ")) in the last \((interval * 10).components.seconds) s (see CAID_GATEWAY_MAX_CONNECTIONS, CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE, CAID_GATEWAY_STREAM_BUDGET); now \(now.summary)")
             }
-            reported = now.refused
-            await handle.running(detail.text)
+            logged = now.refused
         }
     }
 
