@@ -37,8 +37,12 @@ public struct HealthServer: Service {
         let registry = self.registry
         let metrics = self.metrics
         let channel: any Channel
+        // A thread of its own: probes are answered while the gateway's loops are saturated (a flood of connections
+        // or thousands of streams); on the shared loops they waited behind that work for seconds.
+        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { loop.shutdownGracefully { _ in } }
         do {
-            channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            channel = try await ServerBootstrap(group: loop)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)

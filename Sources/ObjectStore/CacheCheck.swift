@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Logging
 import Synchronization
@@ -111,17 +112,30 @@ extension Fetcher {
 
     /// The CRC-64 of a whole file, read in 1 MiB pieces.
     static func crc64(ofFileAt path: String) throws(FetchError) -> UInt64 {
+        var crc = CRC64()
+        try readFile(at: path) { crc.update($0) }
+        return crc.value
+    }
+
+    /// The SHA-256 of the file at `path`, as the model manifest records it.
+    public static func sha256(ofFileAt path: String) throws(FetchError) -> [UInt8] {
+        var hasher = SHA256()
+        try readFile(at: path) { hasher.update(bufferPointer: $0) }
+        return Array(hasher.finalize())
+    }
+
+    /// Feeds the file at `path` (not a link) to `update`, a MiB at a time.
+    private static func readFile(at path: String, _ update: (UnsafeRawBufferPointer) -> Void) throws(FetchError) {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
         guard fd >= 0 else { throw FetchError.cache("\(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        var crc = CRC64()
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while true {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0, errno == EINTR { continue }
             guard n >= 0 else { throw FetchError.cache("\(path): \(String(cString: strerror(errno)))") }
-            if n == 0 { return crc.value }
-            buffer.withUnsafeBytes { crc.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            if n == 0 { return }
+            buffer.withUnsafeBytes { update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
     }
 }

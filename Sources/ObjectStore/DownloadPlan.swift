@@ -53,6 +53,8 @@ public struct Manifest: Sendable, Equatable, Codable {
         /// The cached file as it was when verified; nil in manifests from before caid recorded it (such a file is
         /// read again once to check its CRC-64).
         public var file: FileStamp?
+        /// The SHA-256 (hex) the file had when checked against the model manifest; nil until it was.
+        public var sha256: String?
 
         public init(size: UInt64, etag: String, crc64: UInt64) {
             self.size = size

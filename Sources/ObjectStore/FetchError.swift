@@ -16,11 +16,14 @@ public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFail
     case diskFull(needed: UInt64, path: String)
     /// The bucket's listing is beyond what caid accepts (endless, looping, or adding up past 2^64 bytes).
     case listing(String)
+    /// The bucket does not hold the model its manifest describes (a missing, resized or changed object, or a
+    /// manifest that is damaged or required and absent): fetching again cannot fix it.
+    case manifest(String)
 
     public var isPermanent: Bool {
         switch self {
         case .oss(let error, _): error.isPermanent
-        case .cache, .listing: true
+        case .cache, .listing, .manifest: true
         case .verification, .changed, .transport, .diskFull: false
         }
     }
@@ -30,6 +33,7 @@ public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFail
         case .oss(let error, _): "\(error)"
         case .verification(let message), .changed(let message), .transport(let message), .cache(let message): message
         case .listing(let message): message + "; restart caid once the bucket is fixed"
+        case .manifest(let message): message + "; nothing of this model is measured, attested or mounted; restart caid once the bucket holds the model its manifest describes"
         case .diskFull(let needed, let path):
             "disk full: \(needed) more bytes needed at \(path); the download waits and resumes when there is space (free some, or give CAID_CACHE_DIR a larger filesystem)"
         }

@@ -20,6 +20,9 @@ public struct Fetcher: Sendable {
         public var attempts = 6
         /// Where to try ranges before OSS (sharing peers); nil for OSS only.
         public var alternate: (any AlternateSource)?
+        /// Whether a prefix without `caid-manifest.json` is refused (`CAID_MODEL_MANIFEST=required`) rather than
+        /// fetched unmeasured.
+        public var requireManifest = false
 
         public init() {}
     }
@@ -33,6 +36,8 @@ public struct Fetcher: Sendable {
         public var bytes: UInt64 = 0
         /// Listed objects caid will not store, each with why: they are left out of the cache and the mount.
         public var refused: [String] = []
+        /// The model manifest's digest (`sha256:…`) when the prefix has one; every object was checked against it.
+        public var modelDigest: String?
     }
 
     /// The largest object caid stores: far beyond any model file, and small enough that offsets and sums of many
@@ -90,11 +95,14 @@ public struct Fetcher: Sendable {
     /// - Parameter progress: bytes verified so far and the total to fetch.
     public func run(progress: @escaping @Sendable (UInt64, UInt64) async -> Void = { _, _ in }) async throws -> Summary {
         try makeDirectory(cache)
-        let (listing, refused) = Self.admissible(try await client.list(prefix: prefix).filter { !$0.key.hasSuffix("/") }, prefix: prefix, cache: cache)
+        var (listing, refused) = Self.admissible(try await client.list(prefix: prefix).filter { !$0.key.hasSuffix("/") }, prefix: prefix, cache: cache)
         var manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: manifestPath))) ?? Data())
+        // The model manifest first: it decides which objects belong to the model and what their bytes must be.
+        let model = try await modelManifest(in: &listing, refused: &refused, cached: &manifest)
         var summary = Summary()
         summary.objects = listing.count
         summary.refused = refused
+        summary.modelDigest = model?.digest
         for line in refused.prefix(20) { logger.error("not fetching \(line)") }
         if refused.count > 20 { logger.error("not fetching \(refused.count - 20) more objects the bucket lists") }
 
@@ -108,7 +116,8 @@ public struct Fetcher: Sendable {
             let path = try localPath(object.key)
             var info = stat()
             if manifest.isComplete(object), stat(path, &info) == 0, UInt64(info.st_size) == object.size,
-                let entry = manifest.entries[object.key], stillVerified(object.key, path: path, entry: entry, in: &manifest) {
+                let entry = manifest.entries[object.key], stillVerified(object.key, path: path, entry: entry, in: &manifest),
+                try matchesModel(object.key, path: path, model: model, in: &manifest) {
                 summary.skipped += 1
             } else {
                 manifest.entries[object.key] = nil
@@ -138,7 +147,11 @@ public struct Fetcher: Sendable {
                     try record(finished)
                     running -= 1
                 }
-                group.addTask { (object.key, try await self.fetchObject(object, report: report)) }
+                group.addTask {
+                    var entry = try await self.fetchObject(object, report: report)
+                    entry.sha256 = try self.checkAgainstModel(object.key, model: model)
+                    return (object.key, entry)
+                }
                 running += 1
             }
             do {
@@ -153,6 +166,80 @@ public struct Fetcher: Sendable {
         summary.bytes = total
         summary.removed += reconcile(keys: listing.map(\.key))
         return summary
+    }
+
+    /// Fetches and parses the prefix's `caid-manifest.json` (CRC-checked like any object), takes it out of
+    /// `listing`, and holds the listing to it: objects it does not list are refused (named, not stored), and one it
+    /// lists that the bucket lacks or holds at another size fails the fetch.
+    /// - Returns: nil when the prefix has no manifest and none is required.
+    private func modelManifest(in listing: inout [ObjectSummary], refused: inout [String], cached: inout Manifest) async throws -> ModelManifest? {
+        let key = prefix + ModelManifest.fileName
+        guard let index = listing.firstIndex(where: { $0.key == key }) else {
+            if options.requireManifest {
+                throw FetchError.manifest("\(key) is not in the bucket, and CAID_MODEL_MANIFEST=required; upload the manifest caid encrypt or caid manifest wrote")
+            }
+            return nil
+        }
+        let object = listing.remove(at: index)
+        guard object.size <= UInt64(ModelManifest.maximumSize) else {
+            throw FetchError.manifest("\(key) is \(object.size) bytes; a model manifest is at most \(ModelManifest.maximumSize)")
+        }
+        let path = try localPath(key)
+        var info = stat()
+        if !(cached.isComplete(object) && stat(path, &info) == 0 && UInt64(info.st_size) == object.size
+            && cached.entries[key].map({ stillVerified(key, path: path, entry: $0, in: &cached) }) == true) {
+            cached.entries[key] = try await fetchObject(object, report: { _ in })
+            try saveManifest(cached)
+        }
+        let model: ModelManifest
+        do {
+            guard let bytes = FileManager.default.contents(atPath: path) else { throw FetchError.cache("cannot read \(path)") }
+            model = try ModelManifest.parse(Array(bytes))
+        } catch let error as ModelManifestError {
+            throw FetchError.manifest("\(key) in the bucket: \(error.message)")
+        }
+        let names = listing.map { (name: String($0.key.dropFirst(prefix.count)), size: $0.size) }
+        let (missing, unlisted, resized) = model.compare(listing: names)
+        guard missing.isEmpty else {
+            throw FetchError.manifest("the model manifest (\(model.digest)) lists \(missing.count) objects the bucket does not have under \(prefix): " + missing.prefix(5).joined(separator: ", "))
+        }
+        guard resized.isEmpty else {
+            throw FetchError.manifest("the bucket's objects differ from the model manifest (\(model.digest)): " + resized.prefix(5).joined(separator: "; "))
+        }
+        let outside = Set(unlisted.map { prefix + $0 })
+        listing.removeAll { outside.contains($0.key) }
+        refused += unlisted.map { "'\(prefix + $0)': the model manifest (\(model.digest)) does not list it" }
+        // Kept in the cache (the mount hides it) so that a restart need not fetch it again.
+        listing.append(object)
+        return model
+    }
+
+    /// Whether a cached file has the SHA-256 the model manifest gives it (read again only when the recorded one is
+    /// not that). True when there is no manifest, and for the manifest itself.
+    private func matchesModel(_ key: String, path: String, model: ModelManifest?, in manifest: inout Manifest) throws -> Bool {
+        guard let model, let expected = model.object(named: String(key.dropFirst(prefix.count))) else { return true }
+        let wanted = SignerV4.hex(expected.sha256)
+        if manifest.entries[key]?.sha256 == wanted { return true }
+        guard try Self.sha256(ofFileAt: path) == expected.sha256 else {
+            logger.warning("\(key): the cached file is not the one the model manifest (\(model.digest)) describes; fetching it again")
+            return false
+        }
+        manifest.entries[key]?.sha256 = wanted
+        return true
+    }
+
+    /// Checks a freshly verified object against the model manifest; removes it and fails the fetch when its bytes
+    /// are not the manifest's (a CRC-64 only says OSS sent what it holds; whoever can write the bucket can make both
+    /// match). - Returns: the SHA-256 (hex) it has, for the cache's record; nil without a manifest.
+    private func checkAgainstModel(_ key: String, model: ModelManifest?) throws -> String? {
+        guard let model, let expected = model.object(named: String(key.dropFirst(prefix.count))) else { return nil }
+        let path = try localPath(key)
+        let actual = try Self.sha256(ofFileAt: path)
+        guard actual == expected.sha256 else {
+            unlink(path)
+            throw FetchError.manifest("\(key): its SHA-256 \(SignerV4.hex(actual)) is not \(SignerV4.hex(expected.sha256)), which the model manifest (\(model.digest)) gives it: the bucket holds bytes other than the model that was measured (who else can write it?)")
+        }
+        return SignerV4.hex(actual)
     }
 
     /// Whether a cached file is still the one verified: its stamp is unchanged, or its bytes on disk still have the

@@ -15,7 +15,7 @@ struct Caid: AsyncParsableCommand {
         version: CaidVersion.current,
         subcommands: [
             RunCommand.self, CheckConfigCommand.self, HealthCommand.self,
-            EncryptCommand.self, MountCommand.self,
+            EncryptCommand.self, ManifestCommand.self, MountCommand.self,
             FetchCommand.self, AttestCommand.self, GetResourceCommand.self, GatewayCommand.self, TunnelCommand.self,
         ]
     )

@@ -3,6 +3,7 @@ import CaidCore
 import Dispatch
 import Foundation
 import Gocryptfs
+import ObjectStore
 import Synchronization
 
 #if canImport(Glibc)
@@ -16,7 +17,8 @@ struct EncryptCommand: ParsableCommand {
         discussion: """
             Writes the same format as 'gocryptfs -init' with default flags, so the volume opens with gocryptfs as \
             well as with caid. The cipher directory must be new or empty; the volume is written beside it and moved \
-            into place only when complete. Exit status: 0 done, 1 failed, 130 interrupted (nothing left behind).
+            into place only when complete. It writes the model manifest (caid-manifest.json, see caid manifest) and \
+            prints the model digest. Exit status: 0 done, 1 failed, 130 interrupted (nothing left behind).
             """
     )
 
@@ -73,6 +75,14 @@ struct EncryptCommand: ParsableCommand {
         let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
         print("encrypted \(summary.files) files, \(summary.directories) directories, \(summary.symlinks) symlinks, "
             + "\(ByteCount(summary.bytes)) in \(String(format: "%.1f", seconds)) s into \(cipher)")
+        do {
+            // The model's identity, before anyone holds its key: what the owner registers with Trustee.
+            let manifest = try ManifestWriter.write(cipherDirectory: cipher)
+            print("model digest: \(manifest.digest) (\(ModelManifest.fileName), \(manifest.objects.count) objects; upload it with the model)")
+        } catch {
+            printError("caid encrypt: \(error)")
+            throw ExitCode.failure
+        }
 
         if verify {
             do {
