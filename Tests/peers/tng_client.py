@@ -24,6 +24,10 @@ When the client checks the server (TNG's source decides, and it changed):
 CONNECT streams and sends nothing on them (an idle stream). A reset stream reports its error code and when it came.
 --hold N keeps the connection silent after the tunnel for up to N seconds and reports when the server closed it.
 
+When the AS refuses (any error status, e.g. a policy that rejects the evidence: 500 "Reject by policy <id>",
+openanolis/trustee attestation-service/src/token/simple.rs and src/bin/restful/mod.rs), the report carries
+`"as_error": "<status> <body>"` next to `error`, and the exit status is 1.
+
 Negative modes: --tls12 (offer only TLS 1.2), --no-alpn, --method GET (a non-CONNECT request), --stall (open TCP,
 send half a ClientHello, or with --silent nothing, and report how long the server keeps it), --skip-verify (tunnel without checking attestation).
 """
@@ -83,6 +87,14 @@ def verify_certificate(der):
     return raw, expected_runtime, len(der)
 
 
+class ASRefused(Exception):
+    """The Attestation Service answered an error status (a policy refusal is 500 "Reject by policy <id>")."""
+
+    def __init__(self, status, body):
+        super().__init__("AS refused: %s %s" % (status, body))
+        self.status, self.body = status, body
+
+
 def ask_as(as_addr, raw, runtime, policies):
     """rats-cert converter/restful.rs: POST {as}/attestation; fall back to verification_requests."""
     url = as_addr.rstrip("/") + "/attestation"
@@ -101,8 +113,11 @@ def ask_as(as_addr, raw, runtime, policies):
     except urllib.error.HTTPError as error:
         text = error.read().decode(errors="replace")
         if "missing field `tee`" not in text:
-            raise ValueError("AS refused: %s %s" % (error.code, text))
-    return post(request)
+            raise ASRefused(error.code, text)
+    try:
+        return post(request)
+    except urllib.error.HTTPError as error:
+        raise ASRefused(error.code, error.read().decode(errors="replace"))
 
 
 def verify_passport_certificate(der, pinned, policies):
@@ -325,6 +340,8 @@ def main():
                     check(tls.getpeercert(binary_form=True))
                 except Exception as error:  # TNG aborts the handshake: the Finished is never sent
                     report["error"] = "%s: %s" % (type(error).__name__, error)
+                    if isinstance(error, ASRefused):
+                        report["as_error"] = "%s %s" % (error.status, error.body)
                     print(json.dumps(report))
                     return 1
             tls.flush()  # the Finished, only now
@@ -353,6 +370,8 @@ def main():
             report["closed_by_server_after"] = hold(tls, args.hold)
     except Exception as error:  # report, do not crash: the test reads the reason
         report["error"] = "%s: %s" % (type(error).__name__, error)
+        if isinstance(error, ASRefused):
+            report["as_error"] = "%s %s" % (error.status, error.body)
         print(json.dumps(report))
         return 1
     print(json.dumps(report))

@@ -1,6 +1,29 @@
 #!/usr/bin/env python3
 """A Trustee-compatible KBS on loopback for caid's tests, written from the Trustee sources.
 
+Measured model (issue #20), for `tdx` evidence, in both the KBS /attest and the AS /as/attestation paths
+(trustee_eventlog.py holds the verifier, with its citations):
+  - The event logs are replayed as the profile's Trustee does: `tcg2` (openanolis >= v1.6.2, confidential-containers
+    trustee): `cc_eventlog` parsed as TCG2 (spec-ID event, then TCG_PCR_EVENT2 records) and replayed from zeros
+    with SHA-384, CC-MR 1..4 against RTMR0..3 (deps/eventlog/src/lib.rs, deps/verifier/src/tdx/mod.rs); `text`
+    (openanolis v1.5.2 / v1.6.0): `cc_eventlog` against RTMR0..2 only, `aa_eventlog` (INIT line, then exactly 3
+    space-separated fields per line) against RTMR3 from the INIT value (deps/verifier/src/eventlog/mod.rs). A failed
+    replay is an attestation failure, answered as the profile answers those and logged with the reason.
+    --eventlog tcg2|text overrides the profile (default: from --profile; without it legacy -> text, current -> tcg2).
+  - Claims as that Trustee builds them (`uefi_event_logs` AAEL entries, or `aael` plus `AA.eventlog.<d>.<o>`), put
+    where the Simple token puts verifier claims: attestation-service/src/token/simple.rs (openanolis v1.5.2-v1.9.0)
+    flattens them under "tdx." (nested objects joined with ".", arrays kept whole) and stores the result as a JSON
+    *string* in "tcb-status" (`serde_json::to_string(&flattened_claims)`), in the KBS token (the KBS returns the AS
+    token: kbs/src/attestation/coco/builtin.rs) and in the AS token alike.
+  - --model-policy ID=DIGEST[,DIGEST...]: policy ID passes only when the last `caid load-model` event's
+    content.digest (or, with none, the last `trustiflux.alibaba.com pai/load-model` event's content.hash) is one of
+    the DIGESTs; no such event fails. The AS knows ID; the KBS evaluates "default" at /attest, as its built-in AS
+    does (builtin.rs: `policy_ids = vec!["default"]`). A failure is simple.rs `Reject by policy {id}`: HTTP 500 from
+    the restful AS (attestation-service/src/bin/restful/mod.rs maps the evaluate error to InternalError: a Debug text
+    body in <= v1.6.0, {"type","detail"} JSON in v1.6.2-v1.8.x, problem+json in v1.9.0), an attestation failure at
+    the KBS. --resource-model DIGEST (repeatable): resources are denied (the profile's PolicyDeny) unless the
+    session's claims pass the same check. Every check is logged: {"model_policy", "digest", "passed", "seen"}.
+
 Dialects (the version gate, bodies, bindings, JWE layouts and status codes of each):
   legacy  openanolis/trustee <= 1.5.2 and helm chart 1.0.0 (kbs/src/http/*.rs@9def33a, kbs/src/jwe.rs@v1.5.2):
           version <=0.1.0, extra-params a string, {"tee-pubkey","tee-evidence": "<string>"}, sorted-compact JSON
@@ -37,6 +60,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwcrypto import jwe, jwk, jwt
 from peerutil import announce_port
+import trustee_eventlog
 
 args = None
 lock = threading.Lock()
@@ -50,29 +74,33 @@ OA_ERRORS = {"attest": 500, "version": 500, "deny": 403, "missing": 500}
 # Every profile: the KBS error body {"type": ".../errors/<Variant>", "detail"} of kbs/src/error.rs, the 5-minute
 # kbs-session-id cookie with only Expires (kbs/src/attestation/session.rs, config.rs DEFAULT_TIMEOUT).
 PROFILES = {
+    # `eventlog`: how its TDX verifier checks event logs (module docstring).
     # openanolis/trustee v1.5.2: protocol =0.1.0 (kbs/src/attestation/backend.rs); GPUs only as gpu_evidence in the
     # TDX evidence (deps/verifier/src/tdx/gpu/mod.rs), nonce not compared; AttestationError 500, PolicyDeny 403,
     # a missing resource PluginInternalError 500 (kbs/src/error.rs).
-    "openanolis-1.5.2": {"dialect": "legacy", "nvidia": None, "embedded": True, "status": OA_ERRORS},
+    "openanolis-1.5.2": {"dialect": "legacy", "nvidia": None, "embedded": True, "status": OA_ERRORS, "eventlog": "text"},
     # openanolis/trustee v1.6.0-v1.8.x: protocol =0.4.0; `Tee::Nvidia => todo!()` in deps/verifier/src/lib.rs panics
     # inside the actix handler for any "nvidia" additional evidence, even an empty list: the connection closes
     # with no response (actix-web #3126). gpu_evidence as in 1.5.2.
-    "openanolis-1.6": {"dialect": "current", "nvidia": "panic", "embedded": True, "status": OA_ERRORS},
+    # v1.6.0 still has the text aa_eventlog (deps/verifier/src/tdx/mod.rs); v1.6.2 (2025-10-13) and later verify the
+    # TCG2 cc_eventlog against RTMR0..3 and have no aa_eventlog field.
+    "openanolis-1.6.0": {"dialect": "current", "nvidia": "panic", "embedded": True, "status": OA_ERRORS, "eventlog": "text"},
+    "openanolis-1.6": {"dialect": "current", "nvidia": "panic", "embedded": True, "status": OA_ERRORS, "eventlog": "tcg2"},
     # openanolis/trustee v1.9.0: `bail!("TEE `nvidia` verifier is not implemented.")`; RcarAuthFailed and
     # RcarAttestFailed answer 502 (kbs/src/error.rs), the Attest detail without its cause.
-    "openanolis-1.9": {"dialect": "current", "nvidia": "not-implemented", "embedded": True,
+    "openanolis-1.9": {"dialect": "current", "nvidia": "not-implemented", "embedded": True, "eventlog": "tcg2",
                        "status": {"attest": 502, "version": 502, "deny": 403, "missing": 500}},
     # confidential-containers/trustee v0.15.0: the nvidia verifier (deps/verifier/src/nvidia/mod.rs) takes arch
     # "Hopper" only (nvml-wrapper's DeviceArchitecture, case-sensitive) and a hex report (hex::decode), checks the
     # report nonce against SHA-384(JCS {"nonce","tee-pubkey"})[:32]; the TDX verifier ignores gpu_evidence; every
     # error but PluginNotFound/InvalidRequestPath is 401.
-    "upstream-0.15": {"dialect": "current", "nvidia": {"arch": ["Hopper"], "encodings": ["hex"]}, "embedded": False,
+    "upstream-0.15": {"dialect": "current", "eventlog": "tcg2", "nvidia": {"arch": ["Hopper"], "encodings": ["hex"]}, "embedded": False,
                       "status": {"attest": 401, "version": 401, "deny": 401, "missing": 401}},
     # v0.16.0: hex, then base64; still "Hopper" only.
-    "upstream-0.16": {"dialect": "current", "nvidia": {"arch": ["Hopper"], "encodings": ["hex", "base64"]}, "embedded": False,
+    "upstream-0.16": {"dialect": "current", "eventlog": "tcg2", "nvidia": {"arch": ["Hopper"], "encodings": ["hex", "base64"]}, "embedded": False,
                       "status": {"attest": 401, "version": 401, "deny": 401, "missing": 401}},
     # v0.17.0: its own Architecture enum with serde aliases HOPPER / BLACKWELL.
-    "upstream-0.17": {"dialect": "current", "nvidia": {"arch": ["Hopper", "HOPPER"], "encodings": ["hex", "base64"]}, "embedded": False,
+    "upstream-0.17": {"dialect": "current", "eventlog": "tcg2", "nvidia": {"arch": ["Hopper", "HOPPER"], "encodings": ["hex", "base64"]}, "embedded": False,
                       "status": {"attest": 401, "version": 401, "deny": 401, "missing": 401}},
 }
 
@@ -200,13 +228,33 @@ def device_gpu_claims(device, nonce):
     return claims
 
 
-def make_token(tee, pubkey, nonce, gpu_claims=None):
+def verifier_claims(tee, evidence):
+    """The claims of the TEE verifier, after the event-log replay of --eventlog (raises ValueError on failure)."""
+    if tee == "sample":
+        # deps/verifier/src/sample: {"svn", "report_data", "init_data"}.
+        return {"svn": evidence.get("svn"), "report_data": evidence.get("report_data", ""), "init_data": ""}
+    quote = base64.b64decode(evidence["quote"])
+    if args.eventlog == "text":
+        return trustee_eventlog.verify_text(evidence, quote)
+    flavour = "upstream" if args.profile and args.profile.startswith("upstream") else "openanolis"
+    return trustee_eventlog.verify_tcg2(evidence, quote, flavour)
+
+
+def model_check(policy, claims, digests):
+    """--model-policy / --resource-model: the model the claims say was loaded must be one of `digests`."""
+    digest, seen = trustee_eventlog.model_digest(claims)
+    passed = digest is not None and digest in digests
+    log({"model_policy": policy, "digest": digest, "passed": passed, "seen": seen})
+    return passed
+
+
+def make_token(tee, pubkey, nonce, gpu_claims=None, tcb=None):
     now = int(time.time())
     claims = {
         "iss": "CoCo-Attestation-Service", "iat": now, "nbf": now, "exp": now + args.token_seconds,
         "jti": str(uuid.uuid4()), "jwk": json.loads(signer.export_public()), "tee": tee,
         "evaluation-reports": [{"policy-id": "default", "policy-hash": hashlib.sha384(b"default").hexdigest()}],
-        "tcb-status": {"%s.svn" % tee: "1"},
+        "tcb-status": tcb,
         "customized_claims": {"init_data": None, "runtime_data": {"nonce": nonce, "tee-pubkey": pubkey}},
     }
     claims.update(gpu_claims or {})
@@ -393,20 +441,45 @@ class Handler(BaseHTTPRequestHandler):
             if request.get("runtime_data_hash_algorithm", "sha384") != "sha384":
                 raise ValueError("only sha384 runtime data here")
             check_report_data(request["tee"], evidence, hashlib.sha384(canonical(structured)).digest())
+            tee_claims = verifier_claims(request["tee"], evidence)
         except (KeyError, ValueError, TypeError) as error:
+            log({"as_failed": str(error)})
             return self.reply(500, ("Evidence verification failed: %s" % error).encode(), "text/plain")
+        for policy in policies:  # simple.rs: every requested policy in turn; the first refusal ends it
+            if policy in args.model_policy and not model_check(policy, tee_claims, args.model_policy[policy]):
+                return self.as_reject(policy)
         log({"as": request["tee"], "policies": policies})
         now = int(time.time())
         claims = {
             "iss": "CoCo-Attestation-Service", "iat": now, "nbf": now, "exp": now + args.as_token_seconds,
             "jti": str(uuid.uuid4()), "jwk": json.loads(signer.export_public()), "tee": request["tee"],
             "evaluation-reports": [{"policy-id": p, "policy-hash": hashlib.sha384(p.encode()).hexdigest()} for p in policies],
-            "tcb-status": {"%s.svn" % request["tee"]: "1"}, "reference-data": {},
+            "tcb-status": trustee_eventlog.tcb_status(request["tee"], tee_claims), "reference-data": {},
             "customized_claims": {"init_data": None, "runtime_data": structured},
         }
         token = jwt.JWT(header={"typ": "JWT", "alg": "RS384"}, claims=claims)
         token.make_signed_token(signer)
         self.reply(200, token.serialize().encode(), "text/plain")
+
+    def as_reject(self, policy):
+        """simple.rs `bail!("Reject by policy {policy_id}")` through the restful AS's error mapping
+        (attestation-service/src/bin/restful/mod.rs): always 500 InternalError; the body by release."""
+        reason = "Reject by policy %s" % policy
+        if args.profile == "openanolis-1.9":
+            # v1.9.0: problem+json; an error that is neither AttestationError nor VerifierError is `internal`.
+            body = {"type": "https://github.com/confidential-containers/attestation-service/errors/InternalError",
+                    "title": "Internal server error", "status": 500, "code": "AS.INTERNAL.ERROR",
+                    "detail": "The attestation service encountered an internal error.", "retryable": False}
+            return self.reply(500, json.dumps(body).encode(), "application/problem+json")
+        if args.profile in ("openanolis-1.5.2", "openanolis-1.6.0") or (not args.profile and args.as_api == "legacy"):
+            # v1.5.2 / v1.6.0: `format!("{self:#?}")` of InternalError(anyhow context "attestation report evaluate").
+            text = ('InternalError(\n    Error {\n        context: "attestation report evaluate",\n'
+                    '        source: "%s",\n    },\n)' % reason)
+            return self.reply(500, text.encode(), "text/plain")
+        # v1.6.2-v1.8.x: ErrorInformation {type, detail}, detail "An internal error occured: attestation report evaluate: <e>".
+        body = {"type": "https://github.com/confidential-containers/attestation-service/errors/InternalError",
+                "detail": "An internal error occured: attestation report evaluate: %s" % reason}
+        return self.reply(500, json.dumps(body).encode(), "application/json")
 
     def auth(self, raw, replica, lb_cookies):
         if self.headers.get("Content-Type") != "application/json":
@@ -453,6 +526,7 @@ class Handler(BaseHTTPRequestHandler):
                 if pubkey.get("kty") != "RSA" or pubkey.get("alg") != "RSA1_5":
                     raise ValueError("the legacy KBS needs an RSA1_5 key, got %s/%s" % (pubkey.get("kty"), pubkey.get("alg")))
                 evidence = json.loads(attestation["tee-evidence"])
+                primary = evidence
                 binding = hashlib.sha384(canonical({"nonce": session["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
                 check_report_data(tee, evidence, binding)
                 if profile:
@@ -469,7 +543,8 @@ class Handler(BaseHTTPRequestHandler):
                 composite = attestation["tee-evidence"]
                 additional = composite["additional_evidence"]
                 binding = hashlib.sha384(canonical({"additional-evidence": additional, "nonce": runtime["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
-                check_report_data(tee, composite["primary_evidence"], binding)
+                primary = composite["primary_evidence"]
+                check_report_data(tee, primary, binding)
                 device_nonce = hashlib.sha384(canonical({"nonce": runtime["nonce"], "tee-pubkey": key_subset(pubkey)})).digest()
                 devices = json.loads(additional) if additional else {}
                 if profile:
@@ -486,14 +561,20 @@ class Handler(BaseHTTPRequestHandler):
                     listed = devices["nvidia"]["device_evidence_list"]
                     check_gpu([base64.b64decode(d["evidence"]) if not all(c in "0123456789abcdef" for c in d["evidence"]) else bytes.fromhex(d["evidence"]) for d in listed], device_nonce)
                     gpu_count = len(listed)
+            tee_claims = verifier_claims(tee, primary)
         except (KeyError, ValueError, TypeError) as error:
             return self.attest_failed(str(error))
+        # kbs/src/attestation/coco/builtin.rs: the KBS's own AS evaluates policy "default".
+        if "default" in args.model_policy and not model_check("default", tee_claims, args.model_policy["default"]):
+            return self.attest_failed("Reject by policy default")
         gpus = len(gpu_claims.get("nvidia", [])) + len([k for k in gpu_claims if k.startswith("nvidia_gpu.")]) if profile else gpu_count
         with lock:
             session["attested"] = key_subset(pubkey)
             session["gpu"] = gpus > 0
+            session["claims"] = tee_claims
         log({"attested": tee, "alg": pubkey["alg"], "gpu": gpus > 0, "gpus": gpus, "gpu_claims": gpu_claims, "embedded_nonce_ok": nonce_ok})
-        self.reply(200, {"token": make_token(tee, key_subset(pubkey), session["nonce"], gpu_claims)}, cookies=lb_cookies)
+        token = make_token(tee, key_subset(pubkey), session["nonce"], gpu_claims, trustee_eventlog.tcb_status(tee, tee_claims))
+        self.reply(200, {"token": token}, cookies=lb_cookies)
 
     def resource(self, path, replica):
         session, variant, detail = self.session(replica)
@@ -502,7 +583,8 @@ class Handler(BaseHTTPRequestHandler):
                 # kbs/src/api_server.rs get_attestation_token: no usable session and no bearer token.
                 return self.error_info(401, "TokenNotFound", "Attestation Token not found")
             return self.error_info(401, variant or "UnAuthenticatedCookie", detail or "The session is not attested")
-        if take_fault("deny") or faults().get("deny_all"):
+        refused = bool(args.resource_model) and not model_check("resource", session.get("claims") or {}, args.resource_model)
+        if refused or take_fault("deny") or faults().get("deny_all"):
             if profile:
                 return self.error_info(profile["status"]["deny"], "PolicyDeny", "Access denied by policy")
             return self.error_info(403, "PolicyDeny", "Policy deny: resource policy denied the request")
@@ -546,6 +628,12 @@ def main():
                         help="the Attestation Service's request form: flat (<= 1.5.2) or verification_requests (>= 1.6)")
     parser.add_argument("--as-policy", action="append", default=["default"], help="policy ids the AS knows")
     parser.add_argument("--as-token-seconds", type=int, default=300)
+    parser.add_argument("--eventlog", choices=["tcg2", "text"],
+                        help="how TDX event logs are verified (default: the profile's; legacy -> text, current -> tcg2)")
+    parser.add_argument("--model-policy", action="append", default=[], metavar="ID=DIGEST[,DIGEST...]",
+                        help="policy ID passes only for these model digests (the AS knows ID; the KBS evaluates default)")
+    parser.add_argument("--resource-model", action="append", default=[], metavar="DIGEST",
+                        help="resources only for sessions whose claims show one of these model digests")
     # Attestation Service only: a delay before each /as/attestation answer, and where to write the public JWK
     # that signs its tokens (what a TNG passport client pins with trusted_certs_paths).
     parser.add_argument("--as-delay", type=float, default=0)
@@ -573,6 +661,18 @@ def main():
         if args.dialect == "legacy":
             args.jwe_layout = "legacy"
     args.dialect = args.dialect or "current"
+    if not args.eventlog:
+        args.eventlog = profile["eventlog"] if profile else ("text" if args.dialect == "legacy" else "tcg2")
+    policies = {}
+    for item in args.model_policy:
+        name, _, digests = item.partition("=")
+        if not name or not digests:
+            parser.error("--model-policy takes ID=DIGEST[,DIGEST...], got %r" % item)
+        policies[name] = set(digests.split(","))
+        if name not in args.as_policy:
+            args.as_policy.append(name)
+    args.model_policy = policies
+    args.resource_model = set(args.resource_model)
     args.resource = dict(item.split("=", 1) for item in args.resource)
     if args.as_public_key:
         with open(args.as_public_key, "w") as f:
