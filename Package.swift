@@ -103,7 +103,7 @@ let package = Package(
         // TEE evidence: TDX through configfs-tsm, NVIDIA GPUs through NVML (loaded at run time), and the sample attester.
         .target(
             name: "Attestation",
-            dependencies: [],
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // The Trustee KBS client (RCAR, both dialects, JWE) and the attestation and key services.

@@ -3,6 +3,9 @@ public struct EvidenceProvider: Sendable {
     public let attester: any Attester
     public let gpu: GPUAttester?
 
+    /// The model measurements of a TDX attester; nil for the sample attester or without an RTMR interface.
+    public var measurements: RuntimeMeasurements? { (attester as? TDXAttester)?.measurements }
+
     public init(attester: any Attester, gpu: GPUAttester?) {
         self.attester = attester
         self.gpu = gpu
@@ -10,16 +13,18 @@ public struct EvidenceProvider: Sendable {
 
     /// Picks the attester the way `CAID_ATTESTER` asks: `tdx`, `sample`, or `auto`, which takes TDX when
     /// configfs-tsm is there and otherwise refuses, so that a production host never falls back to sample silently.
+    /// - Parameter measurements: the model measured into RTMR3, whose event log goes with every TDX quote.
     public static func select(
         _ choice: String, reportRoot: String = TDXAttester.defaultReportRoot,
-        eventLog: String = TDXAttester.defaultEventLog, nvmlLibrary: String? = GPUAttester.defaultLibrary
+        eventLog: String = TDXAttester.defaultEventLog, nvmlLibrary: String? = GPUAttester.defaultLibrary,
+        measurements: RuntimeMeasurements? = nil
     ) throws(AttestationError) -> EvidenceProvider {
         let gpu = nvmlLibrary.map { GPUAttester(library: $0) }
         switch choice {
         case "sample":
             return EvidenceProvider(attester: SampleAttester(), gpu: nil)
         case "tdx":
-            return EvidenceProvider(attester: TDXAttester(reportRoot: reportRoot, eventLog: eventLog), gpu: gpu)
+            return EvidenceProvider(attester: TDXAttester(reportRoot: reportRoot, eventLog: eventLog, measurements: measurements), gpu: gpu)
         default:
             guard TDXAttester.isAvailable(reportRoot: reportRoot) else {
                 throw AttestationError(.noTEE, """
@@ -28,7 +33,7 @@ public struct EvidenceProvider: Sendable {
                     CAID_ATTESTER=sample only on a machine for development, never in production
                     """)
             }
-            return EvidenceProvider(attester: TDXAttester(reportRoot: reportRoot, eventLog: eventLog), gpu: gpu)
+            return EvidenceProvider(attester: TDXAttester(reportRoot: reportRoot, eventLog: eventLog, measurements: measurements), gpu: gpu)
         }
     }
 }

@@ -228,7 +228,7 @@ private struct NVML {
 }
 
 /// Lower-case hex, as Rust's `hex::encode` writes it.
-private func hex(_ bytes: [UInt8]) -> String {
+func hex(_ bytes: [UInt8]) -> String {
     let digits = Array("0123456789abcdef".utf8)
     var out: [UInt8] = []
     out.reserveCapacity(bytes.count * 2)

@@ -11,10 +11,13 @@ public struct TDXAttester: Attester {
 
     private let reportRoot: String
     private let eventLog: String
+    /// The model measured into RTMR3 and its AA event log, sent with every quote; nil when caid measures nothing.
+    public let measurements: RuntimeMeasurements?
 
-    public init(reportRoot: String = Self.defaultReportRoot, eventLog: String = Self.defaultEventLog) {
+    public init(reportRoot: String = Self.defaultReportRoot, eventLog: String = Self.defaultEventLog, measurements: RuntimeMeasurements? = nil) {
         self.reportRoot = reportRoot
         self.eventLog = eventLog
+        self.measurements = measurements
     }
 
     public var tee: TEEType { .tdx }
@@ -31,10 +34,30 @@ public struct TDXAttester: Attester {
             throw AttestationError(.tee, "TDX report data is \(reportData.count) bytes; at most 64 fit")
         }
         let padded = reportData + [UInt8](repeating: 0, count: 64 - reportData.count)
-        // No log: null, not "" (openanolis/trustee v1.7.8 and later parse an empty string and fail).
-        var log = JSONValue.null
-        if let table = FileManager.default.contents(atPath: eventLog) { log = .string(Base64.standard(try CCEventLog.trim(Array(table)))) }
-        var members: [String: JSONValue] = ["quote": .string(Base64.standard(try quote(reportData: padded))), "cc_eventlog": log]
+        let firmware = try FileManager.default.contents(atPath: eventLog).map { table throws(AttestationError) in try CCEventLog.trim(Array(table)) }
+        guard let measurements else { return evidence(quote: try quote(reportData: padded), firmware: firmware, log: nil, gpuEvidence: gpuEvidence) }
+        // The quote and the log under one lock: an extend in between would make them disagree.
+        return try measurements.withLog { log throws(AttestationError) in
+            evidence(quote: try quote(reportData: padded), firmware: firmware, log: log, gpuEvidence: gpuEvidence)
+        }
+    }
+
+    /// The evidence JSON from a quote, the trimmed CCEL (events and end flag) and the AA event log.
+    func evidence(quote: [UInt8], firmware: [UInt8]?, log: AAEventLog?, gpuEvidence: JSONValue?) -> JSONValue {
+        // No log at all: null, not "" (openanolis/trustee v1.7.8 and later parse an empty string and fail).
+        var ccEventLog = JSONValue.null
+        var members: [String: JSONValue] = ["quote": .string(Base64.standard(quote))]
+        let records = log.map { $0.form == .tcg2 ? $0.tcg2Records : [] } ?? []
+        if records.isEmpty {
+            if let firmware { ccEventLog = .string(Base64.standard(firmware)) }
+        } else {
+            // The AAEL records go between the firmware's events and the end flag (guest-components
+            // `attester/src/utils.rs` `read_eventlog` @ v0.21.0); without a CCEL, after the attester's own header.
+            let events = firmware.map { Array($0.dropLast(CCEventLog.endFlag.count)) } ?? AAEventLog.headerWithoutCCEL
+            ccEventLog = .string(Base64.standard(events + records + CCEventLog.endFlag))
+        }
+        members["cc_eventlog"] = ccEventLog
+        if let log, log.form == .text { members["aa_eventlog"] = .string(log.textLog) }
         if let gpuEvidence { members["gpu_evidence"] = gpuEvidence }
         return .object(members)
     }

@@ -53,6 +53,17 @@ public struct CaidConfig: Sendable {
         public var eventLog = "/sys/firmware/acpi/tables/data/CCEL"
         /// The NVML library (`CAID_NVML_LIBRARY`).
         public var nvmlLibrary = "libnvidia-ml.so.1"
+        /// Where the kernel's RTMR files are (`CAID_RTMR_DIR`, Linux 6.16 and later).
+        public var rtmrDirectory = "/sys/devices/virtual/misc/tdx_guest/measurements"
+        /// caid's AA event log (`CAID_EVENTLOG_FILE`): under /run so that it ends with the boot, as RTMR3 does, and
+        /// outside /run/caid, which systemd removes at every stop.
+        public var eventLogFile = "/run/caid-measurements/eventlog.json"
+        /// The event log form the Trustee wants (`CAID_EVENTLOG_FORM`): `tcg2` or `text` (openanolis <= 1.6.0).
+        public var eventLogForm = "tcg2"
+        /// Whether a bucket without `caid-manifest.json` is refused (`CAID_MODEL_MANIFEST=required`).
+        public var requireManifest = false
+        /// The PAI event's `model-id` (`CAID_MODEL_ID`); empty: `MODEL_OSS_BUCKET_PATH`.
+        public var modelID = ""
     }
 
     /// Who may read the decrypted model (`CAID_MOUNT_OWNER`, `CAID_MOUNT_MODE`).
@@ -182,7 +193,7 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_HEALTH_GROUP", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
-        "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY",
+        "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY", "CAID_RTMR_DIR", "CAID_EVENTLOG_FILE", "CAID_EVENTLOG_FORM", "CAID_MODEL_MANIFEST", "CAID_MODEL_ID",
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE", "CAID_GATEWAY_STREAM_BUDGET", "CAID_GATEWAY_STREAM_IDLE_TIMEOUT", "CAID_GATEWAY_CONNECTION_BUFFER", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
@@ -318,6 +329,11 @@ extension CaidConfig {
             ("CAID_TRUSTEE_CA", attestation.trusteeCA ?? "(the system's CA certificates)"),
             ("CAID_TOKEN_CERTS", attestation.tokenCertificates.isEmpty ? "(not set: the token's own key)" : attestation.tokenCertificates.joined(separator: " ")),
             ("CAID_TSM_REPORT_DIR", attestation.reportRoot),
+            ("CAID_RTMR_DIR", attestation.rtmrDirectory),
+            ("CAID_EVENTLOG_FILE", attestation.eventLogFile),
+            ("CAID_EVENTLOG_FORM", attestation.eventLogForm),
+            ("CAID_MODEL_MANIFEST", attestation.requireManifest ? "required" : "optional"),
+            ("CAID_MODEL_ID", attestation.modelID.isEmpty ? "(MODEL_OSS_BUCKET_PATH)" : attestation.modelID),
             ("CAID_CC_EVENTLOG", attestation.eventLog),
             ("CAID_NVML_LIBRARY", attestation.nvmlLibrary),
             ("CAID_GATEWAY_MODE", gateway.mode.rawValue),
@@ -554,6 +570,27 @@ private struct Decoder {
         attestation.reportRoot = absolutePath("CAID_TSM_REPORT_DIR", default: attestation.reportRoot)
         attestation.eventLog = absolutePath("CAID_CC_EVENTLOG", default: attestation.eventLog)
         attestation.nvmlLibrary = text("CAID_NVML_LIBRARY") ?? attestation.nvmlLibrary
+        attestation.rtmrDirectory = absolutePath("CAID_RTMR_DIR", default: attestation.rtmrDirectory)
+        attestation.eventLogFile = absolutePath("CAID_EVENTLOG_FILE", default: attestation.eventLogFile)
+        if let raw = text("CAID_EVENTLOG_FORM") {
+            if ["tcg2", "text"].contains(raw) { attestation.eventLogForm = raw } else {
+                error("CAID_EVENTLOG_FORM", "'\(raw)' is not tcg2 (upstream Trustee, openanolis >= 1.6.2) or text (openanolis <= 1.6.0)")
+            }
+        }
+        if let raw = text("CAID_MODEL_MANIFEST") {
+            switch raw {
+            case "required": attestation.requireManifest = true
+            case "optional": attestation.requireManifest = false
+            default: error("CAID_MODEL_MANIFEST", "'\(raw)' is not required or optional")
+            }
+        }
+        if let raw = text("CAID_MODEL_ID") {
+            if raw.contains(where: { $0 == " " || $0 == "\"" || $0 == "\\" || $0.isNewline }) || raw.isEmpty {
+                error("CAID_MODEL_ID", "'\(raw)' may hold no spaces, quotes, backslashes or newlines (openanolis <= 1.6.0 reads event contents as one word)")
+            } else {
+                attestation.modelID = raw
+            }
+        }
         var mount = CaidConfig.MountSettings()
         if let raw = text("CAID_MOUNT_OWNER") {
             let parts = raw.split(separator: ":", omittingEmptySubsequences: false)

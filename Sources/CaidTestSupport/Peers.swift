@@ -93,14 +93,17 @@ public final class FakeTSM: Sendable {
     public let statsPath: String
     private let process: Programs.Running
 
-    public init(directory: String, provider: String = "tdx_guest", race: Int = 0) async throws {
+    /// - Parameters:
+    ///   - ccel: a firmware event log whose records the fake RTMRs start extended with (`--ccel`).
+    ///   - rtmr3Extends: digests RTMR3 starts extended with, as if another agent had (`--rtmr3-extend`).
+    public init(directory: String, provider: String = "tdx_guest", race: Int = 0, ccel: String? = nil, rtmr3Extends: [String] = []) async throws {
         mountpoint = directory + "/tsm-\(UUID().uuidString.prefix(8))"
         statsPath = mountpoint + ".json"
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         process = try Programs.start("/usr/bin/env", [
             "python3", Programs.packageRoot + "/Tests/peers/fake_tsm.py", mountpoint, "--provider", provider,
             "--race", String(race), "--stats", statsPath,
-        ])
+        ] + (ccel.map { ["--ccel", $0] } ?? []) + rtmr3Extends.flatMap { ["--rtmr3-extend", $0] })
         for _ in 0..<500 {
             var info = stat()
             if stat(mountpoint + "/report", &info) == 0 { return }
@@ -112,6 +115,18 @@ public final class FakeTSM: Sendable {
 
     /// Where the attester should look: `<mount>/report`.
     public var reportRoot: String { mountpoint + "/report" }
+
+    /// The fake RTMR files, `<mount>/measurements/rtmr{0..3}:sha384`, as the kernel has them under
+    /// `/sys/devices/virtual/misc/tdx_guest/measurements`.
+    public var measurements: String { mountpoint + "/measurements" }
+
+    /// Writes to `measurements/rtmr<N>:sha384` since start, by RTMR number.
+    public func extends() -> [String: Int] {
+        guard let data = FileManager.default.contents(atPath: statsPath),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else { return [:] }
+        return object["extends"] as? [String: Int] ?? [:]
+    }
 
     /// How many report entries were made, and which are still there.
     public func stats() -> (made: Int, left: [String]) {

@@ -11,13 +11,17 @@ public struct FetchService: Service {
     private let fetcher: Fetcher
     private let handle: ServiceHandle
     private let repairs: CacheRepairs?
+    private let identity: ModelIdentity?
 
-    /// - Parameter repairs: where the mount asks for the cache to be repaired; the service then fails, and the
-    ///   supervisor's restart fetches again what was removed.
-    public init(fetcher: Fetcher, handle: ServiceHandle, repairs: CacheRepairs? = nil) {
+    /// - Parameters:
+    ///   - repairs: where the mount asks for the cache to be repaired; the service then fails, and the
+    ///     supervisor's restart fetches again what was removed.
+    ///   - identity: where the verified model's digest goes, for the measurement.
+    public init(fetcher: Fetcher, handle: ServiceHandle, repairs: CacheRepairs? = nil, identity: ModelIdentity? = nil) {
         self.fetcher = fetcher
         self.handle = handle
         self.repairs = repairs
+        self.identity = identity
     }
 
     public func run() async throws {
@@ -26,7 +30,9 @@ public struct FetchService: Service {
             if let line = meter.line(done: done, total: total) { await handle.progress(line) }
         }
         let refused = summary.refused.isEmpty ? "" : "; \(summary.refused.count) listed objects refused, not in the mount: " + summary.refused.prefix(3).joined(separator: "; ")
-        await handle.running("\(summary.objects) objects verified (\(summary.downloaded) fetched, \(summary.skipped) already cached)" + refused)
+        let model = summary.modelDigest.map { "; model \($0), every object checked against its manifest" } ?? "; no model manifest in the bucket"
+        await identity?.publish(summary.modelDigest)
+        await handle.running("\(summary.objects) objects verified (\(summary.downloaded) fetched, \(summary.skipped) already cached)" + model + refused)
         handle.logger.notice("model ciphertext verified: \(summary.objects) objects, \(summary.bytes) bytes fetched")
         // The cache is ready; nothing more to do until caid stops or the mount finds it damaged.
         if let repairs {

@@ -16,7 +16,24 @@ enum KeyBrokerSetup {
         let settings = config.attestation
         return try EvidenceProvider.select(
             config.attester.rawValue, reportRoot: settings.reportRoot, eventLog: settings.eventLog,
-            nvmlLibrary: settings.gpuEvidence == .off ? nil : settings.nvmlLibrary)
+            nvmlLibrary: settings.gpuEvidence == .off ? nil : settings.nvmlLibrary, measurements: measurements(for: config).measurements)
+    }
+
+    /// The RTMR3 measurements of the model (one per process: its lock orders extends and quotes), or why there
+    /// are none.
+    static func measurements(for config: CaidConfig) -> (measurements: RuntimeMeasurements?, unavailable: String) {
+        let settings = config.attestation
+        guard config.attester != .sample else { return (nil, "the sample attester has no measurement registers") }
+        let register = SysfsRTMR(directory: settings.rtmrDirectory)
+        guard register.isAvailable else {
+            return (nil, "no RTMR interface: \(register.path) is missing (Linux 6.16 and later have it; kernels with only the TDX_CMD_EXTEND_RTMR ioctl are not supported yet)")
+        }
+        return (RuntimeMeasurements(register: register, logFile: settings.eventLogFile, form: EventLogForm(rawValue: settings.eventLogForm) ?? .tcg2), "")
+    }
+
+    /// The model identity the PAI event names: `CAID_MODEL_ID`, or the bucket path.
+    static func modelID(for config: CaidConfig) -> String {
+        config.attestation.modelID.isEmpty ? "\(config.objectStorage.bucket):/\(config.objectStorage.prefix)" : config.attestation.modelID
     }
 
     /// The CA certificates of `CAID_TRUSTEE_CA`, nil when it is not set (then the system's are used).
@@ -123,8 +140,18 @@ struct AttestCommand: AsyncParsableCommand {
         for missing in session.evidence.missingGPUs {
             printOut("gpu left out: \(missing)")
         }
+        printOut("model measured: " + Self.measured(provider: try? KeyBrokerSetup.provider(for: config)))
+        printOut("model in the token: \(ModelClaim.digest(in: session.token.claims) ?? "none (the verifier saw no caid load-model event)")")
         printOut("token claims:")
         printOut(Self.pretty(.object(session.token.summary)))
+    }
+
+    /// What this host's AA event log says was measured, and through which interface; nothing is extended here.
+    static func measured(provider: EvidenceProvider?) -> String {
+        guard let measurements = provider?.measurements else { return "none (no RTMR interface, or the sample attester)" }
+        let last = try? measurements.withLog { $0?.last(domain: "caid", operation: "load-model") }
+        guard let content = last?.content else { return "none yet (caid run measures the model after verifying it)" }
+        return "\(content) through \(measurements.register.interface), \(measurements.form.rawValue) event log \(measurements.logFile)"
     }
 
     /// Indented JSON with sorted keys, for people.

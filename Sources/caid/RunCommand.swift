@@ -94,8 +94,9 @@ struct RunCommand: AsyncParsableCommand {
 
 /// The services `caid run` supervises, built from the configuration, and the HTTP clients they share.
 ///
-/// `attestation` proves the host to Trustee; `key` (after attestation) fetches `MODEL_KEY_ID`; `fetch` brings the
-/// ciphertext meanwhile; `cachefs` mounts once both are there; `gateway` (after attestation) serves clients while
+/// `fetch` brings the ciphertext and checks it against the model manifest; `measure` (after fetch) extends RTMR3
+/// with the model's digest; `attestation` (after measure, when this host can measure) proves the host to Trustee;
+/// `key` (after attestation) fetches `MODEL_KEY_ID`; `cachefs` mounts once both are there; `gateway` (after attestation) serves clients while
 /// the model may still be arriving. All are required: caid is ready when the model is mounted and the gateway
 /// listens.
 struct ServiceCatalog {
@@ -110,6 +111,7 @@ struct ServiceCatalog {
         }
         let kbsHTTP = KeyBrokerSetup.httpClient(roots: preflight.trusteeRoots, readTimeout: config.readTimeout)
         var options = Fetcher.Options()
+        options.requireManifest = config.attestation.requireManifest
         var sharing: ServiceSpec?
         let tokenTrust = preflight.tokenTrust
         if !config.sharingPeers.isEmpty {
@@ -147,10 +149,20 @@ struct ServiceCatalog {
         let mountpoint = config.modelMountPoint
         let ownership = CacheFileSystem.Ownership(uid: config.mount.uid, gid: config.mount.gid, fileMode: mode_t(config.mount.mode))
         let repairs = CacheRepairs()
+        let identity = ModelIdentity()
+        let measurements = provider.measurements
+        let unavailable = KeyBrokerSetup.measurements(for: config).unavailable
+        let modelID = KeyBrokerSetup.modelID(for: config)
+        // The order the model's identity needs: verified (fetch), measured (measure), then attested, keyed, mounted,
+        // served. Without measurement registers the evidence cannot carry the model, so nothing waits for it.
+        let attestationAfter = measurements == nil ? [] : ["measure"]
         var specs = [
-            ServiceSpec(name: "attestation") { AttestationService(client: kbs, handle: $0) },
+            ServiceSpec(name: "measure", dependencies: ["fetch"]) {
+                MeasureService(identity: identity, measurements: measurements, unavailable: unavailable, modelID: modelID, handle: $0)
+            },
+            ServiceSpec(name: "attestation", dependencies: attestationAfter) { AttestationService(client: kbs, handle: $0) },
             ServiceSpec(name: "key", dependencies: ["attestation"]) { KeyService(client: kbs, resource: resource, handoff: handoff, handle: $0) },
-            ServiceSpec(name: "fetch") { FetchService(fetcher: fetcher, handle: $0, repairs: repairs) },
+            ServiceSpec(name: "fetch") { FetchService(fetcher: fetcher, handle: $0, repairs: repairs, identity: identity) },
             ServiceSpec(name: "cachefs", dependencies: ["key", "fetch"]) { handle in
                 // vLLM usually runs in a container as another user: the mount shows CAID_MOUNT_OWNER/MODE, which the
                 // kernel enforces for everyone.

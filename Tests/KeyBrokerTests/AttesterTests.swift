@@ -25,15 +25,17 @@ import Testing
         #expect(tsm.stats().left.isEmpty)
     }
 
-    /// A CCEL as TDX firmware lays it out (TCG PC Client spec): the SHA-1-format spec ID event, TCG_PCR_EVENT2
-    /// records with SHA-384 digests, then the table's unused space.
+    /// A CCEL as TDX firmware lays it out (TCG PC Client spec): the SHA-1-format spec ID event (TCG_EfiSpecIDEvent:
+    /// signature, platform class, versions, uintn size, one algorithm, SHA-384 of 48 bytes, no vendor info), then
+    /// EV_IPL TCG_PCR_EVENT2 records with SHA-384 digests for CC-MR 1 to 3 (RTMR0–2), then the table's unused space.
+    /// A real verifier replays them; ``FakeTSM`` started with this table extends its RTMRs to match.
     static func ccel(events: Int, padding: UInt8, paddingBytes: Int = 4096) -> (table: [UInt8], events: [UInt8]) {
         func le32(_ value: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) } }
-        let specData = Array("Spec ID Event03".utf8) + [0] + [UInt8](repeating: 0x11, count: 17)
+        let specData = Array("Spec ID Event03".utf8) + [0] + le32(0) + [0, 2, 0, 2] + le32(1) + [0x0C, 0x00, 48, 0x00] + [0]
         var log = le32(0) + le32(3) + [UInt8](repeating: 0, count: 20) + le32(UInt32(specData.count)) + specData
         for index in 0..<events {
             let data = Array("event \(index)".utf8)
-            log += le32(UInt32(index % 4)) + le32(0x8000_0001) + le32(1) + [0x0C, 0x00] + [UInt8](repeating: UInt8(index), count: 48)
+            log += le32(UInt32(index % 3 + 1)) + le32(0xD) + le32(1) + [0x0C, 0x00] + [UInt8](repeating: UInt8(index), count: 48)
                 + le32(UInt32(data.count)) + data
         }
         return (log + [UInt8](repeating: padding, count: paddingBytes), log)

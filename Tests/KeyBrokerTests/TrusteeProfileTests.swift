@@ -28,10 +28,11 @@ import Testing
 
         init(profile: String, tls: (certificate: String, key: String)? = nil, options: [String] = []) async throws {
             dir = try TemporaryDirectory("caid-profile")
-            tsm = try await FakeTSM(directory: dir.path)
+            // The firmware's log, and RTMRs that match it, as a verifier that replays the log requires.
+            try Data(AttesterTests.ccel(events: 3, padding: 0xFF).table).write(to: URL(fileURLWithPath: dir.path + "/CCEL"))
+            tsm = try await FakeTSM(directory: dir.path, ccel: dir.path + "/CCEL")
             nvml = try FakeNVML.build(in: dir.path, behaviour: .secondFails)
             try Data(TrusteeProfileTests.password.utf8).write(to: URL(fileURLWithPath: dir.path + "/key"))
-            try Data(AttesterTests.ccel(events: 3, padding: 0xFF).table).write(to: URL(fileURLWithPath: dir.path + "/CCEL"))
             kbs = try await TrusteePeer(
                 dialect: "current", resources: ["default/aliyun/model-decryption-key": dir.path + "/key"], directory: dir.path,
                 options: options, profile: profile, tls: tls)
