@@ -20,6 +20,8 @@ public final class ModelHost: Sendable {
     public let socket: String
 
     public static let password = "demo model password"
+    /// What `caid encrypt` printed as the model digest (`sha256:…`).
+    public let modelDigest: String
 
     /// - Parameters:
     ///   - namespace: run the servers in this network namespace, listening on all its addresses (`caid run` must
@@ -28,9 +30,11 @@ public final class ModelHost: Sendable {
     ///     machine's own network must not leave filter rules in it.
     ///   - serverAddress: where caid reaches the servers (their namespace's address when caid runs elsewhere).
     ///   - sessionToken: an STS token the OSS server requires and cai.env carries (none by default).
+    ///   - trusteeOptions: more options of the test KBS/AS, given the model digest (a policy naming it).
+    ///   - trusteeProfile: the released Trustee the test KBS behaves as.
     public init(
         extraSettings: String = "", namespace: String? = nil, serverAddress: String = "127.0.0.1", gateway: String = "mapping",
-        sessionToken: String = ""
+        sessionToken: String = "", trusteeOptions: (String) -> [String] = { _ in [] }, trusteeProfile: String? = nil
     ) async throws {
         self.namespace = namespace
         self.serverAddress = serverAddress
@@ -41,8 +45,7 @@ public final class ModelHost: Sendable {
         try Self.makeModel(at: plain)
         let passfile = try dir.write("password", Self.password + "\n")
         try FileManager.default.createDirectory(atPath: dir.path + "/bucket", withIntermediateDirectories: true)
-        let encrypt = try Programs.run(Programs.caid, ["encrypt", "--plain", plain, "--cipher", dir.path + "/bucket/qwen", "--passfile", passfile])
-        guard encrypt.status == 0 else { throw PeerProcess.Failure(description: "caid encrypt failed: \(encrypt.stderr)") }
+        modelDigest = try Self.encrypt(plain, into: dir.path + "/bucket/qwen", passfile: passfile)
 
         let host = namespace == nil ? "127.0.0.1" : "0.0.0.0"
         oss = try await PeerProcess("oss_server.py", [
@@ -51,7 +54,7 @@ public final class ModelHost: Sendable {
         ] + (sessionToken.isEmpty ? [] : ["--token", sessionToken]), directory: dir.path, namespace: namespace)
         trustee = try await TrusteePeer(
             dialect: "current", resources: ["default/aliyun/model-decryption-key": passfile], directory: dir.path,
-            options: ["--host", host], namespace: namespace)
+            options: ["--host", host] + trusteeOptions(modelDigest), namespace: namespace, profile: trusteeProfile)
         if namespace == nil {
             let service = try await PeerProcess("static_server.py", ["--root", mountpoint], directory: dir.path)
             self.service = service
@@ -76,7 +79,7 @@ public final class ModelHost: Sendable {
             MODEL_MOUNT_POINT=\(mountpoint)
             CAID_HEALTH_SOCKET=\(socket)
             CAID_CACHE_DIR=\(dir.path)/cache
-            CAID_ATTESTER=sample
+            \(extraSettings.contains("CAID_ATTESTER=") ? "" : "CAID_ATTESTER=sample")
             CAID_OSS_REGION=cn-test
             CAID_GATEWAY_MODE=\(gateway)
             CAID_GATEWAY_PORT=\(gatewayPort)
@@ -85,20 +88,42 @@ public final class ModelHost: Sendable {
             """)
     }
 
+    /// Encrypts `plain` with `caid encrypt`. - Returns: the model digest it printed.
+    static func encrypt(_ plain: String, into cipher: String, passfile: String) throws -> String {
+        let encrypt = try Programs.run(Programs.caid, ["encrypt", "--plain", plain, "--cipher", cipher, "--passfile", passfile])
+        guard encrypt.status == 0 else { throw PeerProcess.Failure(description: "caid encrypt failed: \(encrypt.stderr)") }
+        guard let line = encrypt.stdout.split(separator: "\n").first(where: { $0.hasPrefix("model digest: sha256:") }) else {
+            throw PeerProcess.Failure(description: "caid encrypt printed no model digest: \(encrypt.stdout)")
+        }
+        return String(line.dropFirst("model digest: ".count).prefix(71))
+    }
+
+    /// Puts another model (other weights, same password) into the bucket at `models:/<name>`.
+    /// - Returns: its digest, and a cai.env that serves it from a cache of its own.
+    public func addModel(_ name: String, seed: Int) throws -> (digest: String, env: String) {
+        let other = dir.path + "/" + name + "-plain"
+        try Self.makeModel(at: other, seed: seed)
+        let digest = try Self.encrypt(other, into: dir.path + "/bucket/" + name, passfile: dir.path + "/password")
+        var text = try String(contentsOfFile: env, encoding: .utf8)
+        text = text.replacingOccurrences(of: "MODEL_OSS_BUCKET_PATH=\"models:/qwen\"", with: "MODEL_OSS_BUCKET_PATH=\"models:/\(name)\"")
+            .replacingOccurrences(of: "CAID_CACHE_DIR=\(dir.path)/cache", with: "CAID_CACHE_DIR=\(dir.path)/cache-\(name)")
+        return (digest, try dir.write(name + ".env", text))
+    }
+
     /// A small model as vLLM expects one: a real safetensors file, a config and a tokenizer file.
-    public static func makeModel(at path: String) throws {
+    public static func makeModel(at path: String, seed: Int = 7) throws {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         let script = """
             import json, sys, numpy as np
             from safetensors.numpy import save_file
             root = sys.argv[1]
-            rng = np.random.default_rng(7)
+            rng = np.random.default_rng(int(sys.argv[2]))
             save_file({"embed.weight": rng.standard_normal((256, 64)).astype(np.float32),
                        "lm_head.weight": rng.standard_normal((64, 256)).astype(np.float16)}, root + "/model.safetensors")
             json.dump({"architectures": ["DemoForCausalLM"], "hidden_size": 64, "vocab_size": 256}, open(root + "/config.json", "w"), indent=2)
             json.dump({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}}, open(root + "/tokenizer.json", "w"))
             """
-        let result = try Programs.run("/usr/bin/env", ["python3", "-c", script, path])
+        let result = try Programs.run("/usr/bin/env", ["python3", "-c", script, path, String(seed)])
         guard result.status == 0 else { throw PeerProcess.Failure(description: "making the sample model failed: \(result.stderr)") }
     }
 
