@@ -23,16 +23,23 @@ public struct PeerVerifier: Sendable {
     /// Whether evidence of the `sample` attester (no TEE at all) may pass to the Attestation Service
     /// (`caid tunnel --allow-sample`; for sharing, a host that itself runs `CAID_ATTESTER=sample`).
     public let allowSample: Bool
+    /// The model digests (`sha256:…`) a gateway may serve (`caid tunnel --require-model`): the verified token's
+    /// last caid model event must name one. Empty: any model.
+    public let requiredModels: [String]
     private let service: AttestationServiceClient
 
     /// How far the peer's clock may be from this host's: caid's certificates start a minute in the past, TNG's
     /// (rats-cert `Validity::from_now`) at the moment they are made.
     public static let clockSkew: TimeInterval = 300
 
-    public init(attestationService: String, policyIDs: [String], tokenTrust: TokenTrust? = nil, allowSample: Bool = false, http: HTTPClient) {
+    public init(
+        attestationService: String, policyIDs: [String], tokenTrust: TokenTrust? = nil, allowSample: Bool = false, requiredModels: [String] = [],
+        http: HTTPClient
+    ) {
         service = AttestationServiceClient(address: attestationService, policyIDs: policyIDs, http: http)
         self.tokenTrust = tokenTrust
         self.allowSample = allowSample
+        self.requiredModels = requiredModels
     }
 
     /// What was verified, for the log.
@@ -54,7 +61,19 @@ public struct PeerVerifier: Sendable {
         let token = try await service.token(tee: parsed.tee, evidence: parsed.evidence, runtimeData: .object(runtime))
         let claims = try TokenVerifier.verify(token, runtimeData: .object(runtime), policyIDs: policyIDs)
         try await tokenTrust?.check(token)
+        try Self.checkModel(claims, required: requiredModels)
         return Verdict(tee: parsed.tee, claims: claims, notAfter: notAfter)
+    }
+
+    /// Refuses a token whose replayed event log does not say the gateway serves one of `required`.
+    static func checkModel(_ claims: [String: JSONValue], required: [String]) throws(VerificationError) {
+        guard !required.isEmpty else { return }
+        guard let served = ModelClaim.digest(in: claims) else {
+            throw VerificationError("the Attestation Service's token names no model this gateway measured (no caid load-model event in its claims); --require-model refuses it")
+        }
+        guard required.contains(served) else {
+            throw VerificationError("the gateway serves model \(served), not one --require-model allows (\(required.joined(separator: ", ")))")
+        }
     }
 
     /// The certificate checks of rats-cert `verify.rs`: issuer = subject, a valid self-signature, the evidence

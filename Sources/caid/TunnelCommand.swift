@@ -45,6 +45,11 @@ struct TunnelCommand: AsyncParsableCommand {
         "Accept gateways whose certificate carries sample evidence (CAID_ATTESTER=sample: no TEE at all), for development. Refused by default, before the Attestation Service is asked."))
     var allowSample = false
 
+    @Option(name: .customLong("require-model"), help: ArgumentHelp(
+        "Tunnel only to gateways whose verified token says they measured this model (the digest caid encrypt printed). Repeat to allow several. The Attestation Service's replay of the gateway's event log decides; a policy naming the digest (docs/security.md) does the same for unmodified TNG clients.",
+        valueName: "sha256:hex"))
+    var requiredModels: [String] = []
+
     @Option(help: ArgumentHelp("Log level.", valueName: "level"))
     var logLevel: Logger.Level = .info
 
@@ -72,7 +77,13 @@ struct TunnelCommand: AsyncParsableCommand {
             try? await http.shutdown()
             throw ExitCode(64)
         }
-        let verifier = PeerVerifier(attestationService: asAddress, policyIDs: policies, tokenTrust: trust, allowSample: allowSample, http: http)
+        if let bad = requiredModels.first(where: { !($0.hasPrefix("sha256:") && $0.count == 71) }) {
+            printError("caid tunnel: --require-model '\(bad)' is not sha256:<64 hex digits>, as caid encrypt prints the model digest")
+            try? await http.shutdown()
+            throw ExitCode(64)
+        }
+        let verifier = PeerVerifier(
+            attestationService: asAddress, policyIDs: policies, tokenTrust: trust, allowSample: allowSample, requiredModels: requiredModels, http: http)
         if allowSample {
             logger.warning("--allow-sample: gateways with sample evidence (no TEE) are accepted; use it only for development")
         }

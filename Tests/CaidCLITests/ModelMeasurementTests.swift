@@ -114,8 +114,25 @@ import Testing
         await setup.stop(third)
     }
 
+    /// `caid tunnel --require-model A` through the gateway: the answer, or the proxy's refusal.
+    static func tunnelled(_ host: ModelHost, requiring digest: String) async throws -> String {
+        let port = Programs.unusedPort()
+        let tunnel = try Programs.start(Programs.caid, [
+            "tunnel", "--listen", "127.0.0.1:\(port)", "--as-addr", host.trustee.url + "as/", "--require-model", digest,
+        ])
+        defer { tunnel.signal(SIGTERM); _ = tunnel.wait() }
+        for _ in 0..<500 where !tunnel.stdout.contains("proxy listening") {
+            if tunnel.exited() != nil { return "caid tunnel exited: \(tunnel.stderr)" }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let result = try Programs.run("/usr/bin/env", [
+            "curl", "-sS", "--max-time", "20", "-x", "http://127.0.0.1:\(port)", "-D", "-", "http://127.0.0.1:\(host.gatewayPort)/config.json",
+        ])
+        return result.stdout + result.stderr
+    }
+
     /// A TNG-style client whose Attestation Service policy names model A verifies a gateway serving A and refuses
-    /// one serving B, with no change to the client.
+    /// one serving B, with no change to the client; `caid tunnel --require-model A` does the same from the token.
     @Test func aTNGClientRequiringModelARefusesAGatewayServingB() async throws {
         let setup = try await Host { digest in ["--as-api", "current", "--model-policy", "model-a=\(digest)"] }
         defer { setup.remove() }
@@ -132,6 +149,8 @@ import Testing
         let accepted = try client()
         #expect(accepted.status == 0, "\(accepted.report)")
         #expect(accepted.report.contains("DemoForCausalLM"), "\(accepted.report)")
+        let viaTunnel = try await Self.tunnelled(host, requiring: host.modelDigest)
+        #expect(viaTunnel.contains("200") && viaTunnel.contains("DemoForCausalLM"), "\(viaTunnel)")
         await setup.stop(servingA)
 
         let (_, envB) = try host.addModel("other", seed: 99)
@@ -142,6 +161,9 @@ import Testing
         #expect(refused.status == 1, "\(refused.report)")
         #expect(refused.report.contains("as_error"), "\(refused.report)")
         #expect(refused.report.contains("Reject by policy model-a"), "\(refused.report)")
+        let refusedByTunnel = try await Self.tunnelled(host, requiring: host.modelDigest)
+        #expect(refusedByTunnel.contains("403") && refusedByTunnel.contains("not one --require-model allows"), "\(refusedByTunnel)")
+        #expect(!refusedByTunnel.contains("DemoForCausalLM"))
         await setup.stop(servingB)
     }
 

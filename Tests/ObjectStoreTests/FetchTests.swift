@@ -189,7 +189,7 @@ import Testing
         let registry = HealthRegistry()
         try await withSupervisor([ServiceSpec(name: "fetch") { FetchService(fetcher: fetcher, handle: $0) }], registry: registry) {
             let status = await registry.wait(for: "fetch", toBe: .running)
-            #expect(status?.detail == "156 objects verified (156 fetched, 0 already cached)")
+            #expect(status?.detail == "156 objects verified (156 fetched, 0 already cached); no model manifest in the bucket")
         }
         try setup.expectIdentical()
     }
