@@ -10,16 +10,22 @@ public struct MeasureService: Service {
     private let identity: ModelIdentity
     private let measurements: RuntimeMeasurements?
     private let unavailable: String
+    private let unavailableIsExpected: Bool
     private let modelID: String
     private let handle: ServiceHandle
 
     /// - Parameters:
-    ///   - measurements: nil when this host has no RTMR interface; `unavailable` then says why.
+    ///   - measurements: nil when this host has no RTMR interface; `unavailable` then says why, and
+    ///     `unavailableIsExpected` whether that is no surprise (the sample attester) rather than a TEE without one.
     ///   - modelID: the PAI event's `model-id` (`CAID_MODEL_ID`).
-    public init(identity: ModelIdentity, measurements: RuntimeMeasurements?, unavailable: String, modelID: String, handle: ServiceHandle) {
+    public init(
+        identity: ModelIdentity, measurements: RuntimeMeasurements?, unavailable: String, unavailableIsExpected: Bool = false, modelID: String,
+        handle: ServiceHandle
+    ) {
         self.identity = identity
         self.measurements = measurements
         self.unavailable = unavailable
+        self.unavailableIsExpected = unavailableIsExpected
         self.modelID = modelID
         self.handle = handle
     }
@@ -33,8 +39,10 @@ public struct MeasureService: Service {
             return await idle()
         }
         guard let measurements else {
-            // Loud: the model identity exists but no quote will carry it.
-            handle.logger.critical("model \(digest) cannot be measured: \(unavailable); policies that require a model digest refuse this host")
+            // Loud on a TEE: the model identity exists but no quote will carry it. The sample attester proves
+            // nothing anyway and says so at start.
+            let message: Logger.Message = "model \(digest) cannot be measured: \(unavailable); policies that require a model digest refuse this host"
+            if unavailableIsExpected { handle.logger.warning(message) } else { handle.logger.critical(message) }
             await handle.running("model \(digest) NOT measured: \(unavailable)")
             return await idle()
         }

@@ -158,7 +158,9 @@ struct ServiceCatalog {
         let attestationAfter = measurements == nil ? [] : ["measure"]
         var specs = [
             ServiceSpec(name: "measure", dependencies: ["fetch"]) {
-                MeasureService(identity: identity, measurements: measurements, unavailable: unavailable, modelID: modelID, handle: $0)
+                MeasureService(
+                    identity: identity, measurements: measurements, unavailable: unavailable,
+                    unavailableIsExpected: provider.attester.tee == .sample, modelID: modelID, handle: $0)
             },
             ServiceSpec(name: "attestation", dependencies: attestationAfter) { AttestationService(client: kbs, handle: $0) },
             ServiceSpec(name: "key", dependencies: ["attestation"]) { KeyService(client: kbs, resource: resource, handoff: handoff, handle: $0) },

@@ -193,6 +193,42 @@ import Testing
         await setup.stop(daemon)
     }
 
+    /// The digest `caid encrypt` prints is SHA-256 of the manifest file it wrote, and the file is what Python's
+    /// json module writes for the same content with sorted keys and no spaces; `caid manifest` on the same volume
+    /// (as for one gocryptfs made) gives the same digest.
+    @Test func theModelDigestIsTheSHA256OfTheCanonicalManifest() async throws {
+        let dir = try TemporaryDirectory("caid-manifest")
+        defer { dir.remove() }
+        try ModelHost.makeModel(at: dir.path + "/plain")
+        let passfile = try dir.write("password", "pw\n")
+        let encrypt = try Programs.run(Programs.caid, ["encrypt", "--plain", dir.path + "/plain", "--cipher", dir.path + "/cipher", "--passfile", passfile])
+        #expect(encrypt.status == 0, "\(encrypt.stderr)")
+        let check = try Programs.run("/usr/bin/env", ["python3", "-c", """
+            import hashlib, json, os, sys
+            root = sys.argv[1]
+            raw = open(root + "/caid-manifest.json", "rb").read()
+            objects = []
+            for base, dirs, files in os.walk(root):
+                for name in files:
+                    path = os.path.join(base, name)
+                    rel = os.path.relpath(path, root)
+                    if rel == "caid-manifest.json": continue
+                    objects.append({"name": rel, "sha256": hashlib.sha256(open(path, "rb").read()).hexdigest(), "size": os.path.getsize(path)})
+            objects.sort(key=lambda o: o["name"].encode())
+            canonical = json.dumps({"objects": objects, "version": 1}, sort_keys=True, separators=(",", ":")).encode()
+            print("same" if canonical == raw else "differs")
+            print("sha256:" + hashlib.sha256(raw).hexdigest())
+            """, dir.path + "/cipher"])
+        let lines = check.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first == "same", "\(check.stdout) \(check.stderr)")
+        let digest = try #require(lines.dropFirst().first)
+        #expect(encrypt.stdout.contains("model digest: \(digest)"), "\(encrypt.stdout)")
+        let again = try Programs.run(Programs.caid, ["manifest", "--cipher", dir.path + "/cipher"])
+        #expect(again.status == 0 && again.stdout.contains("model digest: \(digest)"), "\(again.stdout) \(again.stderr)")
+        let notCipher = try Programs.run(Programs.caid, ["manifest", "--cipher", dir.path + "/plain"])
+        #expect(notCipher.status == 1 && notCipher.stderr.contains("not a gocryptfs ciphertext directory"))
+    }
+
     static func size(_ path: String) -> Int {
         ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int) ?? 0
     }
