@@ -32,6 +32,8 @@ let package = Package(
         // C libraries, through small shims.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // The TDX guest device's RTMR extend request (kernel headers only).
+        .systemLibrary(name: "CTDXGuest"),
 
         // Configuration, supervision and the health registry: no I/O beyond reading cai.env.
         .target(
@@ -103,7 +105,7 @@ let package = Package(
         // TEE evidence: TDX through configfs-tsm, NVIDIA GPUs through NVML (loaded at run time), and the sample attester.
         .target(
             name: "Attestation",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CTDXGuest", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // The Trustee KBS client (RCAR, both dialects, JWE) and the attestation and key services.

@@ -55,6 +55,8 @@ public struct CaidConfig: Sendable {
         public var nvmlLibrary = "libnvidia-ml.so.1"
         /// Where the kernel's RTMR files are (`CAID_RTMR_DIR`, Linux 6.16 and later).
         public var rtmrDirectory = "/sys/devices/virtual/misc/tdx_guest/measurements"
+        /// The TDX guest device, for kernels that extend RTMRs through its ioctl (`CAID_TDX_GUEST_DEVICE`).
+        public var tdxGuestDevice = "/dev/tdx_guest"
         /// caid's AA event log (`CAID_EVENTLOG_FILE`): under /run so that it ends with the boot, as RTMR3 does, and
         /// outside /run/caid, which systemd removes at every stop.
         public var eventLogFile = "/run/caid-measurements/eventlog.json"
@@ -193,7 +195,7 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_BUCKET_PATH", "MODEL_OSS_ENDPOINT", "MODEL_OSS_ACCESS_KEY_ID", "MODEL_OSS_SECRET_ACCESS_KEY",
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_HEALTH_GROUP", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
-        "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY", "CAID_RTMR_DIR", "CAID_EVENTLOG_FILE", "CAID_EVENTLOG_FORM", "CAID_MODEL_MANIFEST", "CAID_MODEL_ID",
+        "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY", "CAID_RTMR_DIR", "CAID_TDX_GUEST_DEVICE", "CAID_EVENTLOG_FILE", "CAID_EVENTLOG_FORM", "CAID_MODEL_MANIFEST", "CAID_MODEL_ID",
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE", "CAID_GATEWAY_STREAM_BUDGET", "CAID_GATEWAY_STREAM_IDLE_TIMEOUT", "CAID_GATEWAY_CONNECTION_BUFFER", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
@@ -330,6 +332,7 @@ extension CaidConfig {
             ("CAID_TOKEN_CERTS", attestation.tokenCertificates.isEmpty ? "(not set: the token's own key)" : attestation.tokenCertificates.joined(separator: " ")),
             ("CAID_TSM_REPORT_DIR", attestation.reportRoot),
             ("CAID_RTMR_DIR", attestation.rtmrDirectory),
+            ("CAID_TDX_GUEST_DEVICE", attestation.tdxGuestDevice),
             ("CAID_EVENTLOG_FILE", attestation.eventLogFile),
             ("CAID_EVENTLOG_FORM", attestation.eventLogForm),
             ("CAID_MODEL_MANIFEST", attestation.requireManifest ? "required" : "optional"),
@@ -571,6 +574,7 @@ private struct Decoder {
         attestation.eventLog = absolutePath("CAID_CC_EVENTLOG", default: attestation.eventLog)
         attestation.nvmlLibrary = text("CAID_NVML_LIBRARY") ?? attestation.nvmlLibrary
         attestation.rtmrDirectory = absolutePath("CAID_RTMR_DIR", default: attestation.rtmrDirectory)
+        attestation.tdxGuestDevice = absolutePath("CAID_TDX_GUEST_DEVICE", default: attestation.tdxGuestDevice)
         attestation.eventLogFile = absolutePath("CAID_EVENTLOG_FILE", default: attestation.eventLogFile)
         if let raw = text("CAID_EVENTLOG_FORM") {
             if ["tcg2", "text"].contains(raw) { attestation.eventLogForm = raw } else {

@@ -115,13 +115,9 @@ public struct NameCipher: Sendable {
     }
 
     /// Whether a directory entry is one of gocryptfs's own files, never shown to readers.
-    /// caid's model manifest beside `gocryptfs.conf` (`caid encrypt`, ObjectStore `ModelManifest`): not a name of
-    /// the volume, so neither listed nor reported as damaged.
-    public static let modelManifestFileName = "caid-manifest.json"
-
     public func isInternal(_ entry: String) -> Bool {
         if mode == .plaintext { return entry == Self.configFileName }
-        return entry == Self.configFileName || entry == Self.dirIVFileName || entry == Self.modelManifestFileName
+        return entry == Self.configFileName || entry == Self.dirIVFileName
             || (entry.hasPrefix(Self.longNamePrefix) && entry.hasSuffix(Self.longNameSuffix))
     }
 

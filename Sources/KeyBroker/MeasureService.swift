@@ -34,7 +34,7 @@ public struct MeasureService: Service {
         let verified = await identity.verified()
         if Task.isCancelled { return }
         guard let digest = verified else {
-            handle.logger.warning("the bucket has no model manifest (caid-manifest.json): the model is not measured, and a policy that requires a model digest refuses this host; write one with caid manifest")
+            handle.logger.warning("the bucket has no model manifest (<prefix>.caid-manifest.json beside the model): the model is not measured, and a policy that requires a model digest refuses this host; write one with caid manifest")
             await handle.running("not measured: the bucket has no model manifest")
             return await idle()
         }

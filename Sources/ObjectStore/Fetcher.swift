@@ -20,7 +20,7 @@ public struct Fetcher: Sendable {
         public var attempts = 6
         /// Where to try ranges before OSS (sharing peers); nil for OSS only.
         public var alternate: (any AlternateSource)?
-        /// Whether a prefix without `caid-manifest.json` is refused (`CAID_MODEL_MANIFEST=required`) rather than
+        /// Whether a prefix without its model manifest (``Fetcher/manifestKey(prefix:)``) is refused (`CAID_MODEL_MANIFEST=required`) rather than
         /// fetched unmeasured.
         public var requireManifest = false
 
@@ -98,7 +98,7 @@ public struct Fetcher: Sendable {
         var (listing, refused) = Self.admissible(try await client.list(prefix: prefix).filter { !$0.key.hasSuffix("/") }, prefix: prefix, cache: cache)
         var manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: manifestPath))) ?? Data())
         // The model manifest first: it decides which objects belong to the model and what their bytes must be.
-        let model = try await modelManifest(in: &listing, refused: &refused, cached: &manifest)
+        let model = try await modelManifest(in: &listing, refused: &refused)
         var summary = Summary()
         summary.objects = listing.count
         summary.refused = refused
@@ -168,34 +168,43 @@ public struct Fetcher: Sendable {
         return summary
     }
 
-    /// Fetches and parses the prefix's `caid-manifest.json` (CRC-checked like any object), takes it out of
-    /// `listing`, and holds the listing to it: objects it does not list are refused (named, not stored), and one it
-    /// lists that the bucket lacks or holds at another size fails the fetch.
+    /// Where the prefix's model manifest is: beside it (`models:/qwen` → `qwen.caid-manifest.json`), outside the
+    /// volume, so that `gocryptfs -fsck` does not take it for a damaged name; `caid-manifest.json` for a volume at
+    /// the bucket's root.
+    public static func manifestKey(prefix: String) -> String {
+        prefix.isEmpty ? ModelManifest.fileName : String(prefix.dropLast()) + "." + ModelManifest.fileName
+    }
+
+    /// Fetches and parses the prefix's model manifest and holds the listing to it: objects it does not list are
+    /// refused (named, not stored), and one it lists that the bucket lacks or holds at another size fails the fetch.
     /// - Returns: nil when the prefix has no manifest and none is required.
-    private func modelManifest(in listing: inout [ObjectSummary], refused: inout [String], cached: inout Manifest) async throws -> ModelManifest? {
-        let key = prefix + ModelManifest.fileName
-        guard let index = listing.firstIndex(where: { $0.key == key }) else {
+    private func modelManifest(in listing: inout [ObjectSummary], refused: inout [String]) async throws -> ModelManifest? {
+        let key = Self.manifestKey(prefix: prefix)
+        listing.removeAll { $0.key == key }
+        guard let object = try await client.list(prefix: key).first(where: { $0.key == key }) else {
             if options.requireManifest {
                 throw FetchError.manifest("\(key) is not in the bucket, and CAID_MODEL_MANIFEST=required; upload the manifest caid encrypt or caid manifest wrote")
             }
             return nil
         }
-        let object = listing.remove(at: index)
         guard object.size <= UInt64(ModelManifest.maximumSize) else {
             throw FetchError.manifest("\(key) is \(object.size) bytes; a model manifest is at most \(ModelManifest.maximumSize)")
         }
-        let path = try localPath(key)
-        var info = stat()
-        if !(cached.isComplete(object) && stat(path, &info) == 0 && UInt64(info.st_size) == object.size
-            && cached.entries[key].map({ stillVerified(key, path: path, entry: $0, in: &cached) }) == true) {
-            cached.entries[key] = try await fetchObject(object, report: { _ in })
-            try saveManifest(cached)
+        let response = try await client.get(key, range: nil, ifMatch: nil)
+        var bytes: [UInt8] = []
+        var crc = CRC64()
+        for try await buffer in response.body {
+            guard bytes.count + buffer.readableBytes <= Int(object.size) else { throw FetchError.verification("\(key): more bytes than its listed \(object.size)") }
+            buffer.withUnsafeReadableBytes { crc.update($0) }
+            bytes += buffer.readableBytesView
+        }
+        guard UInt64(bytes.count) == object.size, let serverCRC = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap({ UInt64($0) }), serverCRC == crc.value else {
+            throw FetchError.verification("\(key): the download does not match OSS's size and CRC-64; fetching again")
         }
         let model: ModelManifest
         do {
-            guard let bytes = FileManager.default.contents(atPath: path) else { throw FetchError.cache("cannot read \(path)") }
-            model = try ModelManifest.parse(Array(bytes))
-        } catch let error as ModelManifestError {
+            model = try ModelManifest.parse(bytes)
+        } catch {
             throw FetchError.manifest("\(key) in the bucket: \(error.message)")
         }
         let names = listing.map { (name: String($0.key.dropFirst(prefix.count)), size: $0.size) }
@@ -209,8 +218,6 @@ public struct Fetcher: Sendable {
         let outside = Set(unlisted.map { prefix + $0 })
         listing.removeAll { outside.contains($0.key) }
         refused += unlisted.map { "'\(prefix + $0)': the model manifest (\(model.digest)) does not list it" }
-        // Kept in the cache (the mount hides it) so that a restart need not fetch it again.
-        listing.append(object)
         return model
     }
 

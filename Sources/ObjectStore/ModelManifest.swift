@@ -24,7 +24,9 @@ public struct ModelManifest: Sendable, Equatable {
         }
     }
 
-    /// Where the manifest lives in the volume and the bucket: beside `gocryptfs.conf`.
+    /// The manifest's name: beside the ciphertext directory (`qwen-cipher.caid-manifest.json`) and beside the
+    /// bucket prefix (`qwen.caid-manifest.json`, ``Fetcher/manifestKey(prefix:)``), not inside the volume, where
+    /// `gocryptfs -fsck` would report it as a damaged name.
     public static let fileName = "caid-manifest.json"
     /// More than any model has; a listing is bounded by the same million.
     public static let maximumObjects = 1_000_000
@@ -93,7 +95,7 @@ public struct ModelManifest: Sendable, Equatable {
     }
 
     /// What a listing of the volume's objects (paths relative to the volume, with sizes) lacks or has beyond the
-    /// manifest. The manifest's own file is not an object of the model.
+    /// manifest. The manifest's own file (in a volume at a bucket's root) is not an object of the model.
     public func compare(listing: [(name: String, size: UInt64)]) -> (missing: [String], unlisted: [String], resized: [String]) {
         let listed = Dictionary(listing.filter { $0.name != Self.fileName }.map { ($0.name, $0.size) }, uniquingKeysWith: { first, _ in first })
         var missing: [String] = []

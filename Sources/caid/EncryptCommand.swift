@@ -17,7 +17,7 @@ struct EncryptCommand: ParsableCommand {
         discussion: """
             Writes the same format as 'gocryptfs -init' with default flags, so the volume opens with gocryptfs as \
             well as with caid. The cipher directory must be new or empty; the volume is written beside it and moved \
-            into place only when complete. It writes the model manifest (caid-manifest.json, see caid manifest) and \
+            into place only when complete. It writes the model manifest (<cipher>.caid-manifest.json, see caid manifest) and \
             prints the model digest. Exit status: 0 done, 1 failed, 130 interrupted (nothing left behind).
             """
     )
@@ -77,8 +77,11 @@ struct EncryptCommand: ParsableCommand {
             + "\(ByteCount(summary.bytes)) in \(String(format: "%.1f", seconds)) s into \(cipher)")
         do {
             // The model's identity, before anyone holds its key: what the owner registers with Trustee.
-            let manifest = try ManifestWriter.write(cipherDirectory: cipher)
-            print("model digest: \(manifest.digest) (\(ModelManifest.fileName), \(manifest.objects.count) objects; upload it with the model)")
+            let (manifest, skipped) = try ManifestWriter.write(cipherDirectory: cipher)
+            if !skipped.isEmpty {
+                printError("caid encrypt: warning: \(skipped.count) symbolic links are not in the model manifest: an OSS bucket cannot hold them, so a model served from OSS has none")
+            }
+            print("model digest: \(manifest.digest) (\(ManifestWriter.path(of: cipher)), \(manifest.objects.count) objects; upload it beside the model's prefix as <prefix>.\(ModelManifest.fileName))")
         } catch {
             printError("caid encrypt: \(error)")
             throw ExitCode.failure

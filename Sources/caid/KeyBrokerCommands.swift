@@ -24,9 +24,16 @@ enum KeyBrokerSetup {
     static func measurements(for config: CaidConfig) -> (measurements: RuntimeMeasurements?, unavailable: String) {
         let settings = config.attestation
         guard config.attester != .sample else { return (nil, "the sample attester has no measurement registers") }
-        let register = SysfsRTMR(directory: settings.rtmrDirectory)
-        guard register.isAvailable else {
-            return (nil, "no RTMR interface: \(register.path) is missing (Linux 6.16 and later have it; kernels with only the TDX_CMD_EXTEND_RTMR ioctl are not supported yet)")
+        // The kernel's own interface first (Linux 6.16), then the older out-of-tree ioctl.
+        let sysfs = SysfsRTMR(directory: settings.rtmrDirectory)
+        let ioctl = IoctlRTMR(device: settings.tdxGuestDevice, quotes: TDXAttester(reportRoot: settings.reportRoot, eventLog: settings.eventLog))
+        let register: any RuntimeRegister
+        if sysfs.isAvailable {
+            register = sysfs
+        } else if ioctl.isAvailable {
+            register = ioctl
+        } else {
+            return (nil, "no RTMR interface: neither \(sysfs.path) (Linux 6.16 and later) nor \(ioctl.device) (the TDX_CMD_EXTEND_RTMR ioctl) is there")
         }
         return (RuntimeMeasurements(register: register, logFile: settings.eventLogFile, form: EventLogForm(rawValue: settings.eventLogForm) ?? .tcg2), "")
     }

@@ -175,7 +175,7 @@ import Testing
         let host = setup.host
         let bucket = host.dir.path + "/bucket/qwen"
         let largest = try FileManager.default.contentsOfDirectory(atPath: bucket)
-            .filter { $0 != "caid-manifest.json" && $0 != "gocryptfs.conf" && $0 != "gocryptfs.diriv" }
+            .filter { $0 != "gocryptfs.conf" && $0 != "gocryptfs.diriv" }
             .max { (Self.size(bucket + "/" + $0)) < (Self.size(bucket + "/" + $1)) }
         let target = bucket + "/" + (try #require(largest))
         var bytes = try #require(FileManager.default.contents(atPath: target))
@@ -206,13 +206,12 @@ import Testing
         let check = try Programs.run("/usr/bin/env", ["python3", "-c", """
             import hashlib, json, os, sys
             root = sys.argv[1]
-            raw = open(root + "/caid-manifest.json", "rb").read()
+            raw = open(root + ".caid-manifest.json", "rb").read()
             objects = []
             for base, dirs, files in os.walk(root):
                 for name in files:
                     path = os.path.join(base, name)
                     rel = os.path.relpath(path, root)
-                    if rel == "caid-manifest.json": continue
                     objects.append({"name": rel, "sha256": hashlib.sha256(open(path, "rb").read()).hexdigest(), "size": os.path.getsize(path)})
             objects.sort(key=lambda o: o["name"].encode())
             canonical = json.dumps({"objects": objects, "version": 1}, sort_keys=True, separators=(",", ":")).encode()

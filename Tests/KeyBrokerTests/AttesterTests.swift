@@ -41,6 +41,25 @@ import Testing
         return (log + [UInt8](repeating: padding, count: paddingBytes), log)
     }
 
+    /// Kernels with only the extend ioctl read RTMR3 from a quote's TD report; it must be the register the kernel's
+    /// sysfs file shows (the fake TSM keeps both, as the TDX module does). The ioctl itself needs a TDX guest.
+    @Test func rtmr3ReadFromAQuoteIsTheRegister() async throws {
+        let dir = try TemporaryDirectory("caid-tsm")
+        defer { dir.remove() }
+        let tsm = try await FakeTSM(directory: dir.path, rtmr3Extends: [String(repeating: "ab", count: 48)])
+        defer { tsm.stop() }
+        let sysfs = SysfsRTMR(directory: tsm.measurements)
+        let fromQuote = IoctlRTMR(device: dir.path + "/no-tdx-guest", quotes: TDXAttester(reportRoot: tsm.reportRoot))
+        let value = try sysfs.read()
+        #expect(value != AAEventLog.zero)
+        #expect(try fromQuote.read() == value)
+        try sysfs.extend(Array(repeating: 7, count: 48))
+        #expect(try fromQuote.read() == AAEventLog.replay([Array(repeating: 7, count: 48)], from: value))
+        #expect(!fromQuote.isAvailable)
+        let error = #expect(throws: AttestationError.self) { try fromQuote.extend(Array(repeating: 7, count: 48)) }
+        #expect(error?.message.contains("no-tdx-guest") == true)
+    }
+
     @Test func eventLogIsTrimmedAsTheAttestationAgentDoes() async throws {
         let dir = try TemporaryDirectory("caid-tsm")
         defer { dir.remove() }
