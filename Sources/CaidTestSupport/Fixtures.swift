@@ -55,3 +55,19 @@ public struct TemporaryDirectory: Sendable {
         try? FileManager.default.removeItem(atPath: path)
     }
 }
+
+/// Random damage for parsers of untrusted bytes: one to four bytes changed, removed or inserted.
+public enum Mutation {
+    public static func of(_ original: [UInt8], using generator: inout some RandomNumberGenerator) -> [UInt8] {
+        var bytes = original
+        for _ in 0..<Int.random(in: 1...4, using: &generator) where !bytes.isEmpty {
+            let index = Int.random(in: 0..<bytes.count, using: &generator)
+            switch Int.random(in: 0..<3, using: &generator) {
+            case 0: bytes[index] = UInt8.random(in: 0...255, using: &generator)
+            case 1: bytes.remove(at: index)
+            default: bytes.insert(UInt8.random(in: 0x20...0x7E, using: &generator), at: index)
+            }
+        }
+        return bytes
+    }
+}

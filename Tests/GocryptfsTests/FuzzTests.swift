@@ -36,15 +36,7 @@ import Testing
         #expect(config.serialized() == Self.realConfig)
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<3000 {
-            var bytes = Self.realConfig
-            for _ in 0..<Int.random(in: 1...4, using: &generator) {
-                let index = Int.random(in: 0..<bytes.count, using: &generator)
-                switch Int.random(in: 0..<3, using: &generator) {
-                case 0: bytes[index] = UInt8.random(in: 0...255, using: &generator)
-                case 1: bytes.remove(at: index)
-                default: bytes.insert(UInt8.random(in: 0x20...0x7E, using: &generator), at: index)
-                }
-            }
+            let bytes = Mutation.of(Self.realConfig, using: &generator)
             do {
                 _ = try VolumeConfig.parse(bytes)
             } catch {

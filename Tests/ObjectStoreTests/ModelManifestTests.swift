@@ -1,3 +1,4 @@
+import CaidTestSupport
 import Foundation
 import Testing
 
@@ -43,15 +44,7 @@ import Testing
         let base = Self.sample.canonicalBytes
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<3000 {
-            var bytes = base
-            for _ in 0..<Int.random(in: 1...4, using: &generator) {
-                let index = Int.random(in: 0..<bytes.count, using: &generator)
-                switch Int.random(in: 0..<3, using: &generator) {
-                case 0: bytes[index] = UInt8.random(in: 0...255, using: &generator)
-                case 1: bytes.remove(at: index)
-                default: bytes.insert(UInt8.random(in: 0x20...0x7E, using: &generator), at: index)
-                }
-            }
+            let bytes = Mutation.of(base, using: &generator)
             if let parsed = try? ModelManifest.parse(bytes) { #expect(parsed.canonicalBytes == bytes) }
         }
     }
