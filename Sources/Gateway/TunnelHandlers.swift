@@ -10,6 +10,14 @@ import NIOPosix
 ///
 /// The stream, its upstream connection and both handlers live on one event loop; once the service answers, the
 /// stream is handed to a ``StreamPipe`` and this handler leaves.
+/// The gateway's stream handler for code outside the module that must drive it exactly (the CONNECT-headers fuzz
+/// target in CaidFuzzTargets), without making the handler itself public.
+package enum TunnelStreamHandlers {
+    package static func make(upstream: @escaping @Sendable (any EventLoop) -> EventLoopFuture<any Channel>) -> any ChannelHandler {
+        TunnelStreamHandler(upstream: upstream)
+    }
+}
+
 final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias OutboundOut = HTTP2Frame.FramePayload
