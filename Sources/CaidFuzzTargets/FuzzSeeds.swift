@@ -54,6 +54,46 @@ public enum FuzzSeeds {
         return seeds
     }
 
+    /// The generated seeds that the product does not accept as valid: empty when every one reaches the end of
+    /// its parser (decrypts, verifies), so the fuzzer starts from inputs that pass every check.
+    public static func notAccepted() throws -> [String] {
+        var problems: [String] = []
+        let runtimeData = RATLSEvidence.runtimeData(claims: FuzzGateway.claims)
+        let spki = FuzzGateway.subjectPublicKeyInfo
+        for seed in try generated() {
+            let accepted: Bool
+            switch (seed.target, seed.name) {
+            case ("content", "two-blocks"):
+                let id = try ContentCipher.fileID(fromHeader: seed.bytes.prefix(ContentCipher.headerSize))
+                let blocks = Array(seed.bytes.dropFirst(ContentCipher.headerSize))
+                accepted = blocks.withUnsafeBytes { all in
+                    (try? FuzzKeys.content.decryptBlock(UnsafeRawBufferPointer(rebasing: all[0..<ContentCipher.cipherBlockSize]), number: 0, fileID: id, holes: .refuse)) != nil
+                        && (try? FuzzKeys.content.decryptBlock(UnsafeRawBufferPointer(rebasing: all[ContentCipher.cipherBlockSize...]), number: 1, fileID: id, holes: .refuse)) != nil
+                }
+            case ("names", "modern"):
+                accepted = (try? FuzzKeys.modernNames?.decrypt(String(decoding: seed.bytes.dropFirst(16), as: UTF8.self), iv: Array(seed.bytes.prefix(16)))) != nil
+            case ("names", "older"):
+                accepted = (try? FuzzKeys.olderNames?.decrypt(String(decoding: seed.bytes.dropFirst(16), as: UTF8.self), iv: NameCipher.zeroIV)) != nil
+            case ("names", "symlink"):
+                accepted = (try? FuzzKeys.content.decryptSymlinkTarget(String(decoding: seed.bytes.dropFirst(16), as: UTF8.self))) != nil
+            case ("ratls-evidence", "background-check"):
+                accepted = (try? RATLSEvidence.verify(extensionValue: seed.bytes, subjectPublicKeyInfo: spki)) != nil
+            case ("ratls-evidence", "passport"):
+                accepted = (try? RATLSEvidence.verifyToken(extensionValue: seed.bytes, subjectPublicKeyInfo: spki)) != nil
+            case ("ratls-cert", _):
+                accepted = (try? PeerVerifier.checkCertificate(seed.bytes, now: FuzzGateway.now)) != nil
+                    || seed.name == "passport"  // a passport certificate is checked by its token, not its evidence
+            case ("as-token", _):
+                accepted = (try? TokenVerifier.verify(
+                    String(decoding: seed.bytes, as: UTF8.self), runtimeData: runtimeData, policyIDs: FuzzGateway.policyIDs, now: FuzzGateway.now)) != nil
+            default:
+                accepted = true
+            }
+            if !accepted { problems.append("\(seed.target)/gen-\(seed.name)") }
+        }
+        return problems
+    }
+
     static func jwt(header: JSONValue, claims: JSONValue, sign: ([UInt8]) throws -> [UInt8]) rethrows -> String {
         let input = Base64.url(header.canonicalBytes) + "." + Base64.url(claims.canonicalBytes)
         return input + "." + Base64.url(try sign(Array(input.utf8)))

@@ -23,6 +23,11 @@ import Testing
         }
     }
 
+    /// The generated seeds pass every check of their parser (decrypt, verify), so fuzzing starts past the checks.
+    @Test func generatedSeedsAreAccepted() throws {
+        #expect(try FuzzSeeds.notAccepted() == [])
+    }
+
     @Test(arguments: FuzzTarget.all.map(\.name))
     func corpusAndMutationsDoNotCrash(_ name: String) throws {
         let target = try #require(FuzzTarget.named(name))
@@ -40,7 +45,7 @@ import Testing
 
     /// libFuzzer's basic mutations: change, insert, erase, duplicate a span, truncate.
     func mutate(_ bytes: inout [UInt8], _ random: inout SplitMix64, maxLength: Int) {
-        let pick = { (bound: Int) -> Int in bound <= 0 ? 0 : Int(random.next() % UInt64(bound)) }
+        func pick(_ bound: Int) -> Int { bound <= 0 ? 0 : Int(random.next() % UInt64(bound)) }
         switch random.next() % 6 {
         case 0 where !bytes.isEmpty: bytes[pick(bytes.count)] = UInt8(truncatingIfNeeded: random.next())
         case 1 where bytes.count < maxLength: bytes.insert(UInt8(truncatingIfNeeded: random.next()), at: pick(bytes.count + 1))
