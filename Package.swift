@@ -34,6 +34,8 @@ let package = Package(
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         // The TDX guest device's RTMR extend request (kernel headers only).
         .systemLibrary(name: "CTDXGuest"),
+        // The declaration of libFuzzer's driver entry; the library itself comes with `-sanitize=fuzzer` (scripts/fuzz.sh).
+        .systemLibrary(name: "CLibFuzzer"),
 
         // Configuration, supervision and the health registry: no I/O beyond reading cai.env.
         .target(
@@ -176,6 +178,24 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // One function per parser of untrusted bytes, feeding it the bytes as the product does (scripts/fuzz.sh).
+        .target(
+            name: "CaidFuzzTargets",
+            dependencies: [
+                "CaidCore", "Gocryptfs", "ObjectStore", "Attestation", "KeyBroker", "Gateway",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
+            ],
+            swiftSettings: strict
+        ),
+        // The libFuzzer driver when built by scripts/fuzz.sh (`-DCAID_FUZZ`); otherwise it replays inputs and
+        // writes the generated seeds.
+        .executableTarget(name: "caid-fuzz", dependencies: ["CaidFuzzTargets", "CLibFuzzer"], swiftSettings: strict),
         // Test services and helpers shared by the test targets.
         .target(
             name: "CaidTestSupport",
@@ -196,6 +216,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .testTarget(name: "CaidFuzzTargetsTests", dependencies: ["CaidFuzzTargets"], swiftSettings: strict),
         .testTarget(name: "CaidSystemdTests", dependencies: ["CaidSystemd", "CaidTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "CaidControlTests",

@@ -3,6 +3,16 @@ import NIOHPACK
 import NIOHTTP2
 import NIOPosix
 
+/// The gateway's stream handler for code outside the module that must drive it exactly (the CONNECT-headers fuzz
+/// target in CaidFuzzTargets), without making the handler itself public.
+package enum TunnelStreamHandlers {
+    package static func make(
+        upstream: @escaping @Sendable (any EventLoop) -> EventLoopFuture<any Channel>, idleTimeout: TimeAmount = .seconds(300)
+    ) -> any ChannelHandler {
+        TunnelStreamHandler(upstream: upstream, idleTimeout: idleTimeout)
+    }
+}
+
 /// One HTTP/2 stream of the gateway: a `CONNECT` (TNG's ingress sends `:method CONNECT`, `:authority
 /// tng.internal`, nothing else) is answered `200` once the upstream TCP connection is open, and from then on the
 /// stream's DATA and the upstream bytes are piped both ways with back-pressure; END_STREAM and TCP half-close map
