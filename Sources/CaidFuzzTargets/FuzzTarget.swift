@@ -17,7 +17,7 @@ public struct FuzzTarget: Sendable {
 
     /// Every target, in the order scripts/fuzz.sh runs them.
     public static let all: [FuzzTarget] = [
-        ossListing, ossError, cbor, ratlsEvidence, envFile, kbsJSON, jwe, asToken, gocryptfsConf, names, contentBlocks,
+        ossListing, ossError, modelManifest, cbor, ratlsEvidence, envFile, kbsJSON, jwe, asToken, gocryptfsConf, names, contentBlocks,
         proxyHead, ratlsCertificate, connectHeaders,
     ]
 

@@ -14,4 +14,13 @@ extension FuzzTarget {
         _ = OSSXML.headError(header: String(decoding: bytes, as: UTF8.self), status: 404).description
         _ = OSSXML.headError(header: data.base64EncodedString(), status: 404).description
     }
+
+    /// A model manifest from the bucket (`<prefix>.caid-manifest.json`): the canonical-form check, then the listing
+    /// comparison against names taken from its own objects.
+    static let modelManifest = FuzzTarget(name: "model-manifest", maxLength: 65536) { bytes in
+        guard let manifest = try? ModelManifest.parse(Array(bytes)) else { return }
+        _ = manifest.digest
+        _ = manifest.compare(listing: manifest.objects.map { (name: $0.name, size: $0.size &+ 1) })
+        _ = manifest.objects.first.flatMap { manifest.object(named: $0.name) }
+    }
 }

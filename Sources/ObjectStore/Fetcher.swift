@@ -190,17 +190,7 @@ public struct Fetcher: Sendable {
         guard object.size <= UInt64(ModelManifest.maximumSize) else {
             throw FetchError.manifest("\(key) is \(object.size) bytes; a model manifest is at most \(ModelManifest.maximumSize)")
         }
-        let response = try await client.get(key, range: nil, ifMatch: nil)
-        var bytes: [UInt8] = []
-        var crc = CRC64()
-        for try await buffer in response.body {
-            guard bytes.count + buffer.readableBytes <= Int(object.size) else { throw FetchError.verification("\(key): more bytes than its listed \(object.size)") }
-            buffer.withUnsafeReadableBytes { crc.update($0) }
-            bytes += buffer.readableBytesView
-        }
-        guard UInt64(bytes.count) == object.size, let serverCRC = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap({ UInt64($0) }), serverCRC == crc.value else {
-            throw FetchError.verification("\(key): the download does not match OSS's size and CRC-64; fetching again")
-        }
+        let bytes = try await manifestBytes(object)
         let model: ModelManifest
         do {
             model = try ModelManifest.parse(bytes)
@@ -219,6 +209,35 @@ public struct Fetcher: Sendable {
         listing.removeAll { outside.contains($0.key) }
         refused += unlisted.map { "'\(prefix + $0)': the model manifest (\(model.digest)) does not list it" }
         return model
+    }
+
+    /// Beside the cache: the model manifest as last downloaded, under its ETag, so a restart does not fetch it again.
+    var modelManifestPath: String { cache + ".model-manifest.json" }
+
+    /// The manifest's bytes: the copy beside the cache when its ETag and size are the listed ones, else downloaded
+    /// (checked against OSS's size and CRC-64) and kept there. Its content is checked by parsing either way.
+    private func manifestBytes(_ object: ObjectSummary) async throws -> [UInt8] {
+        let etagPath = modelManifestPath + ".etag"
+        if let kept = FileManager.default.contents(atPath: modelManifestPath), UInt64(kept.count) == object.size,
+            FileManager.default.contents(atPath: etagPath).map({ String(decoding: $0, as: UTF8.self) }) == object.etag {
+            return Array(kept)
+        }
+        let response = try await client.get(object.key, range: nil, ifMatch: object.etag)
+        var bytes: [UInt8] = []
+        var crc = CRC64()
+        for try await buffer in response.body {
+            guard bytes.count + buffer.readableBytes <= Int(object.size) else { throw FetchError.verification("\(object.key): more bytes than its listed \(object.size)") }
+            buffer.withUnsafeReadableBytes { crc.update($0) }
+            bytes += buffer.readableBytesView
+        }
+        guard UInt64(bytes.count) == object.size, let serverCRC = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap({ UInt64($0) }), serverCRC == crc.value else {
+            throw FetchError.verification("\(object.key): the download does not match OSS's size and CRC-64; fetching again")
+        }
+        // Best effort: without the copy the next start downloads it again.
+        if FileManager.default.createFile(atPath: modelManifestPath, contents: Data(bytes)) {
+            _ = FileManager.default.createFile(atPath: etagPath, contents: Data(object.etag.utf8))
+        }
+        return bytes
     }
 
     /// Whether a cached file has the SHA-256 the model manifest gives it (read again only when the recorded one is
