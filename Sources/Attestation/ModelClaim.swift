@@ -7,7 +7,9 @@ import Foundation
 /// Simple token's `tcb-status` is a JSON *string* of the flattened claims, keys prefixed with the TEE (`tdx.`),
 /// objects joined with dots, arrays kept whole. From the TCG2 log the events are `tdx.uefi_event_logs` entries
 /// (`details.data.{domain, operation, content}`, the content parsed as JSON); from the text log (openanolis <= 1.6.0)
-/// `tdx.aael` gives `"domain/operation": [contents]`, flattened to `tdx.aael.caid/load-model`.
+/// `tdx.aael` gives `"domain/operation": [contents]`, flattened to `tdx.aael.caid/load-model`. EAR tokens carry the
+/// same claims unflattened under `submods.<tee>."ear.veraison.annotated-evidence".tdx` (openanolis/trustee
+/// `attestation-service/src/token/ear_broker.rs` @ v1.7.8).
 public enum ModelClaim {
     /// The digest (`sha256:…`) of the last caid model event in `claims`, or nil when they hold none.
     public static func digest(in claims: [String: JSONValue]) -> String? {
@@ -15,7 +17,11 @@ public enum ModelClaim {
         if let text = status?.stringValue, let parsed = try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)) {
             status = parsed
         }
-        for scope in [status, .object(claims)].compactMap({ $0 }) {
+        let annotated = (claims["submods"].flatMap { submods -> [JSONValue]? in
+            guard case .object(let members) = submods else { return nil }
+            return members.keys.sorted().compactMap { members[$0]?["ear.veraison.annotated-evidence"] }
+        }) ?? []
+        for scope in ([status, .object(claims)] + annotated).compactMap({ $0 }) {
             if let found = digest(inScope: scope) { return found }
         }
         return nil
