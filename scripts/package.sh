@@ -53,7 +53,8 @@ python3 - "$binary" "$configuration" > "$stage/link-args" <<'PY'
 import json, re, sys
 binary, configuration = sys.argv[1], sys.argv[2]
 text = open(f".build/{configuration}.yaml").read()
-block = re.search(r'^  "C\.caid-[^"]*-' + configuration + r'\.exe":\n(?:    .*\n)*?    args: (\[.*\])$', text, re.M)
+# The product caid's own: "C.caid-<triple>-<configuration>.exe", not caid-fuzz's ("C.caid-fuzz-…").
+block = re.search(r'^  "C\.caid-[a-z0-9_]+-[a-z0-9_]+-[a-z0-9_]+-[a-z0-9_]+-' + configuration + r'\.exe":\n(?:    .*\n)*?    args: (\[.*\])$', text, re.M)
 if not block:
     sys.exit(f"no link command for caid in .build/{configuration}.yaml")
 args = [a for a in json.loads(block.group(1)) if a != "-static-stdlib"]
