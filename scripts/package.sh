@@ -119,7 +119,8 @@ rpm="dist/caid-${version}-1.x86_64.rpm"
 deb_depends="libc6 (>= $glibc_floor)"
 for lib in $needed; do
     case "$lib" in libc.so.*|libm.so.*|libpthread.so.*|libdl.so.*|librt.so.*|ld-linux*) continue ;; esac
-    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')
+    # awk reads to the end (no early exit): an exit would make ldconfig die of SIGPIPE, and pipefail fail the build.
+    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ && !found {print $NF; found = 1}')
     [ -n "$path" ] || { echo "cannot find $lib on this host to name its package" >&2; exit 1; }
     pkg=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -1 | cut -d: -f1) || true
     [ -n "$pkg" ] || pkg=$(dpkg -S "$path" | head -1 | cut -d: -f1)
