@@ -151,7 +151,8 @@ struct ServiceCatalog {
         let repairs = CacheRepairs()
         let identity = ModelIdentity()
         let measurements = provider.measurements
-        let unavailable = KeyBrokerSetup.measurements(for: config).unavailable
+        // The provider already holds the one RuntimeMeasurements of this process; only the reason is needed here.
+        let unavailable = measurements == nil ? KeyBrokerSetup.measurements(for: config).unavailable : ""
         let modelID = KeyBrokerSetup.modelID(for: config)
         // The order the model's identity needs: verified (fetch), measured (measure), then attested, keyed, mounted,
         // served. Without measurement registers the evidence cannot carry the model, so nothing waits for it.
