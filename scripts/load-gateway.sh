@@ -65,7 +65,10 @@ CAID_SERVICE_GUARD=off
 ENV
 chmod 600 "$work/cai.env"
 
-prlimit --nofile="$nofile:$nofile" "$caid" run --env "$work/cai.env" 2>"$work/caid.log" &
+# WRAP runs caid under a tool, e.g. WRAP="heaptrack -o /tmp/caid-heap" (then with CAID_WIPING_FREED_MEMORY=1, so
+# that caid does not re-execute itself out of the tool's preload).
+# shellcheck disable=SC2086
+prlimit --nofile="$nofile:$nofile" ${WRAP:-} "$caid" run --env "$work/cai.env" 2>"$work/caid.log" &
 caid_pid=$!
 pids+=($caid_pid)
 for i in $(seq 1 240); do
@@ -73,7 +76,9 @@ for i in $(seq 1 240); do
     [ "$i" = 240 ] && { echo "load: caid did not get ready; its log:" >&2; cat "$work/caid.log" >&2; exit 1; }
     sleep 0.5
 done
-# prlimit and caid's own re-execution (freed-memory wiping) both exec: $caid_pid is the process that serves.
+# prlimit and caid's own re-execution (freed-memory wiping) both exec: $caid_pid is the process that serves, unless
+# a WRAP tool runs it as its child.
+if [ -n "${WRAP:-}" ]; then caid_pid=$(pgrep -nf -- "$caid run --env $work/cai.env"); fi
 ulimit -n "$(ulimit -Hn)"  # the strangers hold more than 1024 sockets
 # shellcheck disable=SC2086
 python3 scripts/load_gateway.py load --gateway-port "$gateway_port" --caid-pid "$caid_pid" --caid "$caid" \

@@ -29,6 +29,13 @@ public final class CacheFileSystem: Sendable {
         public var node: Node
     }
 
+    /// An open handle: the file, and for a streamed one the copy it was opened on.
+    private struct OpenFile {
+        var file: CipherFile
+        var cipherPath: String
+        var generation: UInt64?
+    }
+
     private struct ChildKey: Hashable {
         var parent: UInt64
         var name: [UInt8]
@@ -39,7 +46,7 @@ public final class CacheFileSystem: Sendable {
         var children: [ChildKey: UInt64] = [:]
         var listings: [UInt64: [DirectoryEntry]] = [:]
         var ivs: [UInt64: [UInt8]] = [:]
-        var files: [UInt64: CipherFile] = [:]
+        var files: [UInt64: OpenFile] = [:]
         var nextInode: UInt64 = CacheFileSystem.rootInode + 1
         var nextHandle: UInt64 = 1
         /// Problems already logged, so a damaged block or name is reported once, not on every read.
@@ -80,12 +87,18 @@ public final class CacheFileSystem: Sendable {
     public let volume: Volume
     private let logger: Logger
     private let ownership: Ownership?
+    private let arrival: (any CiphertextArrival)?
+    /// Set when the mount stops: streamed reads fail at once instead of waiting.
+    private let stopping = Atomic<Bool>(false)
     private let tables = Mutex(Tables())
 
-    /// - Parameter ownership: the owner and modes to show; nil shows the ciphertext files' own (`caid mount`'s
-    ///   default, like gocryptfs).
-    public init(volume: Volume, ownership: Ownership? = nil, logger: Logger) throws(GocryptfsError) {
+    /// - Parameters:
+    ///   - ownership: the owner and modes to show; nil shows the ciphertext files' own (`caid mount`'s default,
+    ///     like gocryptfs).
+    ///   - arrival: for a mount of a model still downloading: reads wait there for their ciphertext.
+    public init(volume: Volume, ownership: Ownership? = nil, arrival: (any CiphertextArrival)? = nil, logger: Logger) throws(GocryptfsError) {
         self.volume = volume
+        self.arrival = arrival
         self.logger = logger
         self.ownership = ownership
         var info = stat()
@@ -94,6 +107,12 @@ public final class CacheFileSystem: Sendable {
         info.st_ino = UInt(Self.rootInode)
         let root = Node(inode: Self.rootInode, cipherPath: "", attributes: info)
         tables.withLock { $0.nodes[Self.rootInode] = root }
+    }
+
+    /// Makes streamed reads fail now rather than wait for bytes (the mount is stopping).
+    public func stopWaiting() {
+        stopping.store(true, ordering: .relaxed)
+        arrival?.releaseWaitingReads()
     }
 
     /// Forgets open files (on unmount); the volume keys go with the last reference to the volume.
@@ -162,28 +181,53 @@ public final class CacheFileSystem: Sendable {
         }
     }
 
-    /// Opens a file for reading and returns a handle for ``read(handle:offset:count:)``.
-    public func open(_ inode: UInt64) -> Result<UInt64, Errno> {
+    /// An open file: its handle for ``read(handle:offset:count:)``, and whether the kernel may keep the plaintext it
+    /// cached from earlier opens (not for a file streamed in this mount's life: a copy that fails its final check is
+    /// replaced, and what was cached from it must go).
+    public struct Opened: Sendable, Equatable {
+        public var handle: UInt64
+        public var keepCache: Bool
+    }
+
+    /// Opens a file for reading.
+    public func open(_ inode: UInt64) -> Result<Opened, Errno> {
         guard let file = node(inode) else { return .failure(.init(ENOENT)) }
         guard file.attributes.st_mode & S_IFMT == S_IFREG else { return .failure(.init(EISDIR)) }
+        // A streamed file's header (its file ID) is read at open: it must be there first.
+        let generation = arrival?.generation(of: file.cipherPath)
+        if generation != nil, stopping.load(ordering: .relaxed) { return .failure(.init(EIO)) }
+        if let arrival, let generation, let reason = arrival.waitForCiphertext(file.cipherPath, range: 0..<UInt64(ContentCipher.headerSize), generation: generation) {
+            reportOnce("open:\(file.cipherPath):\(generation)", "cannot open \(file.cipherPath): \(reason)")
+            return .failure(.init(EIO))
+        }
         do {
-            let opened = try volume.openFile(file.cipherPath)
-            return .success(tables.withLock { state in
+            let opened = OpenFile(file: try volume.openFile(file.cipherPath), cipherPath: file.cipherPath, generation: generation)
+            let handle = tables.withLock { state in
                 defer { state.nextHandle += 1 }
                 state.files[state.nextHandle] = opened
                 return state.nextHandle
-            })
+            }
+            return .success(Opened(handle: handle, keepCache: generation == nil))
         } catch {
             reportOnce("open:\(file.cipherPath)", "\(error)")
             return .failure(.init(EIO))
         }
     }
 
-    /// Reads plaintext; a block that does not verify gives EIO (logged once per block), never its bytes.
+    /// Reads plaintext; a block that does not verify gives EIO (logged once per block), never its bytes. A streamed
+    /// file's read first waits for the ciphertext under it.
     public func read(handle: UInt64, offset: UInt64, count: Int) -> Result<[UInt8], Errno> {
-        guard let file = tables.withLock({ $0.files[handle] }) else { return .failure(.init(EBADF)) }
+        guard let open = tables.withLock({ $0.files[handle] }) else { return .failure(.init(EBADF)) }
+        if let arrival, let generation = open.generation {
+            guard !stopping.load(ordering: .relaxed) else { return .failure(.init(EIO)) }
+            let range = open.file.cipherRange(offset: offset, count: count)
+            if let reason = arrival.waitForCiphertext(open.cipherPath, range: range, generation: generation) {
+                reportOnce("wait:\(open.cipherPath):\(generation)", "read of \(open.cipherPath) failed: \(reason)")
+                return .failure(.init(EIO))
+            }
+        }
         do {
-            return .success(try file.read(offset: offset, count: count))
+            return .success(try open.file.read(offset: offset, count: count))
         } catch {
             reportOnce("read:\(error.message)", "read failed: \(error)")
             return .failure(.init(EIO))

@@ -66,10 +66,10 @@ enum FuseBridge {
             guard let fi else { fuse_reply_err(req, EINVAL); return }
             guard fi.pointee.flags & O_ACCMODE == O_RDONLY else { fuse_reply_err(req, EROFS); return }
             switch FuseBridge.fileSystem(req).open(ino) {
-            case .success(let handle):
-                fi.pointee.fh = handle
-                // The plaintext never changes while mounted: keep the page cache across opens.
-                fi.pointee.keep_cache = 1
+            case .success(let opened):
+                fi.pointee.fh = opened.handle
+                // The plaintext never changes while mounted: keep the page cache across opens (but see Opened).
+                fi.pointee.keep_cache = opened.keepCache ? 1 : 0
                 fuse_reply_open(req, fi)
             case .failure(let error):
                 fuse_reply_err(req, error.code)

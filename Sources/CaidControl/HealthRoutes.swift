@@ -25,7 +25,13 @@ public enum HealthRoutes {
         case "/healthz":
             return text(200, "alive\n")
         case "/readyz":
-            return snapshot.ready ? text(200, "ready\n") : text(503, "not ready: \(snapshot.summary)\n")
+            // `?local`: ready and the whole model on disk, for an orchestrator that would rather wait for the
+            // download than have the model loader's reads wait for it.
+            let query = path.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+            let wantsLocal = query.split(separator: "&").contains { $0 == "local" || $0 == "local=1" }
+            guard snapshot.ready else { return text(503, "not ready: \(snapshot.summary)\n") }
+            if wantsLocal, !snapshot.modelLocal { return text(503, "ready, but the model is still arriving: \(snapshot.summary)\n") }
+            return text(200, snapshot.modelLocal ? "ready\n" : "ready (the model is still arriving; /readyz?local waits for all of it)\n")
         case "/status":
             return Response(status: 200, contentType: "application/json", body: Array(encode(snapshot)))
         default:

@@ -74,6 +74,10 @@ public struct CaidConfig: Sendable {
         public var gid: UInt32 = 0
         /// Read bits only: files get these, directories these plus `x`.
         public var mode: UInt32 = 0o440
+        /// Whether the model is mounted while it downloads (`CAID_MOUNT_STREAMING`), reads waiting for their bytes.
+        public var streaming = true
+        /// The longest a read of a streaming mount waits for its bytes (`CAID_MOUNT_READ_TIMEOUT`).
+        public var readTimeout: Duration = .seconds(120)
     }
 
     /// The attested gateway's settings (`CAID_GATEWAY_*`).
@@ -196,7 +200,7 @@ public struct CaidConfig: Sendable {
         "MODEL_OSS_SESSION_TOKEN", "MODEL_SHARING_PEER", "MODEL_SERVICE_PORT", "MODEL_MOUNT_POINT",
         "CAID_HEALTH_SOCKET", "CAID_HEALTH_GROUP", "CAID_CACHE_DIR", "CAID_ATTESTER", "CAID_KBS_PROTOCOL", "CAID_GPU_EVIDENCE",
         "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY", "CAID_RTMR_DIR", "CAID_TDX_GUEST_DEVICE", "CAID_EVENTLOG_FILE", "CAID_EVENTLOG_FORM", "CAID_MODEL_MANIFEST", "CAID_MODEL_ID",
-        "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE",
+        "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE", "CAID_MOUNT_STREAMING", "CAID_MOUNT_READ_TIMEOUT",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE", "CAID_GATEWAY_STREAM_BUDGET", "CAID_GATEWAY_STREAM_IDLE_TIMEOUT", "CAID_GATEWAY_CONNECTION_BUFFER", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
         "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
         "CAID_READ_TIMEOUT",
@@ -322,6 +326,8 @@ extension CaidConfig {
             ("MODEL_MOUNT_POINT", modelMountPoint),
             ("CAID_MOUNT_OWNER", "\(mount.uid):\(mount.gid)"),
             ("CAID_MOUNT_MODE", "0" + String(mount.mode, radix: 8)),
+            ("CAID_MOUNT_STREAMING", mount.streaming ? "on" : "off"),
+            ("CAID_MOUNT_READ_TIMEOUT", String(mount.readTimeout.components.seconds)),
             ("CAID_HEALTH_SOCKET", healthSocket),
             ("CAID_HEALTH_GROUP", healthGroup ?? "(not set: root only)"),
             ("CAID_CACHE_DIR", cacheDirectory),
@@ -612,6 +618,14 @@ private struct Decoder {
                 error("CAID_MOUNT_MODE", "'\(raw)' is not octal read bits such as 0440 or 0444; the mount is read-only, so only r bits count")
             }
         }
+        if let raw = text("CAID_MOUNT_STREAMING") {
+            switch raw.lowercased() {
+            case "on", "true", "yes", "1": mount.streaming = true
+            case "off", "false", "no", "0": mount.streaming = false
+            default: error("CAID_MOUNT_STREAMING", "'\(raw)' is not on (mount while downloading) or off (download, then mount)")
+            }
+        }
+        mount.readTimeout = .seconds(count("CAID_MOUNT_READ_TIMEOUT", default: 120))
         if trustee?.scheme?.lowercased() == "http", let entry = values["TRUSTEE_URL"] {
             diagnostics.append(ConfigDiagnostic(
                 .warning, file: file, line: entry.line, key: "TRUSTEE_URL",

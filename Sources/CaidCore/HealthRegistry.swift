@@ -42,6 +42,13 @@ public actor HealthRegistry {
         publish()
     }
 
+    /// Sets or clears what a streaming mount's download has brought so far.
+    public func setStreaming(_ name: String, _ streaming: StreamingStatus?) {
+        guard services[name] != nil, services[name]?.streaming != streaming else { return }
+        services[name]?.streaming = streaming
+        publish()
+    }
+
     /// How many times a service has reported progress with ``setDetail(_:_:)``; grows while work moves on.
     public func progressMarks() -> Int { progressCount }
 

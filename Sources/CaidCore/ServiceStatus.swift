@@ -32,6 +32,8 @@ public struct ServiceStatus: Sendable, Codable, Equatable {
     public var restarts: Int
     /// When it entered its current state.
     public var since: Date
+    /// For the mount of a model still downloading: how much is local and how many reads wait.
+    public var streaming: StreamingStatus?
 
     public init(name: String, required: Bool, state: ServiceState = .waiting, since: Date = Date()) {
         self.name = name
@@ -39,6 +41,34 @@ public struct ServiceStatus: Sendable, Codable, Equatable {
         self.state = state
         self.restarts = 0
         self.since = since
+    }
+}
+
+/// A streaming mount's download, as health shows it.
+public struct StreamingStatus: Sendable, Codable, Equatable {
+    /// Bytes of the streamed files on disk, out of their total.
+    public var localBytes: UInt64
+    public var totalBytes: UInt64
+    /// Reads blocked now until their bytes arrive.
+    public var waitingReads: Int
+    /// Objects whose complete copy did not verify and are fetched again; their readers get EIO meanwhile.
+    public var refetching: [String]
+
+    public init(localBytes: UInt64, totalBytes: UInt64, waitingReads: Int, refetching: [String]) {
+        self.localBytes = localBytes
+        self.totalBytes = totalBytes
+        self.waitingReads = waitingReads
+        self.refetching = refetching
+    }
+
+    /// Everything is local and verified: no read can wait any more.
+    public var complete: Bool { localBytes >= totalBytes && refetching.isEmpty }
+
+    /// "412 MiB of 1024 MiB local, 2 reads waiting".
+    public var summary: String {
+        var text = complete ? "every streamed file local and verified" : "streaming: \(localBytes >> 20) MiB of \(totalBytes >> 20) MiB local, \(waitingReads) reads waiting"
+        if !refetching.isEmpty { text += "; fetching again after a failed check (reads get EIO): " + refetching.prefix(3).joined(separator: ", ") }
+        return text
     }
 }
 
@@ -50,6 +80,10 @@ public struct HealthSnapshot: Sendable, Codable, Equatable {
     public var services: [ServiceStatus]
     /// A one-line summary for systemd's STATUS= and `caid health`.
     public var summary: String
+
+    /// Whether every byte of the model is on disk and verified: false while a streaming mount still downloads.
+    /// (`ready` says the model can be read: reads of what has not arrived wait for it.)
+    public var modelLocal: Bool { services.allSatisfy { $0.streaming?.complete ?? true } }
 
     public init(state: String, ready: Bool, services: [ServiceStatus], summary: String) {
         self.state = state

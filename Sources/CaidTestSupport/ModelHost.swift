@@ -110,6 +110,34 @@ public final class ModelHost: Sendable {
         return (digest, try dir.write(name + ".env", text))
     }
 
+    /// Puts a model with one large shard (`shardMiB` of random bytes, seeded) and a small config into the bucket at
+    /// `models:/<name>`, served from a cache of its own.
+    /// - Returns: its plaintext directory, the cai.env (with `extraSettings`), and the bucket key of the shard's
+    ///   ciphertext (for OSS faults aimed at it).
+    public func addLargeModel(_ name: String, shardMiB: Int, seed: Int = 11, extraSettings: String = "") throws -> (plain: String, env: String, shardKey: String) {
+        let plain = dir.path + "/" + name + "-plain"
+        try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
+        var generator = SeededBytes(seed: UInt64(seed))
+        let shard = FileManager.default.createFile(atPath: plain + "/model-00001-of-00001.safetensors", contents: nil)
+        guard shard, let handle = FileHandle(forWritingAtPath: plain + "/model-00001-of-00001.safetensors") else {
+            throw PeerProcess.Failure(description: "cannot write the large shard")
+        }
+        for _ in 0..<shardMiB { handle.write(generator.next(1 << 20)) }
+        try handle.close()
+        try #"{"architectures": ["DemoForCausalLM"], "hidden_size": 64}"#.write(toFile: plain + "/config.json", atomically: true, encoding: .utf8)
+        _ = try Self.encrypt(plain, into: dir.path + "/bucket/" + name, passfile: dir.path + "/password")
+        var largest = (size: 0, path: "")
+        let root = dir.path + "/bucket/" + name
+        for relative in FileManager.default.subpaths(atPath: root) ?? [] {
+            let size = (try? FileManager.default.attributesOfItem(atPath: root + "/" + relative)[.size] as? Int) ?? 0
+            if size > largest.size { largest = (size, relative) }
+        }
+        var text = try String(contentsOfFile: env, encoding: .utf8)
+        text = text.replacingOccurrences(of: "MODEL_OSS_BUCKET_PATH=\"models:/qwen\"", with: "MODEL_OSS_BUCKET_PATH=\"models:/\(name)\"")
+            .replacingOccurrences(of: "CAID_CACHE_DIR=\(dir.path)/cache", with: "CAID_CACHE_DIR=\(dir.path)/cache-\(name)")
+        return (plain, try dir.write(name + ".env", text + "\n" + extraSettings + "\n"), name + "/" + largest.path)
+    }
+
     /// A small model as vLLM expects one: a real safetensors file, a config and a tokenizer file.
     public static func makeModel(at path: String, seed: Int = 7) throws {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
@@ -165,5 +193,27 @@ public final class ModelHost: Sendable {
             _ = try? Programs.run("/bin/umount", ["-l", path])
         }
         dir.remove()
+    }
+}
+
+/// Reproducible bytes without a dependency: splitmix64.
+struct SeededBytes {
+    var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next(_ count: Int) -> Data {
+        var data = Data(count: count)
+        data.withUnsafeMutableBytes { raw in
+            let words = raw.bindMemory(to: UInt64.self)
+            for index in words.indices {
+                state &+= 0x9E37_79B9_7F4A_7C15
+                var z = state
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                words[index] = z ^ (z >> 31)
+            }
+        }
+        return data
     }
 }

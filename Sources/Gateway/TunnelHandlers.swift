@@ -85,8 +85,7 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
             let streamSide = StreamSide()
             do {
                 // On the upstream socket, where every byte of the stream passes either way.
-                try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
-                try channel.pipeline.syncOperations.addHandler(ClosingWhenIdle())
+                try channel.pipeline.syncOperations.addHandler(ClosingWhenIdle(timeout: idleTimeout))
                 try channel.pipeline.syncOperations.addHandler(socketSide)
                 try context.pipeline.syncOperations.addHandler(streamSide)
             } catch {
@@ -132,16 +131,62 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
 }
 
 
-/// Closes the upstream socket of an idle stream; the ``StreamPipe`` then resets the stream.
-final class ClosingWhenIdle: ChannelInboundHandler, RemovableChannelHandler {
+/// Closes the upstream socket of a stream that carried no bytes either way for `timeout`; the ``StreamPipe`` then
+/// resets the stream.
+///
+/// Not NIO's `IdleStateHandler`: this handler is added to a socket that is already active, from the connect promise,
+/// which NIO fulfils before it fires `channelActive` (swift-nio 2.101.3 `SocketChannelLifecycleManager.moveState`).
+/// `IdleStateHandler` then schedules its timer twice, in `handlerAdded` and in `channelActive`, and cancels only the
+/// second (`ChannelHandlers.swift`): the first held the handler and the socket's pipeline until it fired, 300 s per
+/// stream, which the load script saw as memory that did not come back.
+final class ClosingWhenIdle: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
+    typealias OutboundIn = NIOAny
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? IdleStateHandler.IdleStateEvent, event == .all {
-            context.close(promise: nil)
-            return
+    private let timeout: TimeAmount
+    private var lastActivity = NIODeadline.uptimeNanoseconds(0)
+    private var timer: Scheduled<Void>?
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    // The loop's clock, not the wall's: an EmbeddedEventLoop's is the one its tests advance.
+    func handlerAdded(context: ChannelHandlerContext) {
+        lastActivity = context.eventLoop.now
+        schedule(context, at: lastActivity + timeout)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        cancel()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        cancel()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastActivity = context.eventLoop.now
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        lastActivity = context.eventLoop.now
+        context.write(data, promise: promise)
+    }
+
+    private func schedule(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            timer = nil
+            let due = lastActivity + timeout
+            if context.eventLoop.now >= due { context.close(promise: nil) } else { schedule(context, at: due) }
         }
-        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func cancel() {
+        timer?.cancel()
+        timer = nil
     }
 }
 

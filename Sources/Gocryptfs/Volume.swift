@@ -149,6 +149,8 @@ public final class CipherFile: @unchecked Sendable {
     // Immutable after init; reads use pread, so concurrent reads are safe.
     public let path: String
     public let plainSize: UInt64
+    /// The ciphertext file's size when it was opened.
+    public let cipherSize: UInt64
     let fd: Int32
     let fileID: [UInt8]?
     let content: ContentCipher
@@ -164,6 +166,7 @@ public final class CipherFile: @unchecked Sendable {
         var info = stat()
         fstat(fd, &info)
         let cipherSize = UInt64(info.st_size)
+        self.cipherSize = cipherSize
         plainSize = ContentCipher.plainSize(cipherSize: cipherSize)
         if cipherSize == 0 {
             fileID = nil
@@ -187,6 +190,15 @@ public final class CipherFile: @unchecked Sendable {
     /// Requests of at least this many blocks are decrypted in parallel.
     static let parallelThreshold = 64
     static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
+    /// The ciphertext bytes ``read(offset:count:)`` reads for that plaintext range: the whole blocks under it.
+    public func cipherRange(offset: UInt64, count: Int) -> Range<UInt64> {
+        guard fileID != nil, offset < plainSize, count > 0 else { return 0..<0 }
+        let end = min(plainSize, offset + UInt64(count))
+        let firstBlock = offset / UInt64(ContentCipher.plainBlockSize)
+        let lastBlock = (end - 1) / UInt64(ContentCipher.plainBlockSize)
+        return ContentCipher.cipherOffset(ofBlock: firstBlock)..<min(cipherSize, ContentCipher.cipherOffset(ofBlock: lastBlock + 1))
+    }
 
     /// Reads up to `count` plaintext bytes at `offset` (fewer at the end of the file).
     /// - Throws: ``GocryptfsError/Code/corruptBlock`` naming the file and block when a block does not verify.

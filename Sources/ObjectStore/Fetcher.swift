@@ -23,8 +23,21 @@ public struct Fetcher: Sendable {
         /// Whether a prefix without its model manifest (``Fetcher/manifestKey(prefix:)``) is refused (`CAID_MODEL_MANIFEST=required`) rather than
         /// fetched unmeasured.
         public var requireManifest = false
+        /// Where a streaming mount learns what has arrived (`CAID_MOUNT_STREAMING=on`); nil: every object is
+        /// complete and verified before the run returns, and nothing is read before.
+        public var streaming: StreamingDownload?
 
         public init() {}
+    }
+
+    /// Parts a streaming mount's readers wait for are fetched this many at a time, beside the download's own.
+    static let urgentConcurrency = 4
+
+    /// Whether an object is fetched whole before a streaming mount starts: the volume's config, directory IVs and
+    /// long names (the mount reads them whole as it starts), and anything up to 1 MiB (configs, tokenizers).
+    static func fetchedWhole(_ object: ObjectSummary) -> Bool {
+        let name = object.key.split(separator: "/").last.map(String.init) ?? object.key
+        return object.size <= 1 << 20 || name == "gocryptfs.conf" || name == "gocryptfs.diriv" || name.hasSuffix(".name")
     }
 
     /// What a run did.
@@ -73,6 +86,9 @@ public struct Fetcher: Sendable {
         return (objects, refused)
     }
 
+    /// Whether this fetcher feeds a streaming mount (``Options/streaming``).
+    public var streams: Bool { options.streaming != nil }
+
     /// Beside the cache directory, not in it, so the mount never sees them.
     var manifestPath: String { cache + ".manifest.json" }
     var stagingRoot: String { cache + ".staging" }
@@ -92,8 +108,18 @@ public struct Fetcher: Sendable {
     }
 
     /// Runs one complete fetch.
-    /// - Parameter progress: bytes verified so far and the total to fetch.
-    public func run(progress: @escaping @Sendable (UInt64, UInt64) async -> Void = { _, _ in }) async throws -> Summary {
+    /// - Parameters:
+    ///   - streamable: with ``Options/streaming``, called once the listing is checked, the small objects are
+    ///     verified and every other object has its full-size staging file under its final name: a mount may start.
+    ///     The run goes on downloading, readers' parts first, and returns when every object is verified.
+    ///   - progress: bytes verified so far and the total to fetch.
+    public func run(
+        streamable: @escaping @Sendable (Summary) async -> Void = { _ in },
+        progress: @escaping @Sendable (UInt64, UInt64) async -> Void = { _, _ in }
+    ) async throws -> Summary {
+        options.streaming?.runStarted()
+        var complete = false
+        defer { options.streaming?.runEnded(complete: complete) }
         try makeDirectory(cache)
         var (listing, refused) = Self.admissible(try await client.list(prefix: prefix).filter { !$0.key.hasSuffix("/") }, prefix: prefix, cache: cache)
         var manifest = Manifest.decode((try? Data(contentsOf: URL(fileURLWithPath: manifestPath))) ?? Data())
@@ -130,8 +156,29 @@ public struct Fetcher: Sendable {
         await progress(0, total)
         let report: @Sendable (UInt64) async -> Void = { bytes in await progress(done.add(bytes), total) }
 
-        // Several objects at once (small files), each with its parts in parallel. The manifest is written at most
-        // once a second and at the end: a crash loses only objects verified since, which are fetched again.
+        if let streaming = options.streaming {
+            let whole = pending.filter(Self.fetchedWhole)
+            let streamed = pending.filter { !Self.fetchedWhole($0) }
+            try await fetchObjects(whole, manifest: &manifest, model: model, report: report)
+            for object in streamed { try prepareStreaming(object, in: streaming) }
+            await streamable(summary)
+            // Readers' parts meanwhile come from ``serveWaitingReads()``, which outlives this run.
+            try await fetchObjects(streamed, manifest: &manifest, model: model, report: report)
+        } else {
+            try await fetchObjects(pending, manifest: &manifest, model: model, report: report)
+        }
+        summary.downloaded = pending.count
+        summary.bytes = total
+        summary.removed += reconcile(keys: listing.map(\.key))
+        complete = true
+        return summary
+    }
+
+    /// Fetches `objects`, several at once (small files), each with its parts in parallel, recording each verified
+    /// one in `manifest`.
+    private func fetchObjects(_ objects: [ObjectSummary], manifest: inout Manifest, model: ModelManifest?, report: @escaping @Sendable (UInt64) async -> Void) async throws {
+        // The manifest is written at most once a second and at the end: a crash loses only objects verified since,
+        // which are fetched again.
         try await withThrowingTaskGroup(of: (String, Manifest.Entry).self) { group in
             var running = 0
             var lastSave = ContinuousClock.now
@@ -142,14 +189,23 @@ public struct Fetcher: Sendable {
                     lastSave = .now
                 }
             }
-            for object in pending {
+            for object in objects {
                 if running >= options.concurrency, let finished = try await group.next() {
                     try record(finished)
                     running -= 1
                 }
                 group.addTask {
                     var entry = try await self.fetchObject(object, report: report)
-                    entry.sha256 = try self.checkAgainstModel(object.key, model: model)
+                    let path = String(object.key.dropFirst(self.prefix.count))
+                    let streaming = self.options.streaming
+                    let generation = streaming?.generation(of: path)
+                    do {
+                        entry.sha256 = try self.checkAgainstModel(object.key, model: model)
+                    } catch {
+                        if let streaming, let generation { streaming.corrupt(path, generation: generation, reason: "\(error)") }
+                        throw error
+                    }
+                    if let streaming, let generation { streaming.verified(path, generation: generation) }
                     return (object.key, entry)
                 }
                 running += 1
@@ -162,10 +218,6 @@ public struct Fetcher: Sendable {
             }
             try saveManifest(manifest)
         }
-        summary.downloaded = pending.count
-        summary.bytes = total
-        summary.removed += reconcile(keys: listing.map(\.key))
-        return summary
     }
 
     /// Where the prefix's model manifest is: beside it (`models:/qwen` → `qwen.caid-manifest.json`), outside the
@@ -364,6 +416,8 @@ public struct Fetcher: Sendable {
             guard let fresh = try await client.list(prefix: object.key).first(where: { $0.key == object.key }) else {
                 throw FetchError.changed("\(object.key) disappeared from the bucket during the download")
             }
+            // A streamed object gets a new copy (a new generation) that its readers open again.
+            if let streaming = options.streaming, !Self.fetchedWhole(fresh) { try prepareStreaming(fresh, in: streaming) }
             return try await fetchOnce(fresh, report: report)
         }
     }
@@ -390,16 +444,25 @@ public struct Fetcher: Sendable {
         return lost
     }
 
-    private func fetchOnce(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) async -> Void) async throws -> Manifest.Entry {
+    /// The staging file and checkpoint of an object, beside its place in the cache.
+    private func stagingPaths(_ object: ObjectSummary) throws -> (final: String, staging: String, checkpoint: String) {
         let finalPath = try localPath(object.key)
         let stagingPath = stagingRoot + "/" + String(object.key.dropFirst(prefix.count))
-        let checkpointPath = stagingPath + ".parts"
         try makeDirectory((stagingPath as NSString).deletingLastPathComponent)
         try makeDirectory((finalPath as NSString).deletingLastPathComponent)
+        return (finalPath, stagingPath, stagingPath + ".parts")
+    }
 
-        // Parts a killed or failed earlier run already wrote and checked are kept.
+    /// Opens the staging file at its full size, keeping the parts a killed or failed earlier run wrote and checked
+    /// when they are still intact on disk. - Returns: its descriptor and the checkpoint of what it holds.
+    /// - Parameter streamed: the file a streaming ledger tracks now: opened as it is (its parts are the ledger's).
+    private func openStaging(_ object: ObjectSummary, staging stagingPath: String, checkpoint checkpointPath: String, streamed: UInt64? = nil) throws -> (fd: Int32, checkpoint: Checkpoint) {
         var checkpoint = Checkpoint(object: object, partSize: options.partSize)
         var info = stat()
+        if let streamed, stat(stagingPath, &info) == 0, UInt64(info.st_ino) == streamed, UInt64(info.st_size) == object.size {
+            let fd = open(stagingPath, O_RDWR | O_CLOEXEC)
+            if fd >= 0 { return (fd, checkpoint) }
+        }
         // A staging file shorter than the object is kept too (a power loss can cut it): the re-check below finds
         // which recorded parts survived.
         if let data = try? Data(contentsOf: URL(fileURLWithPath: checkpointPath)), let saved = try? JSONDecoder().decode(Checkpoint.self, from: data),
@@ -409,59 +472,177 @@ public struct Fetcher: Sendable {
         let resumed = !checkpoint.crcs.isEmpty
         let fd = open(stagingPath, O_RDWR | O_CREAT | O_CLOEXEC | (resumed ? 0 : O_TRUNC), 0o644)
         guard fd >= 0 else { throw FetchError.cache("\(stagingPath): \(String(cString: strerror(errno)))") }
-        var closed = false
-        defer { if !closed { close(fd) } }
-        guard ftruncate(fd, off_t(object.size)) == 0 else { throw FetchError.cache("\(stagingPath): cannot reserve \(object.size) bytes") }
-
-        let plan = DownloadPlan(object: object, partSize: options.partSize)
+        guard ftruncate(fd, off_t(object.size)) == 0 else {
+            close(fd)
+            throw FetchError.cache("\(stagingPath): cannot reserve \(object.size) bytes")
+        }
         if resumed {
             // The checkpoint was written after pwrite, not after the bytes reached the disk: after a power loss a
             // part recorded as done can be zeros or gone. Only parts whose bytes on disk still have their recorded
             // CRC-64 are kept.
-            let lost = try Self.partsNotOnDisk(plan, crcs: checkpoint.crcs, fd: fd, path: stagingPath)
+            let plan = DownloadPlan(object: object, partSize: options.partSize)
+            let lost: [Int]
+            do {
+                lost = try Self.partsNotOnDisk(plan, crcs: checkpoint.crcs, fd: fd, path: stagingPath)
+            } catch {
+                close(fd)
+                throw error
+            }
             if !lost.isEmpty {
                 logger.warning("\(object.key): \(lost.count) part(s) recorded as done were not on disk intact (a crash before they were written out); downloading them again")
                 for index in lost { checkpoint.crcs[index] = nil }
             }
-            let kept = plan.parts.filter { checkpoint.crcs[$0.index] != nil }
-            await report(kept.reduce(0) { $0 + $1.length })
-            logger.info("resuming \(object.key): \(kept.count) of \(plan.parts.count) parts already here")
+            logger.info("resuming \(object.key): \(checkpoint.crcs.count) of \(plan.parts.count) parts already here")
+        }
+        return (fd, checkpoint)
+    }
+
+    /// Makes an object readable by a streaming mount before it has arrived: its staging file at full size, linked
+    /// under its final name (the same inode, so the bytes appear there as they are written, and the rename at the
+    /// end changes nothing a reader holds), and registered with what is already in it.
+    private func prepareStreaming(_ object: ObjectSummary, in streaming: StreamingDownload) throws {
+        let paths = try stagingPaths(object)
+        let path = String(object.key.dropFirst(prefix.count))
+        let (fd, checkpoint) = try openStaging(
+            object, staging: paths.staging, checkpoint: paths.checkpoint, streamed: streaming.streamingFile(path, object: object))
+        var info = stat()
+        let statted = fstat(fd, &info)
+        close(fd)
+        guard statted == 0 else { throw FetchError.cache("\(paths.staging): \(String(cString: strerror(errno)))") }
+        let file = UInt64(info.st_ino)
+        var linked = stat()
+        if lstat(paths.final, &linked) != 0 || UInt64(linked.st_ino) != file {
+            // Not verified (it is pending): whatever holds the name is stale.
+            unlink(paths.final)
+            guard link(paths.staging, paths.final) == 0 else {
+                throw FetchError.cache("cannot link \(paths.staging) to \(paths.final): \(String(cString: strerror(errno)))")
+            }
+        }
+        _ = streaming.stream(
+            path: path, object: object, partSize: options.partSize, stagingPath: paths.staging, file: file,
+            present: checkpoint.crcs)
+    }
+
+    /// Fetches the parts a streaming mount's readers wait for as soon as they ask, up to ``urgentConcurrency`` at a
+    /// time beside the download's own requests, until cancelled. It runs beside the runs, not in them, so that a
+    /// download that failed and waits to start again does not leave readers waiting too.
+    public func serveWaitingReads() async {
+        guard let streaming = options.streaming else { return }
+        let report: @Sendable (UInt64) async -> Void = { _ in }
+        await withDiscardingTaskGroup { group in
+            while !Task.isCancelled {
+                while streaming.takeLaneSlot(of: Self.urgentConcurrency) {
+                    guard let request = streaming.claimUrgent() else {
+                        streaming.freeLaneSlot()
+                        break
+                    }
+                    group.addTask {
+                        await self.fetchUrgent(request, in: streaming, report: report)
+                        streaming.freeLaneSlot()
+                    }
+                }
+                await streaming.urgentRequested()
+            }
+        }
+    }
+
+    /// One part a reader waits for, from OSS with the usual retries, into the object's staging file.
+    private func fetchUrgent(_ request: StreamingLedger.Request, in streaming: StreamingDownload, report: @escaping @Sendable (UInt64) async -> Void) async {
+        let fd = open(request.stagingPath, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            streaming.partFailed(request.path, generation: request.generation, index: request.part.index, reason: "\(request.stagingPath): \(String(cString: strerror(errno)))")
+            return
+        }
+        defer { close(fd) }
+        do {
+            let (crc, _) = try await fetchPart(request.part, of: request.object, into: fd, report: report)
+            streaming.partArrived(request.path, generation: request.generation, index: request.part.index, crc: crc)
+        } catch {
+            logger.error("a read waits for \(request.object.key) \(request.part.rangeHeader), which could not be fetched: \(error)")
+            streaming.partFailed(request.path, generation: request.generation, index: request.part.index, reason: "\(error)")
+        }
+    }
+
+    private func fetchOnce(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) async -> Void) async throws -> Manifest.Entry {
+        let paths = try stagingPaths(object)
+        let (finalPath, stagingPath, checkpointPath) = (paths.final, paths.staging, paths.checkpoint)
+        let path = String(object.key.dropFirst(prefix.count))
+        // Streamed: prepared before the mount, its parts in the ledger (the lane's too), shared with its readers.
+        let streaming = options.streaming
+        let generation = streaming?.generation(of: path)
+        var (fd, checkpoint) = try openStaging(
+            object, staging: stagingPath, checkpoint: checkpointPath, streamed: streaming?.streamingFile(path, object: object))
+        var closed = false
+        defer { if !closed { close(fd) } }
+        if let streaming, let generation {
+            checkpoint.crcs.merge(streaming.present(path, generation: generation)) { _, ledger in ledger }
+        }
+        let plan = DownloadPlan(object: object, partSize: options.partSize)
+        if !checkpoint.crcs.isEmpty {
+            await report(plan.parts.filter { checkpoint.crcs[$0.index] != nil }.reduce(0) { $0 + $1.length })
         }
         // ftruncate reserves no blocks: what is left to write must fit now. The parts kept stay for the next try.
         let missing = plan.parts.filter { checkpoint.crcs[$0.index] == nil }.reduce(UInt64(0)) { $0 + $1.length }
         try Self.checkSpace(missing, at: stagingRoot)
         // Parts a peer gave, and who: blamed if the object does not verify.
         var fromPeers: [Int: String] = [:]
+        var queue = plan.parts.filter { checkpoint.crcs[$0.index] == nil }[...]
+        // The next part: one a reader waits for, else the next in order (a streamed object's ledger decides both).
+        func nextPart() -> DownloadPlan.Part? {
+            if let streaming, let generation { return streaming.claimNext(path, generation: generation)?.part }
+            return queue.popFirst()
+        }
         do {
-            try await withThrowingTaskGroup(of: (Int, UInt64, UInt64?, String?).self) { group in
-                var running = 0
-                func record(_ result: (Int, UInt64, UInt64?, String?)) throws {
-                    checkpoint.crcs[result.0] = result.1
-                    if let peer = result.3 { fromPeers[result.0] = peer }
-                    if let reported = result.2 {
-                        if let known = checkpoint.serverCRC, known != reported {
-                            throw FetchError.changed("\(object.key) reported two different CRC-64 values during one download")
+            // A streamed object's parts may also come from the urgent lane: wait for those, and take back any the
+            // lane failed to fetch.
+            var rounds = 0
+            repeat {
+                rounds += 1
+                try await withThrowingTaskGroup(of: (Int, UInt64, UInt64?, String?).self) { group in
+                    var running = 0
+                    func record(_ result: (Int, UInt64, UInt64?, String?)) throws {
+                        checkpoint.crcs[result.0] = result.1
+                        if let peer = result.3 { fromPeers[result.0] = peer }
+                        if let reported = result.2 {
+                            if let known = checkpoint.serverCRC, known != reported {
+                                throw FetchError.changed("\(object.key) reported two different CRC-64 values during one download")
+                            }
+                            checkpoint.serverCRC = reported
                         }
-                        checkpoint.serverCRC = reported
+                        try? JSONEncoder().encode(checkpoint).write(to: URL(fileURLWithPath: checkpointPath), options: .atomic)
                     }
-                    try? JSONEncoder().encode(checkpoint).write(to: URL(fileURLWithPath: checkpointPath), options: .atomic)
-                }
-                for part in plan.parts where checkpoint.crcs[part.index] == nil {
-                    if running >= options.concurrency, let finished = try await group.next() {
-                        try record(finished)
-                        running -= 1
-                    }
-                    group.addTask {
-                        if let (crc, peer) = try await self.fetchPartFromAlternate(part, of: object, into: fd, report: report) {
-                            return (part.index, crc, nil, peer)
+                    while true {
+                        if running >= options.concurrency, let finished = try await group.next() {
+                            try record(finished)
+                            running -= 1
                         }
-                        let (crc, reported) = try await self.fetchPart(part, of: object, into: fd, report: report)
-                        return (part.index, crc, reported, nil)
+                        guard let part = nextPart() else { break }
+                        let descriptor = fd
+                        group.addTask {
+                            do {
+                                let result: (Int, UInt64, UInt64?, String?)
+                                if let (crc, peer) = try await self.fetchPartFromAlternate(part, of: object, into: descriptor, report: report) {
+                                    result = (part.index, crc, nil, peer)
+                                } else {
+                                    let (crc, reported) = try await self.fetchPart(part, of: object, into: descriptor, report: report)
+                                    result = (part.index, crc, reported, nil)
+                                }
+                                if let streaming, let generation { streaming.partArrived(path, generation: generation, index: part.index, crc: result.1) }
+                                return result
+                            } catch {
+                                if let streaming, let generation { streaming.partFailed(path, generation: generation, index: part.index, reason: "\(error)") }
+                                throw error
+                            }
+                        }
+                        running += 1
                     }
-                    running += 1
+                    while let finished = try await group.next() { try record(finished) }
                 }
-                while let finished = try await group.next() { try record(finished) }
-            }
+                if let streaming, let generation {
+                    while streaming.fetching(path, generation: generation) > 0 { try await Task.sleep(for: .milliseconds(20)) }
+                    checkpoint.crcs.merge(streaming.present(path, generation: generation)) { _, ledger in ledger }
+                }
+            } while streaming != nil && generation != nil && rounds < 10 && plan.parts.contains { checkpoint.crcs[$0.index] == nil }
             if plan.parts.isEmpty {
                 // An empty object: one plain GET for its CRC header.
                 let response = try await client.get(object.key, range: nil, ifMatch: object.etag)
@@ -469,7 +650,13 @@ public struct Fetcher: Sendable {
             }
         } catch {
             // A changed object starts over; other failures keep the finished parts for the next attempt.
-            if case FetchError.changed = error { discard(stagingPath, checkpointPath) }
+            if case FetchError.changed = error {
+                discard(stagingPath, checkpointPath)
+                if let streaming, let generation {
+                    unlink(finalPath)
+                    streaming.corrupt(path, generation: generation, reason: "\(object.key) changed in the bucket during the download; it is fetched again")
+                }
+            }
             throw error
         }
         if checkpoint.serverCRC == nil, !plan.parts.isEmpty {
@@ -501,7 +688,13 @@ public struct Fetcher: Sendable {
         }
         guard combined == expected else {
             discard(stagingPath, checkpointPath)
-            throw FetchError.verification("\(object.key): CRC-64 \(combined) does not match OSS's \(expected); the bytes were damaged or substituted")
+            let failure = FetchError.verification("\(object.key): CRC-64 \(combined) does not match OSS's \(expected); the bytes were damaged or substituted")
+            if let streaming, let generation {
+                // Its readers were served only blocks that authenticated; still, this copy is not OSS's object.
+                unlink(finalPath)
+                streaming.corrupt(path, generation: generation, reason: "\(failure); it is fetched again")
+            }
+            throw failure
         }
         guard fsync(fd) == 0 else {
             if errno == ENOSPC || errno == EDQUOT { throw FetchError.diskFull(needed: object.size, path: stagingPath) }
@@ -514,6 +707,8 @@ public struct Fetcher: Sendable {
             unlink(stagingPath)
             throw FetchError.cache("cannot move \(object.key) into \(finalPath): \(String(cString: strerror(errno)))")
         }
+        // A streamed object's final name is already a link to this file, and then rename does nothing (POSIX).
+        if access(stagingPath, F_OK) == 0 { unlink(stagingPath) }
         logger.info("verified \(object.key)", metadata: ["size": "\(object.size)", "crc64": "\(combined)"])
         var entry = Manifest.Entry(size: object.size, etag: object.etag, crc64: combined)
         entry.file = FileStamp.of(finalPath)

@@ -43,7 +43,7 @@ struct FetchCommand: AsyncParsableCommand {
         let meter = ProgressMeter(label: "fetching", total: 0)
         let summary: Fetcher.Summary
         do {
-            summary = try await fetcher.run { done, total in meter.update(done: done, total: total) }
+            summary = try await fetcher.run(progress: { done, total in meter.update(done: done, total: total) })
         } catch {
             try? await http.shutdown()
             meter.finish()

@@ -112,6 +112,8 @@ struct ServiceCatalog {
         let kbsHTTP = KeyBrokerSetup.httpClient(roots: preflight.trusteeRoots, readTimeout: config.readTimeout)
         var options = Fetcher.Options()
         options.requireManifest = config.attestation.requireManifest
+        let streaming = config.mount.streaming ? StreamingDownload(readTimeout: config.mount.readTimeout) : nil
+        options.streaming = streaming
         var sharing: ServiceSpec?
         let tokenTrust = preflight.tokenTrust
         if !config.sharingPeers.isEmpty {
@@ -173,6 +175,9 @@ struct ServiceCatalog {
                     cipherDirectory: cache, mountpoint: mountpoint, ownership: ownership,
                     password: { try await handoff.take() },
                     verify: {
+                        // While a streaming fetch runs the cache is not whole yet: its readers wait in the ledger,
+                        // and each object is checked as it completes.
+                        if let streaming, !streaming.isFinished { return }
                         // The manifest is the defence gocryptfs lacks against whole files swapped or renamed.
                         do {
                             let reread = try fetcher.verifyCache()
@@ -180,6 +185,14 @@ struct ServiceCatalog {
                         } catch {
                             repairs.request()
                             throw ServiceFailure("\(error)")
+                        }
+                    },
+                    streaming: streaming.map { download in
+                        MountService.Streaming(arrival: DownloadArrival(download: download)) {
+                            let progress = download.progress
+                            return StreamingStatus(
+                                localBytes: progress.localBytes, totalBytes: progress.totalBytes, waitingReads: progress.waitingReads,
+                                refetching: progress.refetching)
                         }
                     },
                     handle: handle)
@@ -199,5 +212,22 @@ struct ServiceCatalog {
 
     func shutdown() async {
         for client in clients { try? await client.shutdown() }
+    }
+}
+
+/// The streaming mount's view of the fetcher's ledger: CacheFS and ObjectStore do not know each other.
+struct DownloadArrival: CiphertextArrival {
+    let download: StreamingDownload
+
+    func generation(of path: String) -> UInt64? {
+        download.generation(of: path)
+    }
+
+    func releaseWaitingReads() {
+        download.releaseWaitingReads()
+    }
+
+    func waitForCiphertext(_ path: String, range: Range<UInt64>, generation: UInt64) -> String? {
+        download.waitForCiphertext(path, range: range, generation: generation)
     }
 }

@@ -205,7 +205,18 @@ class Handler(BaseHTTPRequestHandler):
             if first:
                 crc ^= 1
                 count_fault("wrong_crc_once")
+        # Every GET of `key` carries a wrong CRC header (the same wrong value, so that the parts agree) until N have.
+        wrong = current.get("wrong_crc_gets", {}).get(key, 0)
+        if wrong:
+            with lock:
+                sent = stats.setdefault("wrong_crc_sent", {}).get(key, 0)
+                if sent < wrong:
+                    stats["wrong_crc_sent"][key] = sent + 1
+                    stats["faults"]["wrong_crc_gets"] = stats["faults"].get("wrong_crc_gets", 0) + 1
+                    crc ^= 1
         delay = current.get("delay_ms", 0)
+        # A slower key: its GETs wait this long before the body (a throttled object among fast ones).
+        delay = current.get("delay_ms_by_key", {}).get(key, delay)
         if delay:
             time.sleep(delay / 1000)
         self.send_response(status)
@@ -233,6 +244,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         if take_fault("corrupt") and length > 0:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
+        # A byte changed in transit (the CRC header still OSS's): byte `offset` of `key`, in every GET that covers it
+        # while the entry is in the fault file.
+        for changed in current.get("corrupt_ranges", []):
+            at = changed.get("offset", -1) - start
+            if changed.get("key") == key and 0 <= at < len(data):
+                data = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
+                count_fault("corrupt_ranges")
         self.wfile.write(data)
         with lock:
             stats["get_bytes"] += len(data)

@@ -1,0 +1,197 @@
+import CaidCore
+import Foundation
+import Synchronization
+
+/// The ``StreamingLedger`` of one `caid run`, shared by the fetcher's tasks, its urgent lane and the mount's FUSE
+/// threads. It outlives any one fetch: a fetch that fails and starts again finds the parts and readers it left.
+///
+/// FUSE threads block in ``waitForCiphertext(_:range:generation:)``: they are libfuse's own threads, not the
+/// cooperative pool's, so a condition variable is the right tool there. The async side never blocks on it.
+public final class StreamingDownload: @unchecked Sendable {
+    // `ledger` is guarded by `condition`'s lock; every change broadcasts.
+    private let condition = NSCondition()
+    private var ledger = StreamingLedger()
+    private var releases: UInt64 = 0
+    private let doorbell = Doorbell()
+    private let runs = Mutex((running: 0, finished: false))
+    private let laneSlots = Mutex(0)
+    /// The longest a read waits for its bytes (`CAID_MOUNT_READ_TIMEOUT`); then it gets EIO.
+    public let readTimeout: Duration
+
+    public init(readTimeout: Duration = .seconds(120)) {
+        self.readTimeout = readTimeout
+    }
+
+    private func locked<T>(_ body: (inout StreamingLedger) -> T) -> T {
+        condition.lock()
+        defer {
+            condition.broadcast()
+            condition.unlock()
+        }
+        return body(&ledger)
+    }
+
+    /// Blocks the calling (FUSE) thread until ciphertext bytes `range` of the copy `generation` of `path` are on
+    /// disk, asking for the parts first. - Returns: nil when they may be read, else why not (the read gets EIO).
+    public func waitForCiphertext(_ path: String, range: Range<UInt64>, generation: UInt64) -> String? {
+        let deadline = Date() + TimeInterval(readTimeout.components.seconds) + TimeInterval(readTimeout.components.attoseconds) / 1e18
+        condition.lock()
+        defer { condition.unlock() }
+        var since: UInt64?
+        var counted = false
+        let release = releases
+        defer {
+            if counted { ledger.waitingReads -= 1 }
+        }
+        while true {
+            if releases != release { return "the mount is stopping" }
+            switch ledger.need(path, range: range, generation: generation, since: &since) {
+            case .ready:
+                return nil
+            case .unavailable(let reason):
+                return reason
+            case .wait(let requested):
+                if requested { doorbell.ring() }
+                if !counted {
+                    counted = true
+                    ledger.waitingReads += 1
+                }
+                if !condition.wait(until: deadline), Date() >= deadline {
+                    if case .ready = ledger.need(path, range: range, generation: generation, since: &since) { return nil }
+                    return "\(path): its bytes \(range.lowerBound)-\(range.upperBound - 1) did not arrive within \(readTimeout.formatted) (CAID_MOUNT_READ_TIMEOUT)"
+                }
+            }
+        }
+    }
+
+    /// The generation of `path`'s current copy; nil for a file that is not streamed.
+    public func generation(of path: String) -> UInt64? {
+        locked { $0.generation(of: path) }
+    }
+
+    /// Ends the waits under way now: they return that the mount is stopping.
+    public func releaseWaitingReads() {
+        locked { _ in releases += 1 }
+    }
+
+    public var progress: StreamingLedger.Progress {
+        locked { $0.progress }
+    }
+
+    /// Whether a fetch ran to its end (every object verified, the cache reconciled) and none runs now: only then
+    /// may the cache be checked as a whole against the fetch's manifest.
+    public var isFinished: Bool {
+        runs.withLock { $0.running == 0 && $0.finished }
+    }
+
+    func runStarted() {
+        runs.withLock { $0 = (running: $0.running + 1, finished: false) }
+    }
+
+    func runEnded(complete: Bool) {
+        runs.withLock { $0 = (running: $0.running - 1, finished: complete) }
+    }
+
+    // MARK: The fetcher's side
+
+    func stream(path: String, object: ObjectSummary, partSize: UInt64, stagingPath: String, file: UInt64, present: [Int: UInt64]) -> UInt64 {
+        locked { $0.stream(path: path, object: object, partSize: partSize, stagingPath: stagingPath, file: file, present: present) }
+    }
+
+    func streamingFile(_ path: String, object: ObjectSummary) -> UInt64? {
+        locked { $0.streamingFile(path, object: object) }
+    }
+
+    func claimNext(_ path: String, generation: UInt64) -> StreamingLedger.Request? {
+        locked { $0.claimNext(path, generation: generation) }
+    }
+
+    func claimUrgent() -> StreamingLedger.Request? {
+        locked { $0.claimUrgent() }
+    }
+
+    func fetching(_ path: String, generation: UInt64) -> Int {
+        locked { $0.fetching(path, generation: generation) }
+    }
+
+    func present(_ path: String, generation: UInt64) -> [Int: UInt64] {
+        locked { $0.present(path, generation: generation) }
+    }
+
+    func partArrived(_ path: String, generation: UInt64, index: Int, crc: UInt64) {
+        locked { $0.partArrived(path, generation: generation, index: index, crc: crc) }
+    }
+
+    func partFailed(_ path: String, generation: UInt64, index: Int, reason: String) {
+        locked { $0.partFailed(path, generation: generation, index: index, reason: reason) }
+    }
+
+    func verified(_ path: String, generation: UInt64) {
+        locked { $0.verified(path, generation: generation) }
+    }
+
+    func corrupt(_ path: String, generation: UInt64, reason: String) {
+        locked { $0.corrupt(path, generation: generation, reason: reason) }
+    }
+
+    /// Takes one of the urgent lane's `count` slots, if one is free.
+    func takeLaneSlot(of count: Int) -> Bool {
+        laneSlots.withLock { used in
+            guard used < count else { return false }
+            used += 1
+            return true
+        }
+    }
+
+    /// Frees a slot and wakes the lane, which may have parts waiting for one.
+    func freeLaneSlot() {
+        laneSlots.withLock { $0 -= 1 }
+        doorbell.ring()
+    }
+
+    /// Returns once a reader asked for a part (at once if one did since the last call), or the task is cancelled.
+    func urgentRequested() async {
+        await doorbell.wait()
+    }
+}
+
+/// A bell that remembers one ring: ``wait()`` returns at once when it rang since the last wait, else at the next
+/// ring or when the task is cancelled.
+final class Doorbell: Sendable {
+    private struct State {
+        var rung = false
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    func ring() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiter else {
+                state.rung = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    func wait() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let now = state.withLock { state -> Bool in
+                    if state.rung || Task.isCancelled {
+                        state.rung = false
+                        return true
+                    }
+                    state.waiter = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            ring()
+        }
+    }
+}

@@ -1,0 +1,101 @@
+@testable import ObjectStore
+import Testing
+
+/// The streaming mount's ledger, without I/O: which part is fetched next, who waits for what, and what a failure
+/// or a failed copy does to readers.
+@Suite struct StreamingLedgerTests {
+    static let mib: UInt64 = 1 << 20
+    static let object = ObjectSummary(key: "m/shard", size: 40 << 20, etag: "\"e1\"")
+
+    /// A ledger streaming the 40 MiB object in 8 MiB parts (5 parts), none on disk.
+    static func ledger(present: [Int: UInt64] = [:]) -> (StreamingLedger, UInt64) {
+        var ledger = StreamingLedger()
+        let generation = ledger.stream(path: "shard", object: object, partSize: 8 << 20, stagingPath: "/s/shard", file: 7, present: present)
+        return (ledger, generation)
+    }
+
+    @Test func aReadOfMissingBytesWaitsAndPutsItsPartsOnTheUrgentQueueOnce() {
+        var (ledger, generation) = Self.ledger()
+        var since: UInt64?
+        // Bytes 17–25 MiB: parts 2 and 3.
+        #expect(ledger.need("shard", range: (17 * Self.mib)..<(25 * Self.mib), generation: generation, since: &since) == .wait(requested: true))
+        #expect(ledger.need("shard", range: (17 * Self.mib)..<(25 * Self.mib), generation: generation, since: &since) == .wait(requested: false))
+        #expect(ledger.claimUrgent()?.part.index == 2)
+        #expect(ledger.claimUrgent()?.part.index == 3)
+        #expect(ledger.claimUrgent() == nil)
+    }
+
+    @Test func theDownloadTakesAPartAReaderWaitsForBeforeTheNextInOrder() {
+        var (ledger, generation) = Self.ledger()
+        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 0)
+        var since: UInt64?
+        _ = ledger.need("shard", range: (33 * Self.mib)..<(34 * Self.mib), generation: generation, since: &since)
+        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 4)
+        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 1)
+        // Part 4 is being fetched: the lane does not take it again.
+        #expect(ledger.claimUrgent() == nil)
+        #expect(ledger.fetching("shard", generation: generation) == 3)
+    }
+
+    @Test func aReadIsReadyOnceItsPartsArrivedAndFilesNotStreamedNeverWait() {
+        var (ledger, generation) = Self.ledger(present: [0: 11])
+        var since: UInt64?
+        #expect(ledger.need("shard", range: 0..<(8 * Self.mib), generation: generation, since: &since) == .ready)
+        #expect(ledger.need("shard", range: (8 * Self.mib)..<(9 * Self.mib), generation: generation, since: &since) == .wait(requested: true))
+        let request = ledger.claimUrgent()
+        ledger.partArrived("shard", generation: generation, index: request?.part.index ?? -1, crc: 22)
+        #expect(ledger.need("shard", range: (8 * Self.mib)..<(9 * Self.mib), generation: generation, since: &since) == .ready)
+        #expect(ledger.present("shard", generation: generation) == [0: 11, 1: 22])
+        #expect(ledger.need("config.json", range: 0..<10, generation: 1, since: &since) == .ready)
+    }
+
+    @Test func aFailedPartFailsTheReadersWaitingForItButANewReaderAsksAgain() {
+        var (ledger, generation) = Self.ledger()
+        var waiting: UInt64?
+        _ = ledger.need("shard", range: 0..<10, generation: generation, since: &waiting)
+        let request = ledger.claimUrgent()
+        ledger.partFailed("shard", generation: generation, index: request?.part.index ?? -1, reason: "503 ServiceUnavailable")
+        guard case .unavailable(let reason) = ledger.need("shard", range: 0..<10, generation: generation, since: &waiting) else {
+            Issue.record("the waiting reader was not told")
+            return
+        }
+        #expect(reason.contains("503"))
+        var later: UInt64?
+        #expect(ledger.need("shard", range: 0..<10, generation: generation, since: &later) == .wait(requested: true))
+    }
+
+    @Test func aCopyThatFailsItsCheckRefusesItsReadersAndANewCopyIsANewGeneration() {
+        var (ledger, generation) = Self.ledger()
+        ledger.corrupt("shard", generation: generation, reason: "CRC-64 does not match")
+        var since: UInt64?
+        #expect(ledger.need("shard", range: 0..<10, generation: generation, since: &since) == .unavailable("CRC-64 does not match"))
+        #expect(ledger.progress.refetching == ["m/shard"])
+        let next = ledger.stream(path: "shard", object: Self.object, partSize: 8 << 20, stagingPath: "/s/shard", file: 8, present: [:])
+        #expect(next != generation)
+        #expect(ledger.generation(of: "shard") == next)
+        guard case .unavailable = ledger.need("shard", range: 0..<10, generation: generation, since: &since) else {
+            Issue.record("a handle on the failed copy was served")
+            return
+        }
+        #expect(ledger.need("shard", range: 0..<10, generation: next, since: &since) == .wait(requested: true))
+    }
+
+    @Test func theSameStagingFileAfterARestartKeepsItsGenerationAndParts() {
+        var (ledger, generation) = Self.ledger()
+        ledger.partArrived("shard", generation: generation, index: 3, crc: 33)
+        let again = ledger.stream(path: "shard", object: Self.object, partSize: 8 << 20, stagingPath: "/s/shard", file: 7, present: [0: 11])
+        #expect(again == generation)
+        #expect(ledger.present("shard", generation: generation) == [0: 11, 3: 33])
+    }
+
+    @Test func progressCountsThePartsOnDiskAndTheWaitingReads() {
+        var (ledger, generation) = Self.ledger(present: [0: 1, 4: 2])
+        ledger.waitingReads = 2
+        let progress = ledger.progress
+        #expect(progress.localBytes == 16 * Self.mib && progress.totalBytes == 40 * Self.mib && progress.waitingReads == 2 && progress.streaming == 1)
+        ledger.verified("shard", generation: generation)
+        #expect(ledger.progress.localBytes == 40 * Self.mib && ledger.progress.streaming == 0)
+        var since: UInt64?
+        #expect(ledger.need("shard", range: 0..<10, generation: generation, since: &since) == .ready)
+    }
+}
