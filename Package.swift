@@ -34,6 +34,8 @@ let package = Package(
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         // The TDX guest device's RTMR extend request (kernel headers only).
         .systemLibrary(name: "CTDXGuest"),
+        // glibc's malloc_trim, to give the heap back after a burst at the gateway.
+        .systemLibrary(name: "CMalloc"),
         // The declaration of libFuzzer's driver entry; the library itself comes with `-sanitize=fuzzer` (scripts/fuzz.sh).
         .systemLibrary(name: "CLibFuzzer"),
 
@@ -129,7 +131,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Attestation", "CaidCore",
+                "Attestation", "CaidCore", "CMalloc",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Attestation
 import CaidCore
 import Foundation
+import CMalloc
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -106,10 +107,19 @@ public struct GatewayService: Service {
         var logged = detail.budget.snapshot.refused
         var shown = detail.text
         var ticks = 0
+        var peakStreams = 0
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { return }
             ticks += 1
+            // After a burst (a thousand streams buffer a few MiB each way) the allocator keeps the freed heap: give it
+            // back once the gateway is quiet, so that resident memory returns to what caid holds at rest.
+            let streams = detail.budget.snapshot.streams
+            peakStreams = max(peakStreams, streams)
+            if streams == 0, peakStreams >= 100 {
+                peakStreams = 0
+                _ = caid_release_free_heap()
+            }
             let text = detail.text
             if text != shown {
                 shown = text

@@ -30,8 +30,12 @@ public struct Fetcher: Sendable {
         public init() {}
     }
 
-    /// Parts a streaming mount's readers wait for are fetched this many at a time, beside the download's own.
-    static let urgentConcurrency = 4
+    /// Parts a streaming mount's readers wait for (and the readahead after them) are fetched this many at a time;
+    /// meanwhile the download behind them takes no new part.
+    static let urgentConcurrency = 8
+    /// Objects downloaded at once behind a streaming mount: few, so that the parts in flight when a reader asks are
+    /// few too, and its part does not share the bandwidth with dozens.
+    static let streamedObjectConcurrency = 2
 
     /// Whether an object is fetched whole before a streaming mount starts: the volume's config, directory IVs and
     /// long names (the mount reads them whole as it starts), and anything up to 1 MiB (configs, tokenizers).
@@ -163,7 +167,8 @@ public struct Fetcher: Sendable {
             for object in streamed { try prepareStreaming(object, in: streaming) }
             await streamable(summary)
             // Readers' parts meanwhile come from ``serveWaitingReads()``, which outlives this run.
-            try await fetchObjects(streamed, manifest: &manifest, model: model, report: report)
+            try await fetchObjects(
+                streamed, concurrency: min(options.concurrency, Self.streamedObjectConcurrency), manifest: &manifest, model: model, report: report)
         } else {
             try await fetchObjects(pending, manifest: &manifest, model: model, report: report)
         }
@@ -176,7 +181,11 @@ public struct Fetcher: Sendable {
 
     /// Fetches `objects`, several at once (small files), each with its parts in parallel, recording each verified
     /// one in `manifest`.
-    private func fetchObjects(_ objects: [ObjectSummary], manifest: inout Manifest, model: ModelManifest?, report: @escaping @Sendable (UInt64) async -> Void) async throws {
+    /// - Parameter concurrency: objects at once (``Options/concurrency`` when nil).
+    private func fetchObjects(
+        _ objects: [ObjectSummary], concurrency: Int? = nil, manifest: inout Manifest, model: ModelManifest?, report: @escaping @Sendable (UInt64) async -> Void
+    ) async throws {
+        let concurrency = concurrency ?? options.concurrency
         // The manifest is written at most once a second and at the end: a crash loses only objects verified since,
         // which are fetched again.
         try await withThrowingTaskGroup(of: (String, Manifest.Entry).self) { group in
@@ -190,7 +199,7 @@ public struct Fetcher: Sendable {
                 }
             }
             for object in objects {
-                if running >= options.concurrency, let finished = try await group.next() {
+                if running >= concurrency, let finished = try await group.next() {
                     try record(finished)
                     running -= 1
                 }
@@ -587,10 +596,11 @@ public struct Fetcher: Sendable {
         // Parts a peer gave, and who: blamed if the object does not verify.
         var fromPeers: [Int: String] = [:]
         var queue = plan.parts.filter { checkpoint.crcs[$0.index] == nil }[...]
-        // The next part: one a reader waits for, else the next in order (a streamed object's ledger decides both).
-        func nextPart() -> DownloadPlan.Part? {
-            if let streaming, let generation { return streaming.claimNext(path, generation: generation)?.part }
-            return queue.popFirst()
+        // The next part: one a reader waits for, else the next in order (a streamed object's ledger decides both,
+        // and may say to yield to readers for now).
+        func nextPart() -> StreamingLedger.Next {
+            if let streaming, let generation { return streaming.claimNext(path, generation: generation) }
+            return queue.popFirst().map { .fetch(.init(path: path, object: object, part: $0, generation: 0, stagingPath: stagingPath)) } ?? .none
         }
         do {
             // A streamed object's parts may also come from the urgent lane: wait for those, and take back any the
@@ -611,12 +621,26 @@ public struct Fetcher: Sendable {
                         }
                         try? JSONEncoder().encode(checkpoint).write(to: URL(fileURLWithPath: checkpointPath), options: .atomic)
                     }
-                    while true {
+                    claiming: while true {
                         if running >= options.concurrency, let finished = try await group.next() {
                             try record(finished)
                             running -= 1
                         }
-                        guard let part = nextPart() else { break }
+                        let part: DownloadPlan.Part
+                        switch nextPart() {
+                        case .fetch(let request):
+                            part = request.part
+                        case .yield:
+                            if running > 0, let finished = try await group.next() {
+                                try record(finished)
+                                running -= 1
+                            } else {
+                                try await Task.sleep(for: .milliseconds(20))
+                            }
+                            continue claiming
+                        case .none:
+                            break claiming
+                        }
                         let descriptor = fd
                         group.addTask {
                             do {

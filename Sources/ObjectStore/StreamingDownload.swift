@@ -102,8 +102,10 @@ public final class StreamingDownload: @unchecked Sendable {
         locked { $0.streamingFile(path, object: object) }
     }
 
-    func claimNext(_ path: String, generation: UInt64) -> StreamingLedger.Request? {
-        locked { $0.claimNext(path, generation: generation) }
+    /// The object's next part; the download yields to readers while they wait or the lane works for them.
+    func claimNext(_ path: String, generation: UInt64) -> StreamingLedger.Next {
+        let laneBusy = laneSlots.withLock { $0 > 0 }
+        return locked { $0.claimNext(path, generation: generation, yielding: laneBusy || $0.hasUrgent || $0.waitingReads > 0) }
     }
 
     func claimUrgent() -> StreamingLedger.Request? {

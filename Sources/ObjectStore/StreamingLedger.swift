@@ -55,6 +55,9 @@ public struct StreamingLedger: Sendable {
         var lastFailure: String?
     }
 
+    /// Parts queued after the ones a reader waits for: a sequential reader finds its next bytes under way.
+    public static let readahead = 8
+
     private(set) var objects: [String: Object] = [:]
     private var urgent: [(path: String, index: Int)] = []
     private var nextGeneration: UInt64 = 1
@@ -126,14 +129,24 @@ public struct StreamingLedger: Sendable {
                 if let failed = entry.failedAt[index], failed > started {
                     return .unavailable("\(entry.object.key) bytes \(entry.plan.parts[index].rangeHeader.dropFirst(6)) could not be fetched: \(entry.lastFailure ?? "failed")")
                 }
-                if !urgent.contains(where: { $0.path == path && $0.index == index }) {
-                    urgent.append((path, index))
-                    requested = true
-                }
+                if enqueue(path, index) { requested = true }
             }
         }
-        return complete ? .ready : .wait(requested: requested)
+        guard !complete else { return .ready }
+        for index in (last + 1)..<min(entry.parts.count, last + 1 + Self.readahead) where entry.parts[index] == .missing {
+            if enqueue(path, index) { requested = true }
+        }
+        return .wait(requested: requested)
     }
+
+    private mutating func enqueue(_ path: String, _ index: Int) -> Bool {
+        guard !urgent.contains(where: { $0.path == path && $0.index == index }) else { return false }
+        urgent.append((path, index))
+        return true
+    }
+
+    /// Whether readers wait for parts that are not being fetched yet.
+    public var hasUrgent: Bool { !urgent.isEmpty }
 
     /// The next urgent part of any object, marked as being fetched.
     public mutating func claimUrgent() -> Request? {
@@ -144,15 +157,26 @@ public struct StreamingLedger: Sendable {
         return nil
     }
 
-    /// The next part the object's own download should fetch: one a reader waits for, else the first missing one.
-    public mutating func claimNext(_ path: String, generation: UInt64) -> Request? {
-        guard let entry = objects[path], entry.generation == generation, entry.state == .streaming else { return nil }
-        if let position = urgent.firstIndex(where: { $0.path == path }) {
+    /// What the object's own download should do next.
+    public enum Next: Sendable, Equatable {
+        case fetch(Request)
+        /// Parts are missing, but readers come first: take none now, ask again soon.
+        case yield
+        /// Nothing is missing (some parts may still be under way elsewhere).
+        case none
+    }
+
+    /// The next part the object's own download should fetch: one a reader waits for, else (unless `yielding`: readers
+    /// wait elsewhere, and bandwidth is theirs first) the first missing one.
+    public mutating func claimNext(_ path: String, generation: UInt64, yielding: Bool = false) -> Next {
+        guard let entry = objects[path], entry.generation == generation, entry.state == .streaming else { return .none }
+        while let position = urgent.firstIndex(where: { $0.path == path }) {
             let index = urgent.remove(at: position).index
-            if let request = claim(path, index: index) { return request }
+            if let request = claim(path, index: index) { return .fetch(request) }
         }
-        guard let index = entry.parts.firstIndex(of: .missing) else { return nil }
-        return claim(path, index: index)
+        guard let index = entry.parts.firstIndex(of: .missing) else { return .none }
+        if yielding { return .yield }
+        return claim(path, index: index).map(Next.fetch) ?? .none
     }
 
     private mutating func claim(_ path: String, index: Int) -> Request? {

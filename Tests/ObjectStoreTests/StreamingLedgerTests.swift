@@ -20,21 +20,39 @@ import Testing
         // Bytes 17–25 MiB: parts 2 and 3.
         #expect(ledger.need("shard", range: (17 * Self.mib)..<(25 * Self.mib), generation: generation, since: &since) == .wait(requested: true))
         #expect(ledger.need("shard", range: (17 * Self.mib)..<(25 * Self.mib), generation: generation, since: &since) == .wait(requested: false))
+        // Then the readahead after them, here the one part left.
         #expect(ledger.claimUrgent()?.part.index == 2)
         #expect(ledger.claimUrgent()?.part.index == 3)
+        #expect(ledger.claimUrgent()?.part.index == 4)
         #expect(ledger.claimUrgent() == nil)
+    }
+
+    static func index(_ next: StreamingLedger.Next) -> Int? {
+        if case .fetch(let request) = next { return request.part.index }
+        return nil
     }
 
     @Test func theDownloadTakesAPartAReaderWaitsForBeforeTheNextInOrder() {
         var (ledger, generation) = Self.ledger()
-        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 0)
+        #expect(Self.index(ledger.claimNext("shard", generation: generation)) == 0)
         var since: UInt64?
         _ = ledger.need("shard", range: (33 * Self.mib)..<(34 * Self.mib), generation: generation, since: &since)
-        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 4)
-        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 1)
+        #expect(Self.index(ledger.claimNext("shard", generation: generation)) == 4)
+        #expect(Self.index(ledger.claimNext("shard", generation: generation)) == 1)
         // Part 4 is being fetched: the lane does not take it again.
         #expect(ledger.claimUrgent() == nil)
         #expect(ledger.fetching("shard", generation: generation) == 3)
+    }
+
+    /// While readers wait elsewhere the download takes no new part of its own, but still the ones readers want.
+    @Test func theDownloadYieldsToReadersButStillTakesTheirParts() {
+        var (ledger, generation) = Self.ledger()
+        #expect(ledger.claimNext("shard", generation: generation, yielding: true) == .yield)
+        var since: UInt64?
+        _ = ledger.need("shard", range: 0..<10, generation: generation, since: &since)
+        #expect(Self.index(ledger.claimNext("shard", generation: generation, yielding: true)) == 0)
+        for _ in 0..<4 { _ = ledger.claimNext("shard", generation: generation) }
+        #expect(ledger.claimNext("shard", generation: generation, yielding: true) == .none)
     }
 
     @Test func aReadIsReadyOnceItsPartsArrivedAndFilesNotStreamedNeverWait() {
