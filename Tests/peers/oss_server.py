@@ -19,6 +19,12 @@ args = None
 lock = threading.Lock()
 stats = {"get_bytes": 0, "requests": 0, "faults": {}, "ranges": []}
 crc_cache = {}
+wrong_crc_sent = set()  # keys whose one wrong CRC header ("wrong_crc_once") has gone out
+
+
+def count_fault(name):
+    with lock:
+        stats["faults"][name] = stats["faults"].get(name, 0) + 1
 
 
 def faults():
@@ -184,7 +190,22 @@ class Handler(BaseHTTPRequestHandler):
             a, b = rng.replace("bytes=", "").split("-")
             start, end, status = int(a), min(int(b), size - 1), 206
         length = max(0, end - start + 1)
-        delay = faults().get("delay_ms", 0)
+        current = faults()
+        # A range the server will not serve while the entry is in the fault file: a retryable OSS error for every GET
+        # that covers byte `offset` of `key`.
+        for refused in current.get("refuse_ranges", []):
+            if refused.get("key") == key and start <= refused.get("offset", -1) <= end:
+                count_fault("refuse_ranges")
+                return self.error(503, "ServiceUnavailable", "Please reduce your request rate.", {"x-oss-qos-delay-time": "50"})
+        # The first CRC header sent for a listed key is wrong, the bytes right; later ones are right.
+        if key in current.get("wrong_crc_once", []):
+            with lock:
+                first = key not in wrong_crc_sent
+                wrong_crc_sent.add(key)
+            if first:
+                crc ^= 1
+                count_fault("wrong_crc_once")
+        delay = current.get("delay_ms", 0)
         if delay:
             time.sleep(delay / 1000)
         self.send_response(status)
