@@ -51,14 +51,18 @@ tmpfs=$(mktemp -d /dev/shm/caid-bench-startup.XXXXXX)  # the servers' ciphertext
 driver=""
 cleanup() {
     # The driver ends its own children and mounts; this is for when it could not (killed, crashed).
-    [ -n "$driver" ] && kill "$driver" 2>/dev/null && sleep 1
-    if [ -f "$work/mounts" ]; then
-        tac "$work/mounts" | while read -r m; do
-            mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m" || true; }
-        done
+    set +e
+    if [ -n "$driver" ] && kill "$driver" 2>/dev/null; then
+        for _ in $(seq 1 60); do kill -0 "$driver" 2>/dev/null || break; sleep 0.5; done
     fi
     if [ -f "$work/pids" ]; then
-        while read -r pid; do kill "$pid" 2>/dev/null || true; done < "$work/pids"
+        while read -r pid; do kill "$pid" 2>/dev/null; done < "$work/pids"
+        sleep 1  # caid unmounts on SIGTERM
+    fi
+    if [ -f "$work/mounts" ]; then
+        tac "$work/mounts" | while read -r m; do
+            if mountpoint -q "$m" 2>/dev/null; then fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; fi
+        done
     fi
     rm -rf "$tmpfs"
     if [ -n "${KEEP:-}" ]; then echo "bench-startup: logs kept in $work" >&2; else rm -rf "$work"; fi

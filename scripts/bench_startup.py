@@ -562,6 +562,7 @@ def report(args, results, checks, total, streaming_known):
     lines.append("Command: `%s` (script at %s); caid %s (`%s`), %s, %s, moto %s (objects in memory, range patch)." % (
         args.command, commit, v["caid"], args.caid_label, v["s3fs"].split(" with ")[0], v["gocryptfs"].split(";")[0],
         v["moto"]))
+    lines.append("s3fs-tuned: `-o %s`." % S3FS_OPTIONS["s3fs-tuned"])
     if not streaming_known:
         lines.append("This caid does not know `CAID_MOUNT_STREAMING`: its caid-stream rows are download-then-mount too.")
     lines.append("")
@@ -642,10 +643,16 @@ def main():
     args = p.parse_args()
     if args.cmd == "moto":
         return moto_main(args)
+    # SIGTERM (the shell's trap) unwinds like ^C, so that `finally` ends the children and unmounts.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     args.setups = args.setups.split(",")
     args.rate = args.rate or [200, 0]
     return bench(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("interrupted; children ended, mounts unmounted")
+        sys.exit(130)
