@@ -431,14 +431,14 @@ def oss_signed_headers(key, rng):
 def curl_rate(port, key, size, parts, signed):
     """MB/s of `parts` parallel curls that together GET the whole object."""
     step = size // parts
-    procs = []
-    t0 = time.monotonic()
-    for i in range(parts):
+    argvs = []
+    for i in range(parts):  # signed before the clock starts
         rng = "bytes=%d-%d" % (i * step, size - 1 if i == parts - 1 else (i + 1) * step - 1)
         extra = oss_signed_headers(key, rng) if signed else [
             "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "%s:%s" % (S3_AK, S3_SK), "-H", "Range: " + rng]
-        procs.append(subprocess.Popen(["curl", "-sf", "-o", "/dev/null"] + extra +
-                                      ["http://127.0.0.1:%d/%s/%s" % (port, BUCKET, key)]))
+        argvs.append(["curl", "-sf", "-o", "/dev/null"] + extra + ["http://127.0.0.1:%d/%s/%s" % (port, BUCKET, key)])
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(argv) for argv in argvs]
     codes = [p.wait(300) for p in procs]
     t = time.monotonic() - t0
     if any(codes):
