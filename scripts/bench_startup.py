@@ -612,7 +612,8 @@ def report(args, results, checks, total, streaming_known):
             "first byte %.2f s after the key (target ≤ 1 s): %s" % (st["first"] - st["key"], "met" if st["first"] - st["key"] <= 1 else "NOT met"),
             "ahead of %s" % ", ".join("%s (%.2f s): %s" % (k, t, "yes" if st["last"] < t else "NO") for k, t in others.items()),
         ]
-        lines.append("- %s, caid-stream: %s." % (label, "; ".join(verdicts)))
+        lines.append("- %s, caid-stream%s: %s." % (
+            label, "" if streaming_known else " (NOT streaming: this binary does not know the setting)", "; ".join(verdicts)))
     lines.append("")
     lines.append("Throttle check (curl, MB/s, GET of one %s shard: 1 connection / 8 parallel ranges):" % "ciphertext")
     for rate, c in checks.items():
