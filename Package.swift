@@ -34,8 +34,9 @@ let package = Package(
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         // The TDX guest device's RTMR extend request (kernel headers only).
         .systemLibrary(name: "CTDXGuest"),
-        // glibc's malloc_trim, to give the heap back after a burst at the gateway.
-        .systemLibrary(name: "CMalloc"),
+        // glibc's GNU extensions: malloc_trim (the gateway gives the heap back after a burst), sync_file_range (the
+        // fetcher writes back as it downloads).
+        .systemLibrary(name: "CGNU"),
         // The declaration of libFuzzer's driver entry; the library itself comes with `-sanitize=fuzzer` (scripts/fuzz.sh).
         .systemLibrary(name: "CLibFuzzer"),
 
@@ -96,7 +97,7 @@ let package = Package(
         .target(
             name: "ObjectStore",
             dependencies: [
-                "CaidCore",
+                "CaidCore", "CGNU",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -131,7 +132,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Attestation", "CaidCore", "CMalloc",
+                "Attestation", "CaidCore", "CGNU",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

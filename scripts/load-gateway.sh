@@ -78,7 +78,7 @@ for i in $(seq 1 240); do
 done
 # prlimit and caid's own re-execution (freed-memory wiping) both exec: $caid_pid is the process that serves, unless
 # a WRAP tool runs it as its child.
-if [ -n "${WRAP:-}" ]; then caid_pid=$(pgrep -nf -- "$caid run --env $work/cai.env"); fi
+if [ -n "${WRAP:-}" ]; then caid_pid=$(pgrep -nf -- "$caid run --env $work/cai.env"); pids+=("$caid_pid"); fi
 ulimit -n "$(ulimit -Hn)"  # the strangers hold more than 1024 sockets
 # shellcheck disable=SC2086
 python3 scripts/load_gateway.py load --gateway-port "$gateway_port" --caid-pid "$caid_pid" --caid "$caid" \

@@ -2,7 +2,7 @@ import AsyncHTTPClient
 import Attestation
 import CaidCore
 import Foundation
-import CMalloc
+import CGNU
 import Logging
 import ServiceLifecycle
 import Synchronization
