@@ -39,6 +39,18 @@ def log(*a):
     print("bench-startup:", *a, file=sys.stderr, flush=True)
 
 
+# The servers stand in for a remote OSS: on a machine of few cores they must not take the client's CPU, or the
+# benchmark measures the two competing for it rather than the download and the read overlapping. With PIN (the
+# default on 2 or more cores) the driver, its reader and every client it starts (caid, s3fs, gocryptfs, curl) run on
+# CPU 0, and the servers and throttle proxies on the others.
+PIN = os.environ.get("PIN", "1") != "0" and (os.cpu_count() or 1) >= 2
+SERVER_CPUS = "1-%d" % ((os.cpu_count() or 2) - 1)
+
+
+def server(argv):
+    return (["taskset", "-c", SERVER_CPUS] if PIN else []) + argv
+
+
 class Run:
     """The children and mounts of one driver, recorded for the shell trap too."""
 
@@ -329,14 +341,14 @@ def run_s3fs(run, w, s3_port, options, password, expected, timeout):
 def start_servers(run, w, cipher, password):
     # The ciphertext on tmpfs: dropping the page cache before each setup empties the client's caches, not the server's.
     shutil.copytree(cipher, w["bucket"])
-    run.spawn([sys.executable, os.path.join(PEERS, "oss_server.py"), "--root", w["bucket"], "--bucket", BUCKET,
-               "--ak", OSS_AK, "--sk", OSS_SK, "--region", REGION, "--port-file", os.path.join(w["dir"], "oss.port")],
+    run.spawn(server([sys.executable, os.path.join(PEERS, "oss_server.py"), "--root", w["bucket"], "--bucket", BUCKET,
+               "--ak", OSS_AK, "--sk", OSS_SK, "--region", REGION, "--port-file", os.path.join(w["dir"], "oss.port")]),
               stdout=subprocess.DEVNULL, stderr=open(os.path.join(w["dir"], "oss.err"), "w"))
-    run.spawn([sys.executable, os.path.join(PEERS, "trustee_server.py"), "--dialect", "current", "--prefix", "/trustee/",
+    run.spawn(server([sys.executable, os.path.join(PEERS, "trustee_server.py"), "--dialect", "current", "--prefix", "/trustee/",
                "--resource", "default/aliyun/model-decryption-key=%s" % password,
-               "--port-file", os.path.join(w["dir"], "kbs.port")],
+               "--port-file", os.path.join(w["dir"], "kbs.port")]),
               stdout=subprocess.DEVNULL, stderr=open(os.path.join(w["dir"], "kbs.err"), "w"))
-    run.spawn([sys.executable, os.path.abspath(__file__), "moto", "--port-file", os.path.join(w["dir"], "moto.port")],
+    run.spawn(server([sys.executable, os.path.abspath(__file__), "moto", "--port-file", os.path.join(w["dir"], "moto.port")]),
               stdout=subprocess.DEVNULL, stderr=open(os.path.join(w["dir"], "moto.err"), "w"),
               env=dict(os.environ, MOTO_S3_DEFAULT_KEY_BUFFER_SIZE=str(4 << 30)))
     ports = {n: read_port(os.path.join(w["dir"], n + ".port")) for n in ("oss", "kbs", "moto")}
@@ -356,8 +368,8 @@ def start_servers(run, w, cipher, password):
 
 def start_proxy(run, w, upstream, rate_bytes, name):
     port_file = os.path.join(w["dir"], "%s.port" % name)
-    run.spawn([sys.executable, os.path.join(ROOT, "scripts", "throttle_proxy.py"), "--upstream", str(upstream),
-               "--rate", str(rate_bytes), "--port-file", port_file], stdout=subprocess.DEVNULL,
+    run.spawn(server([sys.executable, os.path.join(ROOT, "scripts", "throttle_proxy.py"), "--upstream", str(upstream),
+               "--rate", str(rate_bytes), "--port-file", port_file]), stdout=subprocess.DEVNULL,
               stderr=open(os.path.join(w["dir"], "%s.err" % name), "w"))
     return read_port(port_file)
 
@@ -460,6 +472,8 @@ def median(values):
 
 def bench(args):
     work = args.work
+    if PIN:
+        os.sched_setaffinity(0, {0})  # the driver, its reader and the clients it starts
     run = Run(work)
     w = {"dir": work, "bucket": os.path.join(args.tmpfs, "bucket"), "caid_cache": os.path.join(work, "caid-cache"),
          "caid_mnt": run.mount_point(os.path.join(work, "caid-mnt")),
@@ -577,6 +591,8 @@ def report(args, results, checks, total, streaming_known):
     if not streaming_known:
         lines.append("This caid does not know `CAID_MOUNT_STREAMING`: its caid-stream rows are download-then-mount too.")
     lines.append("")
+    lines.append("CPUs: %s." % ("the servers and throttle proxies on CPU %s, the clients and the reader on CPU 0 (PIN=1: the server "
+                                 "stands in for a remote OSS)" % SERVER_CPUS if PIN else "all processes share every CPU (PIN=0)"))
     lines.append("Seconds from start (medians of %d rounds); ciphertext %d bytes." % (args.rounds, total))
     lines.append("")
     lines.append("| rate | setup | key | files listed | first byte | last byte | last / download | MB/s to last byte |")

@@ -31,8 +31,8 @@ public struct Fetcher: Sendable {
         public init() {}
     }
 
-    /// Parts a streaming mount's readers wait for (and the readahead after them) are fetched this many at a time;
-    /// meanwhile the download behind them takes no new part.
+    /// Parts a streaming mount's readers wait for (and the readahead after them) are fetched this many at a time,
+    /// beside the download's own requests.
     static let urgentConcurrency = 8
     /// Objects downloaded at once behind a streaming mount: few, so that the parts in flight when a reader asks are
     /// few too, and its part does not share the bandwidth with dozens.
@@ -543,12 +543,12 @@ public struct Fetcher: Sendable {
             while !Task.isCancelled {
                 while streaming.takeLaneSlot(of: Self.urgentConcurrency) {
                     guard let request = streaming.claimUrgent() else {
-                        streaming.freeLaneSlot()
+                        streaming.freeLaneSlot(wake: false)
                         break
                     }
                     group.addTask {
                         await self.fetchUrgent(request, in: streaming, report: report)
-                        streaming.freeLaneSlot()
+                        streaming.freeLaneSlot(wake: true)
                     }
                 }
                 await streaming.urgentRequested()
@@ -597,11 +597,10 @@ public struct Fetcher: Sendable {
         // Parts a peer gave, and who: blamed if the object does not verify.
         var fromPeers: [Int: String] = [:]
         var queue = plan.parts.filter { checkpoint.crcs[$0.index] == nil }[...]
-        // The next part: one a reader waits for, else the next in order (a streamed object's ledger decides both,
-        // and may say to yield to readers for now).
-        func nextPart() -> StreamingLedger.Next {
-            if let streaming, let generation { return streaming.claimNext(path, generation: generation) }
-            return queue.popFirst().map { .fetch(.init(path: path, object: object, part: $0, generation: 0, stagingPath: stagingPath)) } ?? .none
+        // The next part: one a reader waits for, else the next in order (a streamed object's ledger decides both).
+        func nextPart() -> DownloadPlan.Part? {
+            if let streaming, let generation { return streaming.claimNext(path, generation: generation)?.part }
+            return queue.popFirst()
         }
         do {
             // A streamed object's parts may also come from the urgent lane: wait for those, and take back any the
@@ -622,26 +621,12 @@ public struct Fetcher: Sendable {
                         }
                         try? JSONEncoder().encode(checkpoint).write(to: URL(fileURLWithPath: checkpointPath), options: .atomic)
                     }
-                    claiming: while true {
+                    while true {
                         if running >= options.concurrency, let finished = try await group.next() {
                             try record(finished)
                             running -= 1
                         }
-                        let part: DownloadPlan.Part
-                        switch nextPart() {
-                        case .fetch(let request):
-                            part = request.part
-                        case .yield:
-                            if running > 0, let finished = try await group.next() {
-                                try record(finished)
-                                running -= 1
-                            } else {
-                                try await Task.sleep(for: .milliseconds(20))
-                            }
-                            continue claiming
-                        case .none:
-                            break claiming
-                        }
+                        guard let part = nextPart() else { break }
                         let descriptor = fd
                         group.addTask {
                             do {

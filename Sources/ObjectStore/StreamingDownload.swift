@@ -102,10 +102,8 @@ public final class StreamingDownload: @unchecked Sendable {
         locked { $0.streamingFile(path, object: object) }
     }
 
-    /// The object's next part; the download yields to readers while they wait or the lane works for them.
-    func claimNext(_ path: String, generation: UInt64) -> StreamingLedger.Next {
-        let laneBusy = laneSlots.withLock { $0 > 0 }
-        return locked { $0.claimNext(path, generation: generation, yielding: laneBusy || $0.hasUrgent || $0.waitingReads > 0) }
+    func claimNext(_ path: String, generation: UInt64) -> StreamingLedger.Request? {
+        locked { $0.claimNext(path, generation: generation) }
     }
 
     func claimUrgent() -> StreamingLedger.Request? {
@@ -145,16 +143,20 @@ public final class StreamingDownload: @unchecked Sendable {
         }
     }
 
-    /// Frees a slot and wakes the lane, which may have parts waiting for one.
-    func freeLaneSlot() {
+    /// Frees a slot. - Parameter wake: whether to wake the lane, which may have parts waiting for the slot (not when
+    /// it gives back a slot it found no part for: that ring would have it look again at once, forever).
+    func freeLaneSlot(wake: Bool) {
         laneSlots.withLock { $0 -= 1 }
-        doorbell.ring()
+        if wake { doorbell.ring() }
     }
 
     /// Returns once a reader asked for a part (at once if one did since the last call), or the task is cancelled.
     func urgentRequested() async {
         await doorbell.wait()
     }
+
+    /// How often the lane woke (for tests: an idle lane must sleep, not spin).
+    var laneWakeups: Int { doorbell.wakeups }
 }
 
 /// A bell that remembers one ring: ``wait()`` returns at once when it rang since the last wait, else at the next
@@ -163,6 +165,7 @@ final class Doorbell: Sendable {
     private struct State {
         var rung = false
         var waiter: CheckedContinuation<Void, Never>?
+        var wakeups = 0
     }
 
     private let state = Mutex(State())
@@ -179,7 +182,10 @@ final class Doorbell: Sendable {
         waiter?.resume()
     }
 
+    var wakeups: Int { state.withLock { $0.wakeups } }
+
     func wait() async {
+        defer { state.withLock { $0.wakeups += 1 } }
         await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let now = state.withLock { state -> Bool in

@@ -145,9 +145,6 @@ public struct StreamingLedger: Sendable {
         return true
     }
 
-    /// Whether readers wait for parts that are not being fetched yet.
-    public var hasUrgent: Bool { !urgent.isEmpty }
-
     /// The next urgent part of any object, marked as being fetched.
     public mutating func claimUrgent() -> Request? {
         while !urgent.isEmpty {
@@ -157,26 +154,19 @@ public struct StreamingLedger: Sendable {
         return nil
     }
 
-    /// What the object's own download should do next.
-    public enum Next: Sendable, Equatable {
-        case fetch(Request)
-        /// Parts are missing, but readers come first: take none now, ask again soon.
-        case yield
-        /// Nothing is missing (some parts may still be under way elsewhere).
-        case none
-    }
-
-    /// The next part the object's own download should fetch: one a reader waits for, else (unless `yielding`: readers
-    /// wait elsewhere, and bandwidth is theirs first) the first missing one.
-    public mutating func claimNext(_ path: String, generation: UInt64, yielding: Bool = false) -> Next {
-        guard let entry = objects[path], entry.generation == generation, entry.state == .streaming else { return .none }
+    /// The next part the object's own download should fetch: one a reader waits for, else the first missing one;
+    /// nil when none is missing (some may still be under way elsewhere).
+    ///
+    /// The download does not pause for readers: it keeps the link full, and the urgent lane adds their parts beside
+    /// it. (Pausing it while readers waited left only the lane's requests in flight, and the whole took longer.)
+    public mutating func claimNext(_ path: String, generation: UInt64) -> Request? {
+        guard let entry = objects[path], entry.generation == generation, entry.state == .streaming else { return nil }
         while let position = urgent.firstIndex(where: { $0.path == path }) {
             let index = urgent.remove(at: position).index
-            if let request = claim(path, index: index) { return .fetch(request) }
+            if let request = claim(path, index: index) { return request }
         }
-        guard let index = entry.parts.firstIndex(of: .missing) else { return .none }
-        if yielding { return .yield }
-        return claim(path, index: index).map(Next.fetch) ?? .none
+        guard let index = entry.parts.firstIndex(of: .missing) else { return nil }
+        return claim(path, index: index)
     }
 
     private mutating func claim(_ path: String, index: Int) -> Request? {

@@ -35,4 +35,32 @@ import Testing
         #expect(decoded.services.first?.restarts == 2)
         #expect(decoded.state == "starting" && !decoded.ready)
     }
+
+    /// With a streaming mount, `/readyz` is 200 once the model can be read, and `/readyz?local` only once every byte
+    /// is on disk and verified; `/status` carries the figures.
+    @Test func readyAndLocalAreTwoFacts() throws {
+        var cachefs = ServiceStatus(name: "cachefs", required: true, state: .running)
+        cachefs.streaming = StreamingStatus(localBytes: 412 << 20, totalBytes: 1024 << 20, waitingReads: 2, refetching: [])
+        var snapshot = HealthSnapshot(state: "ready", ready: true, services: [cachefs], summary: "ready")
+        let respond = { (path: String) in HealthRoutes.respond(method: "GET", path: path, snapshot: snapshot) { [] } }
+        #expect(!snapshot.modelLocal)
+        #expect(respond("/readyz").status == 200)
+        #expect(String(decoding: respond("/readyz").body, as: UTF8.self).contains("still arriving"))
+        #expect(respond("/readyz?local").status == 503)
+        #expect(respond("/readyz?local=1").status == 503)
+        let status = try HealthRoutes.decode(Data(respond("/status").body))
+        #expect(status.services.first?.streaming?.waitingReads == 2)
+        #expect(cachefs.streaming?.summary == "streaming: 412 MiB of 1024 MiB local, 2 reads waiting")
+
+        cachefs.streaming = StreamingStatus(localBytes: 1024 << 20, totalBytes: 1024 << 20, waitingReads: 0, refetching: [])
+        snapshot.services = [cachefs]
+        #expect(snapshot.modelLocal)
+        #expect(respond("/readyz?local").status == 200)
+        // An object fetched again after a failed check is not local yet.
+        cachefs.streaming?.refetching = ["m/shard"]
+        snapshot.services = [cachefs]
+        #expect(respond("/readyz?local").status == 503)
+        snapshot.ready = false
+        #expect(respond("/readyz").status == 503)
+    }
 }

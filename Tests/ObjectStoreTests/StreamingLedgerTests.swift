@@ -1,3 +1,7 @@
+import AsyncHTTPClient
+import CaidCore
+import Foundation
+import Logging
 @testable import ObjectStore
 import Testing
 
@@ -27,32 +31,16 @@ import Testing
         #expect(ledger.claimUrgent() == nil)
     }
 
-    static func index(_ next: StreamingLedger.Next) -> Int? {
-        if case .fetch(let request) = next { return request.part.index }
-        return nil
-    }
-
     @Test func theDownloadTakesAPartAReaderWaitsForBeforeTheNextInOrder() {
         var (ledger, generation) = Self.ledger()
-        #expect(Self.index(ledger.claimNext("shard", generation: generation)) == 0)
+        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 0)
         var since: UInt64?
         _ = ledger.need("shard", range: (33 * Self.mib)..<(34 * Self.mib), generation: generation, since: &since)
-        #expect(Self.index(ledger.claimNext("shard", generation: generation)) == 4)
-        #expect(Self.index(ledger.claimNext("shard", generation: generation)) == 1)
+        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 4)
+        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 1)
         // Part 4 is being fetched: the lane does not take it again.
         #expect(ledger.claimUrgent() == nil)
         #expect(ledger.fetching("shard", generation: generation) == 3)
-    }
-
-    /// While readers wait elsewhere the download takes no new part of its own, but still the ones readers want.
-    @Test func theDownloadYieldsToReadersButStillTakesTheirParts() {
-        var (ledger, generation) = Self.ledger()
-        #expect(ledger.claimNext("shard", generation: generation, yielding: true) == .yield)
-        var since: UInt64?
-        _ = ledger.need("shard", range: 0..<10, generation: generation, since: &since)
-        #expect(Self.index(ledger.claimNext("shard", generation: generation, yielding: true)) == 0)
-        for _ in 0..<4 { _ = ledger.claimNext("shard", generation: generation) }
-        #expect(ledger.claimNext("shard", generation: generation, yielding: true) == .none)
     }
 
     @Test func aReadIsReadyOnceItsPartsArrivedAndFilesNotStreamedNeverWait() {
@@ -115,5 +103,24 @@ import Testing
         #expect(ledger.progress.localBytes == 40 * Self.mib && ledger.progress.streaming == 0)
         var since: UInt64?
         #expect(ledger.need("shard", range: 0..<10, generation: generation, since: &since) == .ready)
+    }
+
+    /// The urgent lane with no reader waiting sleeps: it once gave back the slot it found no part for with a ring of
+    /// its own bell, and so spun a whole core (and, on one CPU, starved caid).
+    @Test func theUrgentLaneSleepsWhileNoReaderWaits() async throws {
+        let download = StreamingDownload()
+        var options = Fetcher.Options()
+        options.streaming = download
+        let endpoint = try Endpoint.resolve(endpoint: URL(string: "http://127.0.0.1:9")!, bucket: "models", region: "cn-test").get()
+        let client = OSSClient(
+            endpoint: endpoint, bucket: "models", credentials: OSSCredentials(accessKeyID: "LTAIlane", secret: Secret(Array("s".utf8))),
+            http: HTTPClient.shared)
+        let fetcher = Fetcher(client: client, prefix: "m", cacheDirectory: "/nonexistent", options: options, logger: Logger(label: "lane"))
+        let lane = Task { await fetcher.serveWaitingReads() }
+        // Not a wait for a state: the time over which a spinning lane would wake thousands of times.
+        try await Task.sleep(for: .milliseconds(300))
+        lane.cancel()
+        await lane.value
+        #expect(download.laneWakeups <= 2, "the idle lane woke \(download.laneWakeups) times")
     }
 }
