@@ -53,16 +53,19 @@ public struct StreamingStatus: Sendable, Codable, Equatable {
     public var waitingReads: Int
     /// Objects whose complete copy did not verify and are fetched again; their readers get EIO meanwhile.
     public var refetching: [String]
+    /// Streamed objects not verified yet (all their bytes may be local, their check still to come).
+    public var arriving: Int
 
-    public init(localBytes: UInt64, totalBytes: UInt64, waitingReads: Int, refetching: [String]) {
+    public init(localBytes: UInt64, totalBytes: UInt64, waitingReads: Int, refetching: [String], arriving: Int) {
         self.localBytes = localBytes
         self.totalBytes = totalBytes
         self.waitingReads = waitingReads
         self.refetching = refetching
+        self.arriving = arriving
     }
 
     /// Everything is local and verified: no read can wait any more.
-    public var complete: Bool { localBytes >= totalBytes && refetching.isEmpty }
+    public var complete: Bool { arriving == 0 && refetching.isEmpty }
 
     /// "412 MiB of 1024 MiB local, 2 reads waiting".
     public var summary: String {

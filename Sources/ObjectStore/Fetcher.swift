@@ -662,8 +662,9 @@ public struct Fetcher: Sendable {
             // A changed object starts over; other failures keep the finished parts for the next attempt.
             if case FetchError.changed = error {
                 discard(stagingPath, checkpointPath)
+                // The final name stays (the file must not vanish from the mount); its readers get EIO until the new
+                // copy is linked there.
                 if let streaming, let generation {
-                    unlink(finalPath)
                     streaming.corrupt(path, generation: generation, reason: "\(object.key) changed in the bucket during the download; it is fetched again")
                 }
             }
@@ -700,8 +701,8 @@ public struct Fetcher: Sendable {
             discard(stagingPath, checkpointPath)
             let failure = FetchError.verification("\(object.key): CRC-64 \(combined) does not match OSS's \(expected); the bytes were damaged or substituted")
             if let streaming, let generation {
-                // Its readers were served only blocks that authenticated; still, this copy is not OSS's object.
-                unlink(finalPath)
+                // Its readers were served only blocks that authenticated; still, this copy is not OSS's object. Its
+                // name stays in the mount, refused (EIO), until the next copy is linked under it.
                 streaming.corrupt(path, generation: generation, reason: "\(failure); it is fetched again")
             }
             throw failure

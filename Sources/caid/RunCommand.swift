@@ -192,7 +192,7 @@ struct ServiceCatalog {
                             let progress = download.progress
                             return StreamingStatus(
                                 localBytes: progress.localBytes, totalBytes: progress.totalBytes, waitingReads: progress.waitingReads,
-                                refetching: progress.refetching)
+                                refetching: progress.refetching, arriving: progress.streaming)
                         }
                     },
                     handle: handle)

@@ -182,39 +182,50 @@ import Glibc
         _ = await setup.stop(daemon)
     }
 
-    /// Every GET of the first download reports a wrong CRC-64 (the bytes right): the mount served blocks that
-    /// authenticated, but once the copy fails its check an open handle gets EIO, health names the object as fetched
-    /// again, and a reader that opens the file again gets the new copy's bytes.
+    /// Every GET reports a wrong CRC-64 (the bytes right) until the test lifts the fault: the mount serves blocks
+    /// that authenticate, but once the copy a handle opened fails its check, that handle gets EIO for good; health
+    /// names the object as fetched again, and once the fault is gone a new open reads the verified copy.
     @Test func aCopyWhoseFinalCRCDoesNotMatchTurnsToEIOAndIsFetchedAgain() async throws {
         let setup = try await Setup(delayMilliseconds: 600)
         defer { setup.remove() }
-        // 6 parts; a reader's urgent part counts too: more than the first copy's GETs, fewer than two copies'.
-        try setup.faults(["wrong_crc_gets": [setup.shardKey: 7]])
+        try setup.faults(["wrong_crc_gets": [setup.shardKey: 1_000_000]])
         let daemon = try await setup.start()
         defer { if daemon.exited() == nil { daemon.signal(SIGKILL); _ = daemon.wait() } }
+        let mismatch = "does not match OSS's"
 
-        // Open now, read the first MiB of the first copy, keep the handle.
-        let fd = open(setup.mountedShard, O_RDONLY)
-        #expect(fd >= 0)
-        defer { close(fd) }
-        let head = await withCheckedContinuation { continuation in
-            Thread {
-                var buffer = [UInt8](repeating: 0, count: 1 << 20)
-                let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
-                continuation.resume(returning: n == buffer.count ? Data(buffer) : Data())
-            }.start()
+        // A handle on a copy still arriving, whose first MiB reads right (a copy already refused opens as EIO: again).
+        var fd: Int32 = -1
+        var head = Data()
+        for _ in 0..<100 where head.isEmpty {
+            if fd >= 0 { close(fd) }
+            fd = open(setup.mountedShard, O_RDONLY)
+            let opened = fd
+            head = await withCheckedContinuation { continuation in
+                Thread {
+                    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                    let n = opened < 0 ? -1 : buffer.withUnsafeMutableBytes { pread(opened, $0.baseAddress, $0.count, 0) }
+                    continuation.resume(returning: n == buffer.count ? Data(buffer) : Data())
+                }.start()
+            }
+            if head.isEmpty { try await Task.sleep(for: .milliseconds(200)) }
         }
+        defer { if fd >= 0 { close(fd) } }
         #expect(head == (try setup.expected(0..<(1 << 20))))
-        let failed = try await setup.wait { !(setup.cachefs($0)?.streaming?.refetching.isEmpty ?? true) || setup.cachefs($0)?.streaming?.complete == true }
-        let refetching = setup.cachefs(failed)?.streaming?.refetching ?? []
-        #expect(daemon.stderr.contains("does not match OSS's"), "\(daemon.stderr)")
-        _ = refetching  // health may have moved on to the new copy already; the log says what happened
+        // Every copy fails while the fault lasts: one failing after the open means the handle's copy has failed.
+        let failedBefore = daemon.stderr.components(separatedBy: mismatch).count
+        let failed = try await setup.wait { _ in daemon.stderr.components(separatedBy: mismatch).count > failedBefore }
+        #expect(failed != nil, "no copy failed its check: \(daemon.stderr)")
+        let refetching = try await setup.wait { !(setup.cachefs($0)?.streaming?.refetching.isEmpty ?? true) }
+        #expect(setup.cachefs(refetching)?.streaming?.refetching == [setup.shardKey], "health did not name the object fetched again")
+
+        try setup.faults([:])
         let done = try await setup.wait { setup.cachefs($0)?.streaming?.complete == true }
         #expect(done != nil, "the shard was not fetched again: \(daemon.stderr)")
-        // The handle opened on the first copy stays refused; a new open reads the verified copy.
+        // The handle opened on a copy that failed stays refused; a new open reads the verified copy.
         var buffer = [UInt8](repeating: 0, count: 4096)
         let stale = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(30 << 20)) }
-        #expect(stale < 0 && errno == EIO, "a handle on the copy that failed its check read \(stale) bytes")
+        let staleErrno = errno
+        #expect(stale < 0 && staleErrno == EIO, "a handle on the copy that failed its check read \(stale) bytes")
         let again = await Self.read(setup.mountedShard)
         #expect(again.errno == 0)
         #expect(again.bytes == (try setup.expected(0..<(StreamingMountTests.shardMiB << 20))))

@@ -40,7 +40,7 @@ import Testing
     /// is on disk and verified; `/status` carries the figures.
     @Test func readyAndLocalAreTwoFacts() throws {
         var cachefs = ServiceStatus(name: "cachefs", required: true, state: .running)
-        cachefs.streaming = StreamingStatus(localBytes: 412 << 20, totalBytes: 1024 << 20, waitingReads: 2, refetching: [])
+        cachefs.streaming = StreamingStatus(localBytes: 412 << 20, totalBytes: 1024 << 20, waitingReads: 2, refetching: [], arriving: 3)
         var snapshot = HealthSnapshot(state: "ready", ready: true, services: [cachefs], summary: "ready")
         let respond = { (path: String) in HealthRoutes.respond(method: "GET", path: path, snapshot: snapshot) { [] } }
         #expect(!snapshot.modelLocal)
@@ -52,7 +52,11 @@ import Testing
         #expect(status.services.first?.streaming?.waitingReads == 2)
         #expect(cachefs.streaming?.summary == "streaming: 412 MiB of 1024 MiB local, 2 reads waiting")
 
-        cachefs.streaming = StreamingStatus(localBytes: 1024 << 20, totalBytes: 1024 << 20, waitingReads: 0, refetching: [])
+        // Every byte local, one object's check still to come: not yet.
+        cachefs.streaming = StreamingStatus(localBytes: 1024 << 20, totalBytes: 1024 << 20, waitingReads: 0, refetching: [], arriving: 1)
+        snapshot.services = [cachefs]
+        #expect(!snapshot.modelLocal)
+        cachefs.streaming?.arriving = 0
         snapshot.services = [cachefs]
         #expect(snapshot.modelLocal)
         #expect(respond("/readyz?local").status == 200)
