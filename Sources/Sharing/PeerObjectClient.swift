@@ -40,9 +40,17 @@ public struct PeerObjectClient: Sendable {
                 }
                 .connect(host: host, port: port).get()
             let response = channel.eventLoop.makePromise(of: (HTTPResponseStatus, [UInt8]).self)
-            try await channel.eventLoop.submit {
-                try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: response, limit: expected + 4096))
-            }.get()
+            do {
+                try await channel.eventLoop.submit {
+                    try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: response, limit: expected + 4096))
+                }.get()
+            } catch {
+                // The peer closed first (a refused handshake does): the promise must still be completed, or NIO traps
+                // on a leaked promise in a debug build.
+                response.fail(error)
+                channel.close(promise: nil)
+                throw error
+            }
             let encoded = key.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "?#"))) ?? key
             var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/v1/objects/" + encoded)
             head.headers.add(name: "Host", value: host)
