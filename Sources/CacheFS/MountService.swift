@@ -96,7 +96,7 @@ public struct MountService: Service {
         handle.logger.info("model unmounted from \(mountpoint)")
     }
 
-    /// Publishes the download's progress every second while the mount runs (and once more when all is local).
+    /// Publishes the download's progress while the mount runs, each change within a second.
     private func report(_ streaming: Streaming) async {
         var last: StreamingStatus?
         while !Task.isCancelled {

@@ -35,40 +35,18 @@ public struct FileStamp: Sendable, Equatable, Codable {
 
 /// Asks the fetch service to bring the cache back to what the bucket lists, after the mount found it damaged.
 public final class CacheRepairs: Sendable {
-    private let pending = Mutex<(requested: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+    private let bell = Doorbell()
 
     public init() {}
 
     /// Records a request; a waiting fetch service wakes up.
     public func request() {
-        pending.withLock { state in
-            defer { state.waiter = nil }
-            state.requested = true
-            return state.waiter
-        }?.resume()
+        bell.ring()
     }
 
     /// Returns once a repair is requested (consuming the request), or at once when cancelled.
     public func wait() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now = pending.withLock { state -> Bool in
-                    if state.requested || Task.isCancelled {
-                        state.requested = false
-                        return true
-                    }
-                    state.waiter = continuation
-                    return false
-                }
-                if now { continuation.resume() }
-            }
-        } onCancel: {
-            pending.withLock { state in
-                defer { state.waiter = nil }
-                return state.waiter
-            }?.resume()
-        }
-        pending.withLock { $0.requested = false }
+        await bell.wait()
     }
 }
 

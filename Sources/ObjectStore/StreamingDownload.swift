@@ -22,6 +22,7 @@ public final class StreamingDownload: @unchecked Sendable {
         self.readTimeout = readTimeout
     }
 
+    /// A change: waiting readers look again.
     private func locked<T>(_ body: (inout StreamingLedger) -> T) -> T {
         condition.lock()
         defer {
@@ -29,6 +30,13 @@ public final class StreamingDownload: @unchecked Sendable {
             condition.unlock()
         }
         return body(&ledger)
+    }
+
+    /// A look that changes nothing, so wakes no one.
+    private func reading<T>(_ body: (StreamingLedger) -> T) -> T {
+        condition.lock()
+        defer { condition.unlock() }
+        return body(ledger)
     }
 
     /// Blocks the calling (FUSE) thread until ciphertext bytes `range` of the copy `generation` of `path` are on
@@ -66,7 +74,7 @@ public final class StreamingDownload: @unchecked Sendable {
 
     /// The generation of `path`'s current copy; nil for a file that is not streamed.
     public func generation(of path: String) -> UInt64? {
-        locked { $0.generation(of: path) }
+        reading { $0.generation(of: path) }
     }
 
     /// Ends the waits under way now: they return that the mount is stopping.
@@ -75,7 +83,7 @@ public final class StreamingDownload: @unchecked Sendable {
     }
 
     public var progress: StreamingLedger.Progress {
-        locked { $0.progress }
+        reading { $0.progress }
     }
 
     /// Whether a fetch ran to its end (every object verified, the cache reconciled) and none runs now: only then
@@ -99,7 +107,7 @@ public final class StreamingDownload: @unchecked Sendable {
     }
 
     func streamingFile(_ path: String, object: ObjectSummary) -> UInt64? {
-        locked { $0.streamingFile(path, object: object) }
+        reading { $0.streamingFile(path, object: object) }
     }
 
     func claimNext(_ path: String, generation: UInt64) -> StreamingLedger.Request? {
@@ -111,11 +119,11 @@ public final class StreamingDownload: @unchecked Sendable {
     }
 
     func fetching(_ path: String, generation: UInt64) -> Int {
-        locked { $0.fetching(path, generation: generation) }
+        reading { $0.fetching(path, generation: generation) }
     }
 
     func present(_ path: String, generation: UInt64) -> [Int: UInt64] {
-        locked { $0.present(path, generation: generation) }
+        reading { $0.present(path, generation: generation) }
     }
 
     func partArrived(_ path: String, generation: UInt64, index: Int, crc: UInt64) {
@@ -160,7 +168,7 @@ public final class StreamingDownload: @unchecked Sendable {
 }
 
 /// A bell that remembers one ring: ``wait()`` returns at once when it rang since the last wait, else at the next
-/// ring or when the task is cancelled.
+/// ring or when the task is cancelled. The urgent lane's wake-up, and ``CacheRepairs``.
 final class Doorbell: Sendable {
     private struct State {
         var rung = false
@@ -199,7 +207,11 @@ final class Doorbell: Sendable {
                 if now { continuation.resume() }
             }
         } onCancel: {
-            ring()
+            // Wakes the waiter without leaving a ring behind for the next wait.
+            state.withLock { state in
+                defer { state.waiter = nil }
+                return state.waiter
+            }?.resume()
         }
     }
 }
