@@ -37,6 +37,8 @@ let package = Package(
         // glibc's GNU extensions: malloc_trim (the gateway gives the heap back after a burst), sync_file_range (the
         // fetcher writes back as it downloads).
         .systemLibrary(name: "CGNU"),
+        // OpenSSL's libcrypto: AES-256-GCM with one key schedule for a run of gocryptfs blocks (the mount's reads).
+        .systemLibrary(name: "CLibcrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // The declaration of libFuzzer's driver entry; the library itself comes with `-sanitize=fuzzer` (scripts/fuzz.sh).
         .systemLibrary(name: "CLibFuzzer"),
 
@@ -78,6 +80,7 @@ let package = Package(
         .target(
             name: "Gocryptfs",
             dependencies: [
+                "CLibcrypto",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],

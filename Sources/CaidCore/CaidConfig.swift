@@ -187,7 +187,6 @@ public struct CaidConfig: Sendable {
         public static let modelMountPoint = "/tmp/model"
         public static let healthSocket = "/run/caid/caid.sock"
         public static let cacheDirectory = "/var/lib/caid"
-        public static let envFile = "/etc/caid/cai.env"
     }
 
     /// Keys whose values are secrets: never printed, logged or echoed in an error.

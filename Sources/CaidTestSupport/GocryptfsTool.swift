@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Gocryptfs
 
 /// The real `gocryptfs` (Debian package) and a tree of test files covering the format's edge cases.
 public enum GocryptfsTool {
@@ -139,5 +140,12 @@ public enum GocryptfsTool {
         }
         try walk("")
         return result
+    }
+}
+
+extension Volume {
+    /// The on-disk name of plaintext `name` in `directory`: where a test finds the ciphertext of a file to damage.
+    public func diskName(of name: [UInt8], in directory: String) throws(GocryptfsError) -> String {
+        try names.diskName(for: name, iv: directoryIV(directory)).entry
     }
 }

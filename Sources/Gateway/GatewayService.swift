@@ -71,7 +71,14 @@ public struct GatewayService: Service {
                 if let rules = installed {
                     group.addTask { await Self.watch(rules, every: Self.ruleCheckInterval, logger: logger) }
                 }
-                group.addTask { await self.renewCertificates(first: first, server: server, detail: detail) }
+                let renewer = CertificateRenewer(purpose: "gateway", refresh: configuration.certificateLifetime, logger: logger) {
+                    try await self.certificate()
+                } install: { fresh in
+                    try server.renew(fresh)
+                    detail.carried = self.carried(fresh)
+                    await self.handle.running(detail.text)
+                }
+                group.addTask { await renewer.run(first: first) }
                 group.addTask { await Self.reportBudget(detail, every: Self.budgetReportInterval, handle: self.handle) }
                 await group.waitForAll()
             }
@@ -138,56 +145,9 @@ public struct GatewayService: Service {
         }
     }
 
-    /// Renews the certificate on its timer until cancelled.
-    private func renewCertificates(first: AttestedCertificate, server: GatewayServer, detail: GatewayDetail) async {
-        let logger = handle.logger
-        var current = first
-        var delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry, now: Date())
-        while !Task.isCancelled {
-            try? await Task.sleep(for: delay)
-            if Task.isCancelled { break }
-            do {
-                let fresh = try await self.certificate()
-                try server.renew(fresh)
-                current = fresh
-                delay = Self.renewalDelay(refresh: configuration.certificateLifetime, tokenExpiry: fresh.tokenExpiry, now: Date())
-                detail.carried = carried(fresh)
-                await handle.running(detail.text)
-                logger.debug("gateway certificate renewed", metadata: ["model": "\(configuration.attestationModel.rawValue)"])
-            } catch {
-                delay = Self.retryDelay(refresh: configuration.certificateLifetime, tokenExpiry: current.tokenExpiry)
-                if let expiry = current.tokenExpiry, expiry <= Date() {
-                    // Still fail closed: clients refuse the expired token; nothing is served unattested.
-                    logger.error("the gateway's passport token expired at \(expiry) and cannot be renewed; TNG passport clients refuse this gateway until the Attestation Service answers: \(error)")
-                } else {
-                    // The current certificate stays valid; keep serving it and say why renewal failed.
-                    logger.warning("cannot renew the gateway certificate, keeping the current one: \(error)")
-                }
-            }
-        }
-    }
-
     private func carried(_ certificate: AttestedCertificate) -> String {
         guard let expiry = certificate.tokenExpiry else { return "\(attester.tee) evidence in the certificate (background check)" }
         return "an Attestation Service token for \(attester.tee) evidence in the certificate (passport), valid until \(expiry)"
-    }
-
-    /// When to make the next certificate: after the refresh interval, or before the passport token expires,
-    /// whichever is sooner. TNG renews when the token has expired (tng/src/tunnel/utils/maybe_cached.rs, commit
-    /// ffb70b6 in v2.2.6), so its clients can meet an expired one; caid renews a fifth of the token's remaining
-    /// life early, at most a minute.
-    static func renewalDelay(refresh: Duration, tokenExpiry: Date?, now: Date) -> Duration {
-        guard let tokenExpiry else { return refresh }
-        let left = tokenExpiry.timeIntervalSince(now)
-        let early = min(60, max(0, left) / 5)
-        let wait = Duration.milliseconds(Int64(max(1, left - early) * 1000))
-        return min(refresh, wait)
-    }
-
-    /// After a failed renewal: a passport's token runs out, so try again soon; evidence in a six-hour certificate
-    /// can wait for the next interval.
-    static func retryDelay(refresh: Duration, tokenExpiry: Date?) -> Duration {
-        tokenExpiry == nil ? refresh : min(refresh, .seconds(15))
     }
 
     private func certificate() async throws -> AttestedCertificate {

@@ -1,3 +1,4 @@
+import CLibcrypto
 import Crypto
 import Foundation
 
@@ -61,13 +62,6 @@ public struct ContentCipher: Sendable {
         return body - overhead
     }
 
-    /// The ciphertext size of a file of `plainSize` bytes.
-    public static func cipherSize(plainSize: UInt64) -> UInt64 {
-        guard plainSize > 0 else { return 0 }
-        let blocks = (plainSize + UInt64(plainBlockSize) - 1) / UInt64(plainBlockSize)
-        return UInt64(headerSize) + plainSize + blocks * UInt64(blockOverhead)
-    }
-
     /// The ciphertext offset where block `number` starts.
     public static func cipherOffset(ofBlock number: UInt64) -> UInt64 {
         UInt64(headerSize) + number * UInt64(cipherBlockSize)
@@ -89,24 +83,79 @@ public struct ContentCipher: Sendable {
     public func decryptBlock(
         _ block: UnsafeRawBufferPointer, number: UInt64, fileID: [UInt8], holes: HolePolicy = .zeros
     ) throws(GocryptfsError) -> [UInt8] {
-        guard block.count > Self.blockOverhead, block.count <= Self.cipherBlockSize else {
-            throw GocryptfsError(.corruptBlock, "block \(number) is \(block.count) bytes, not a valid block size")
-        }
-        if block.count == Self.cipherBlockSize, Self.isZero(block) {
-            guard holes == .zeros else {
-                throw GocryptfsError(.corruptBlock, "block \(number) is all zeros: a downloaded model has no holes, so it was overwritten")
+        let opener = try blockOpener()
+        var failure: GocryptfsError?
+        let plain = [UInt8](unsafeUninitializedCapacity: Self.plainBlockSize) { out, initialized in
+            do throws(GocryptfsError) {
+                initialized = try opener.open(block, number: number, fileID: fileID, holes: holes, into: UnsafeMutableRawBufferPointer(out))
+            } catch {
+                failure = error
+                initialized = 0
             }
-            return [UInt8](repeating: 0, count: Self.plainBlockSize)
         }
-        guard Self.isZero(UnsafeRawBufferPointer(rebasing: block[0..<Self.nonceSize])) == false else {
-            throw GocryptfsError(.corruptBlock, "block \(number) has an all-zero nonce (a damaged block)")
+        if let failure { throw failure }
+        return plain
+    }
+
+    /// A context that opens block after block under this key (one key schedule for all of them), for a reader of a
+    /// run of blocks. One per thread.
+    public func blockOpener() throws(GocryptfsError) -> BlockOpener {
+        guard let opener = BlockOpener(key: key) else {
+            throw GocryptfsError(.io, "OpenSSL could not set up AES-256-GCM (libcrypto: EVP_aes_256_gcm)")
         }
-        do {
-            return try open(
-                nonce: block[0..<Self.nonceSize], ciphertext: block[Self.nonceSize..<(block.count - Self.tagSize)],
-                tag: block[(block.count - Self.tagSize)...], blockNumber: number, fileID: fileID)
-        } catch {
-            throw GocryptfsError(.corruptBlock, "block \(number) fails authentication (damaged, swapped or moved)")
+        return opener
+    }
+
+    /// Opens gocryptfs content blocks with OpenSSL's AES-256-GCM, its key schedule set up once (see CLibcrypto).
+    public final class BlockOpener {
+        private let context: OpaquePointer
+
+        init?(key: SymmetricKey) {
+            guard let context = key.withUnsafeBytes({ caid_gcm_new($0.baseAddress?.assumingMemoryBound(to: UInt8.self)) }) else { return nil }
+            self.context = context
+        }
+
+        deinit { caid_gcm_free(context) }
+
+        /// Decrypts one ciphertext block (nonce ‖ data ‖ tag) into `out` (at least 4096 bytes) and returns how many
+        /// plaintext bytes it wrote. A whole block of zeros is a hole that reads as zeros, unless `holes` is
+        /// ``HolePolicy/refuse``.
+        /// - Throws: ``GocryptfsError/Code/corruptBlock`` naming the block; `out` then holds nothing to use.
+        public func open(
+            _ block: UnsafeRawBufferPointer, number: UInt64, fileID: [UInt8], holes: HolePolicy, into out: UnsafeMutableRawBufferPointer
+        ) throws(GocryptfsError) -> Int {
+            guard block.count > ContentCipher.blockOverhead, block.count <= ContentCipher.cipherBlockSize, let source = block.baseAddress else {
+                throw GocryptfsError(.corruptBlock, "block \(number) is \(block.count) bytes, not a valid block size")
+            }
+            let length = block.count - ContentCipher.blockOverhead
+            guard fileID.count == 16 else {
+                throw GocryptfsError(.corruptHeader, "block \(number): the file ID is \(fileID.count) bytes, not 16")
+            }
+            guard out.count >= length, let target = out.baseAddress else {
+                throw GocryptfsError(.corruptBlock, "block \(number): no room for its \(length) plaintext bytes")
+            }
+            if block.count == ContentCipher.cipherBlockSize, ContentCipher.isZero(block) {
+                guard holes == .zeros else {
+                    throw GocryptfsError(.corruptBlock, "block \(number) is all zeros: a downloaded model has no holes, so it was overwritten")
+                }
+                target.initializeMemory(as: UInt8.self, repeating: 0, count: length)
+                return length
+            }
+            guard ContentCipher.isZero(UnsafeRawBufferPointer(rebasing: block[0..<ContentCipher.nonceSize])) == false else {
+                throw GocryptfsError(.corruptBlock, "block \(number) has an all-zero nonce (a damaged block)")
+            }
+            // The associated data, as gocryptfs's contentenc builds it: the block number (big-endian) ‖ the file ID.
+            var aad: (UInt64, UInt64, UInt64) = (number.bigEndian, 0, 0)
+            let authentic = withUnsafeMutableBytes(of: &aad) { aadBytes in
+                fileID.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: aadBytes[8...]).copyMemory(from: $0) }
+                return caid_gcm_open_block(
+                    context, source.assumingMemoryBound(to: UInt8.self), block.count,
+                    aadBytes.baseAddress?.assumingMemoryBound(to: UInt8.self), aadBytes.count, target.assumingMemoryBound(to: UInt8.self))
+            }
+            guard authentic == 1 else {
+                throw GocryptfsError(.corruptBlock, "block \(number) fails authentication (damaged, swapped or moved)")
+            }
+            return length
         }
     }
 

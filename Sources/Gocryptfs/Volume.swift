@@ -101,11 +101,6 @@ public final class Volume: Sendable {
         return try names.decrypt(encrypted, iv: iv)
     }
 
-    /// The on-disk name of plaintext `name` in `directory` (for lookups: names are deterministic per directory).
-    public func diskName(of name: [UInt8], in directory: String) throws(GocryptfsError) -> String {
-        try names.diskName(for: name, iv: directoryIV(directory)).entry
-    }
-
     /// Decrypts the target of the symlink at `relative`.
     public func readLink(_ relative: String) throws(GocryptfsError) -> [UInt8] {
         let linkPath = path(relative)
@@ -209,10 +204,12 @@ public final class CipherFile: @unchecked Sendable {
         let lastBlock = (end - 1) / UInt64(ContentCipher.plainBlockSize)
         let cipherStart = ContentCipher.cipherOffset(ofBlock: firstBlock)
         let cipherLength = Int(lastBlock - firstBlock + 1) * ContentCipher.cipherBlockSize
-        var cipher = [UInt8](repeating: 0, count: cipherLength)
+        // Uninitialized: pread fills it, and only the `got` bytes it filled are looked at.
+        let cipher = UnsafeMutableRawBufferPointer.allocate(byteCount: cipherLength, alignment: 16)
+        defer { cipher.deallocate() }
         var got = 0
         while got < cipherLength {
-            let n = cipher.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + got, cipherLength - got, off_t(cipherStart) + off_t(got)) }
+            let n = pread(fd, cipher.baseAddress! + got, cipherLength - got, off_t(cipherStart) + off_t(got))
             if n < 0, errno == EINTR { continue }
             guard n >= 0 else { throw GocryptfsError(.io, "\(path): \(String(cString: strerror(errno)))") }
             if n == 0 { break }
@@ -223,45 +220,50 @@ public final class CipherFile: @unchecked Sendable {
         let failure = Mutex<GocryptfsError?>(nil)
         let plain = [UInt8](unsafeUninitializedCapacity: Int(end - offset)) { output, initialized in
             let out = SharedPointer(output.baseAddress!)
-            cipher.withUnsafeBytes { all in
-                let source = SharedPointer(all.baseAddress!)
-                // Decrypts blocks [first, last) of this request straight into their place in the output.
-                let decrypt: @Sendable (Int, Int) -> Void = { first, last in
+            let source = SharedPointer(UnsafeRawPointer(cipher.baseAddress!))
+            // Decrypts blocks [first, last) of this request straight into their place in the output; only a block
+            // the range starts or ends inside goes through a scratch block first.
+            let decrypt: @Sendable (Int, Int) -> Void = { first, last in
+                do throws(GocryptfsError) {
+                    let opener = try self.content.blockOpener()
+                    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ContentCipher.plainBlockSize, alignment: 16)
+                    defer { scratch.deallocate() }
                     for index in first..<last {
                         let position = index * ContentCipher.cipherBlockSize
                         let length = min(ContentCipher.cipherBlockSize, received - position)
                         let block = firstBlock + UInt64(index)
                         guard length > 0 else {
-                            failure.withLock { $0 = $0 ?? GocryptfsError(.corruptBlock, "\(self.path): block \(block) is missing (file truncated)") }
-                            return
-                        }
-                        let decrypted: [UInt8]
-                        do throws(GocryptfsError) {
-                            decrypted = try self.content.decryptBlock(
-                                UnsafeRawBufferPointer(start: UnsafeRawPointer(source.pointer) + position, count: length), number: block, fileID: fileID,
-                                holes: self.refusesHoles ? .refuse : .zeros)
-                        } catch {
-                            failure.withLock { $0 = $0 ?? GocryptfsError(error.code, "\(self.path): \(error.message)") }
-                            return
+                            throw GocryptfsError(.corruptBlock, "block \(block) is missing (file truncated)")
                         }
                         let blockStart = block * UInt64(ContentCipher.plainBlockSize)
-                        let from = Int(max(offset, blockStart) - blockStart)
-                        let to = Int(min(end, blockStart + UInt64(decrypted.count)) - blockStart)
-                        guard from < to else { continue }
-                        decrypted.withUnsafeBytes { bytes in
-                            (UnsafeMutableRawPointer(out.pointer) + Int(blockStart + UInt64(from) - offset))
-                                .copyMemory(from: bytes.baseAddress! + from, byteCount: to - from)
+                        let from = max(offset, blockStart)
+                        let cipherBytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(source.pointer) + position, count: length)
+                        let destination = UnsafeMutableRawPointer(out.pointer) + Int(from - offset)
+                        let holes: ContentCipher.HolePolicy = self.refusesHoles ? .refuse : .zeros
+                        if from == blockStart, blockStart + UInt64(ContentCipher.plainBlockSize) <= end {
+                            let written = try opener.open(cipherBytes, number: block, fileID: fileID, holes: holes,
+                                                          into: UnsafeMutableRawBufferPointer(start: destination, count: ContentCipher.plainBlockSize))
+                            guard written == ContentCipher.plainBlockSize else {
+                                throw GocryptfsError(.corruptBlock, "block \(block) is short (\(written) bytes) before the end of the file")
+                            }
+                        } else {
+                            let written = try opener.open(cipherBytes, number: block, fileID: fileID, holes: holes, into: scratch)
+                            let to = min(end, blockStart + UInt64(written))
+                            guard from < to else { continue }
+                            destination.copyMemory(from: scratch.baseAddress! + Int(from - blockStart), byteCount: Int(to - from))
                         }
                     }
+                } catch {
+                    failure.withLock { $0 = $0 ?? GocryptfsError(error.code, "\(self.path): \(error.message)") }
                 }
-                // Large requests (the kernel's readahead) are decrypted on all cores.
-                let parts = blockCount >= Self.parallelThreshold ? Self.cores : 1
-                if parts == 1 {
-                    decrypt(0, blockCount)
-                } else {
-                    DispatchQueue.concurrentPerform(iterations: parts) { part in
-                        decrypt(blockCount * part / parts, blockCount * (part + 1) / parts)
-                    }
+            }
+            // Large requests (the kernel's readahead) are decrypted on all cores.
+            let parts = blockCount >= Self.parallelThreshold ? Self.cores : 1
+            if parts == 1 {
+                decrypt(0, blockCount)
+            } else {
+                DispatchQueue.concurrentPerform(iterations: parts) { part in
+                    decrypt(blockCount * part / parts, blockCount * (part + 1) / parts)
                 }
             }
             initialized = Int(end - offset)

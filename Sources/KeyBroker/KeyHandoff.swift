@@ -22,16 +22,15 @@ public final class KeyHandoff: Sendable {
 
     /// Hands the password to a waiting mount, or keeps it until the mount asks. A password kept from before is wiped.
     public func offer(_ password: Secret) {
-        let (taker, watchers) = state.withLock { state -> (CheckedContinuation<Secret, any Error>?, [CheckedContinuation<Void, Never>]) in
+        let taker = state.withLock { state -> CheckedContinuation<Secret, any Error>? in
             if let id = state.takers.keys.min() {
-                return (state.takers.removeValue(forKey: id), [])
+                return state.takers.removeValue(forKey: id)
             }
             state.secret?.wipe()
             state.secret = password
-            return (nil, [])
+            return nil
         }
         taker?.resume(returning: password)
-        watchers.forEach { $0.resume() }
     }
 
     /// The password, waiting until the key service has one. The caller owns it and must wipe it.

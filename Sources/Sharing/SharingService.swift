@@ -10,18 +10,30 @@ import ServiceLifecycle
 /// source for this host's downloads.
 public struct SharingService: Service {
     private let peers: AttestedPeers
+    private let first: AttestedCertificate
     private let server: PeerObjectServer
     private let source: PeerRangeSource
     private let port: Int
     private let attester: any Attester
+    private let gpu: GPUAttester?
+    private let certificateRefresh: Duration
     private let handle: ServiceHandle
 
-    public init(peers: AttestedPeers, server: PeerObjectServer, source: PeerRangeSource, port: Int, attester: any Attester, handle: ServiceHandle) {
+    /// - Parameters:
+    ///   - first: the certificate `peers` presents now, renewed from here on every `certificateRefresh`
+    ///     (`CAID_GATEWAY_CERT_REFRESH`) with fresh evidence from `attester` and `gpu`, as the gateway's is.
+    public init(
+        peers: AttestedPeers, first: AttestedCertificate, server: PeerObjectServer, source: PeerRangeSource, port: Int,
+        attester: any Attester, gpu: GPUAttester?, certificateRefresh: Duration, handle: ServiceHandle
+    ) {
         self.peers = peers
+        self.first = first
         self.server = server
         self.source = source
         self.port = port
         self.attester = attester
+        self.gpu = gpu
+        self.certificateRefresh = certificateRefresh
         self.handle = handle
     }
 
@@ -32,24 +44,32 @@ public struct SharingService: Service {
         } catch {
             throw ServiceFailure("cannot listen for sharing peers on port \(port): \(error)")
         }
+        let (peers, attester, gpu) = (self.peers, self.attester, self.gpu)
+        let renewer = CertificateRenewer(purpose: "sharing", refresh: certificateRefresh, logger: handle.logger) {
+            try AttestedCertificate.make(attester: attester, gpu: gpu)
+        } install: { fresh in
+            try peers.renew(fresh)
+        }
         await cancelWhenGracefulShutdown {
-            var last = ""
-            var renewed = ContinuousClock.now
-            while !Task.isCancelled {
-                let line = "serving verified objects on port \(bound); peers: \(source.summary)"
-                if line != last {
-                    await handle.running(line)
-                    last = line
-                }
-                try? await Task.sleep(for: .milliseconds(500))
-                if ContinuousClock.now - renewed > .seconds(600) {
-                    renewed = ContinuousClock.now
-                    do { try peers.renew(try AttestedCertificate.make(attester: attester)) } catch {
-                        handle.logger.warning("cannot renew the sharing certificate, keeping the current one: \(error)")
-                    }
-                }
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await renewer.run(first: first) }
+                group.addTask { await reportPeers(port: bound) }
+                await group.waitForAll()
             }
         }
         await server.stop()
+    }
+
+    /// Shows in health how each peer stands, whenever that changes, until cancelled.
+    private func reportPeers(port: Int) async {
+        var last = ""
+        while !Task.isCancelled {
+            let line = "serving verified objects on port \(port); peers: \(source.summary)"
+            if line != last {
+                await handle.running(line)
+                last = line
+            }
+            try? await Task.sleep(for: .milliseconds(500))
+        }
     }
 }

@@ -125,7 +125,9 @@ struct ServiceCatalog {
                 let verifier = PeerVerifier(
                     attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], tokenTrust: tokenTrust,
                     allowSample: provider.attester.tee == .sample, http: kbsHTTP)
-                let peers = try AttestedPeers(certificate: try AttestedCertificate.make(attester: provider.attester), verifier: verifier, logger: logger)
+                // The same evidence as the gateway's certificate: the TDX quote and, on a GPU host, the GPUs'.
+                let certificate = try AttestedCertificate.make(attester: provider.attester, gpu: provider.gpu)
+                let peers = try AttestedPeers(certificate: certificate, verifier: verifier, logger: logger)
                 let port = Int(config.sharingPort)
                 let source = PeerRangeSource(hosts: config.sharingPeers, client: PeerObjectClient(peers: peers, port: port), logger: logger)
                 var limits = PeerObjectServer.Limits()
@@ -135,7 +137,9 @@ struct ServiceCatalog {
                     peers: peers, cacheDirectory: config.modelCacheDirectory, prefix: config.objectStorage.prefix, limits: limits, logger: logger)
                 options.alternate = source
                 sharing = ServiceSpec(name: "sharing", required: false) {
-                    SharingService(peers: peers, server: server, source: source, port: port, attester: provider.attester, handle: $0)
+                    SharingService(
+                        peers: peers, first: certificate, server: server, source: source, port: port, attester: provider.attester,
+                        gpu: provider.gpu, certificateRefresh: config.gateway.certificateRefresh, handle: $0)
                 }
             } catch {
                 // Sharing only saves bandwidth: without it this host downloads from OSS, as it would alone.

@@ -389,12 +389,12 @@ import Testing
     @Test func renewalComesBeforeTheTokenExpires() {
         let now = Date()
         let refresh = Duration.seconds(600)
-        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: nil, now: now) == refresh)
-        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(3600), now: now) == refresh)
-        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(300), now: now) == .seconds(240))
-        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(10), now: now) == .seconds(8))
-        #expect(GatewayService.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(-5), now: now) == .seconds(1))
-        #expect(GatewayService.retryDelay(refresh: refresh, tokenExpiry: now) == .seconds(15))
-        #expect(GatewayService.retryDelay(refresh: refresh, tokenExpiry: nil) == refresh)
+        #expect(CertificateRenewer.renewalDelay(refresh: refresh, tokenExpiry: nil, now: now) == refresh)
+        #expect(CertificateRenewer.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(3600), now: now) == refresh)
+        #expect(CertificateRenewer.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(300), now: now) == .seconds(240))
+        #expect(CertificateRenewer.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(10), now: now) == .seconds(8))
+        #expect(CertificateRenewer.renewalDelay(refresh: refresh, tokenExpiry: now.addingTimeInterval(-5), now: now) == .seconds(1))
+        #expect(CertificateRenewer.retryDelay(refresh: refresh, tokenExpiry: now) == .seconds(15))
+        #expect(CertificateRenewer.retryDelay(refresh: refresh, tokenExpiry: nil) == refresh)
     }
 }
