@@ -42,20 +42,30 @@ let package = Package(
         // The declaration of libFuzzer's driver entry; the library itself comes with `-sanitize=fuzzer` (scripts/fuzz.sh).
         .systemLibrary(name: "CLibFuzzer"),
 
-        // Configuration, supervision and the health registry: no I/O beyond reading cai.env.
+        // The foundation every module may use: secrets in wipeable memory, the base64url codec, the positioned read
+        // and write loops, resource URIs, signals, the failure classification. No configuration, no services.
+        .target(name: "CaidBase", swiftSettings: strict),
+        // The service runtime: the supervisor with its restart policy, service status and the health registry.
         .target(
             name: "CaidCore",
             dependencies: [
+                "CaidBase",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: strict
+        ),
+        // cai.env and caid's own settings, as the daemon reads them; only the daemon (and its fuzz target) use it.
+        .target(
+            name: "CaidConfiguration",
+            dependencies: ["CaidBase", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // sd_notify, the watchdog and the journald log handler.
         .target(
             name: "CaidSystemd",
             dependencies: [
-                "CaidCore", "CSystemd",
+                "CSystemd", "CaidBase", "CaidCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -80,7 +90,7 @@ let package = Package(
         .target(
             name: "Gocryptfs",
             dependencies: [
-                "CLibcrypto",
+                "CLibcrypto", "CaidBase",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],
@@ -90,7 +100,7 @@ let package = Package(
         .target(
             name: "CacheFS",
             dependencies: [
-                "Gocryptfs", "CFuse3", "CaidCore",
+                "CFuse3", "CaidBase", "CaidCore", "Gocryptfs",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -100,7 +110,7 @@ let package = Package(
         .target(
             name: "ObjectStore",
             dependencies: [
-                "CaidCore", "CGNU",
+                "CGNU", "CaidBase", "CaidCore",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -113,14 +123,14 @@ let package = Package(
         // TEE evidence: TDX through configfs-tsm, NVIDIA GPUs through NVML (loaded at run time), and the sample attester.
         .target(
             name: "Attestation",
-            dependencies: ["CTDXGuest", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CTDXGuest", "CaidBase", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // The Trustee KBS client (RCAR, both dialects, JWE) and the attestation and key services.
         .target(
             name: "KeyBroker",
             dependencies: [
-                "Attestation", "CaidCore",
+                "CaidBase", "CaidCore", "Attestation",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -135,7 +145,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Attestation", "CaidCore", "CGNU",
+                "CGNU", "CaidBase", "CaidCore", "Attestation",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -158,7 +168,7 @@ let package = Package(
         .target(
             name: "Sharing",
             dependencies: [
-                "Gateway", "ObjectStore", "CaidCore", "Attestation",
+                "CaidBase", "CaidCore", "ObjectStore", "Attestation", "Gateway",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -174,7 +184,7 @@ let package = Package(
         .executableTarget(
             name: "caid",
             dependencies: [
-                "CaidCore", "CaidControl", "CaidSystemd", "Gocryptfs", "CacheFS", "ObjectStore", "Attestation", "KeyBroker", "Gateway", "Sharing",
+                "CaidBase", "CaidCore", "CaidConfiguration", "CaidSystemd", "CaidControl", "Gocryptfs", "CacheFS", "ObjectStore", "Attestation", "KeyBroker", "Gateway", "Sharing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -188,7 +198,7 @@ let package = Package(
         .target(
             name: "CaidFuzzTargets",
             dependencies: [
-                "CaidCore", "Gocryptfs", "ObjectStore", "Attestation", "KeyBroker", "Gateway",
+                "CaidConfiguration", "Gocryptfs", "ObjectStore", "Attestation", "KeyBroker", "Gateway",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -201,12 +211,12 @@ let package = Package(
         ),
         // The libFuzzer driver when built by scripts/fuzz.sh (`-DCAID_FUZZ`); otherwise it replays inputs and
         // writes the generated seeds.
-        .executableTarget(name: "caid-fuzz", dependencies: ["CaidFuzzTargets", "CLibFuzzer"], swiftSettings: strict),
+        .executableTarget(name: "caid-fuzz", dependencies: ["CLibFuzzer", "CaidFuzzTargets"], swiftSettings: strict),
         // Test services and helpers shared by the test targets.
         .target(
             name: "CaidTestSupport",
             dependencies: [
-                "CaidCore", "Gocryptfs",
+                "CaidBase", "CaidCore", "Gocryptfs",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -216,18 +226,18 @@ let package = Package(
         .testTarget(
             name: "CaidCoreTests",
             dependencies: [
-                "CaidCore", "CaidTestSupport",
+                "CaidBase", "CaidCore", "CaidConfiguration", "CaidTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
         .testTarget(name: "CaidFuzzTargetsTests", dependencies: ["CaidFuzzTargets"], swiftSettings: strict),
-        .testTarget(name: "CaidSystemdTests", dependencies: ["CaidSystemd", "CaidTestSupport"], swiftSettings: strict),
+        .testTarget(name: "CaidSystemdTests", dependencies: ["CaidCore", "CaidSystemd", "CaidTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "CaidControlTests",
             dependencies: [
-                "CaidControl", "CaidTestSupport",
+                "CaidCore", "CaidControl", "CaidTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -240,13 +250,13 @@ let package = Package(
         ),
         .testTarget(
             name: "ObjectStoreTests",
-            dependencies: ["ObjectStore", "CaidCore", "CaidTestSupport", "caid"],
+            dependencies: ["CaidBase", "CaidCore", "ObjectStore", "caid", "CaidTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "KeyBrokerTests",
             dependencies: [
-                "KeyBroker", "Attestation", "CaidCore", "CaidTestSupport", "caid",
+                "CaidBase", "CaidCore", "CaidConfiguration", "Attestation", "KeyBroker", "caid", "CaidTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -257,7 +267,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Attestation", "CaidCore", "CaidTestSupport",
+                "CaidCore", "Attestation", "Gateway", "CaidTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -277,7 +287,7 @@ let package = Package(
         .testTarget(
             name: "SharingTests",
             dependencies: [
-                "Sharing", "Gateway", "Attestation", "ObjectStore", "CaidTestSupport",
+                "ObjectStore", "Attestation", "Gateway", "Sharing", "CaidTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -286,7 +296,7 @@ let package = Package(
         .testTarget(
             name: "CacheFSTests",
             dependencies: [
-                "CacheFS", "Gocryptfs", "CaidCore", "CaidTestSupport",
+                "CaidBase", "CaidCore", "Gocryptfs", "CacheFS", "CaidTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -295,7 +305,7 @@ let package = Package(
         .testTarget(
             name: "CaidCLITests",
             dependencies: [
-                "caid", "CaidControl", "CaidCore", "CaidTestSupport",
+                "CaidBase", "CaidCore", "CaidControl", "caid", "CaidTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

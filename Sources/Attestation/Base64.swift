@@ -1,7 +1,8 @@
+import CaidBase
 import Foundation
 
 /// The base64 forms JOSE and the attestation evidence use. Decoding is lenient about padding only; any other
-/// stray character makes it fail.
+/// stray character makes it fail. The URL-safe form is ``Base64URL``'s, shared with the gocryptfs names.
 public enum Base64 {
     /// Standard alphabet with padding, as the TDX and sample evidence carry quotes and report data.
     public static func standard(_ bytes: some Collection<UInt8>) -> String {
@@ -10,17 +11,12 @@ public enum Base64 {
 
     /// URL-safe alphabet without padding (RFC 7515 `base64url`).
     public static func url(_ bytes: some Collection<UInt8>) -> String {
-        var text = Data(bytes).base64EncodedString()
-        while text.last == "=" { text.removeLast() }
-        return String(text.map { $0 == "+" ? "-" : $0 == "/" ? "_" : $0 })
+        Base64URL.encode(bytes, padded: false)
     }
 
     /// Decodes `base64url`, with or without padding.
     public static func decodeURL(_ text: some StringProtocol) -> [UInt8]? {
-        guard !text.contains("+"), !text.contains("/") else { return nil }
-        var standard = String(text.map { $0 == "-" ? "+" : $0 == "_" ? "/" : $0 })
-        while standard.utf8.count % 4 != 0 { standard += "=" }
-        return Data(base64Encoded: standard).map { Array($0) }
+        Base64URL.decodeEitherPadding(text)
     }
 
     /// Decodes standard base64, with or without padding.

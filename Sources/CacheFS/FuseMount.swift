@@ -1,6 +1,6 @@
+import CaidBase
 import CFuse3
 import Foundation
-import CaidCore
 import Gocryptfs
 import Logging
 import Synchronization

@@ -1,3 +1,4 @@
+import CaidBase
 import Logging
 import ServiceLifecycle
 
@@ -210,15 +211,5 @@ public final class Supervisor: Service {
     private static func race(_ stop: OneShotSignal, _ operation: @escaping @Sendable () async -> Void) async -> Bool {
         // The operation cannot throw, so neither can the race.
         (try? await race(stop) { () async throws in await operation() }) ?? true
-    }
-}
-
-extension Duration {
-    /// "1.5s", "250ms": short, for logs and health output.
-    public var formatted: String {
-        let milliseconds = components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
-        if milliseconds < 1000 { return "\(milliseconds)ms" }
-        let tenths = milliseconds / 100
-        return tenths % 10 == 0 ? "\(tenths / 10)s" : "\(tenths / 10).\(tenths % 10)s"
     }
 }

@@ -1,4 +1,4 @@
-import CaidCore
+import CaidConfiguration
 
 extension FuzzTarget {
     /// cai.env: the env-file syntax and every setting's decoding, as `caid` reads the file (no file is opened).

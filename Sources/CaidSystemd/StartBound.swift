@@ -1,3 +1,4 @@
+import CaidBase
 import CaidCore
 
 /// Decides whether caid may push systemd's start timeout further with `EXTEND_TIMEOUT_USEC=`: only while the

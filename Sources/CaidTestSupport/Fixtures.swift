@@ -1,3 +1,4 @@
+import CaidBase
 import Foundation
 
 /// The cai.env template of the CAI deployment guide, shaped as operators have it: a Chinese comment above every key,

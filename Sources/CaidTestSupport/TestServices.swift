@@ -1,3 +1,4 @@
+import CaidBase
 import CaidCore
 import ServiceLifecycle
 import Synchronization

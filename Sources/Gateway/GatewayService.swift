@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Attestation
+import CaidBase
 import CaidCore
 import Foundation
 import CGNU
@@ -202,42 +203,4 @@ final class GatewayDetail: Sendable {
     }
 
     var text: String { "\(prefix); \(carried); \(budget.snapshot.summary)" }
-}
-
-extension GatewayConfiguration {
-    /// The gateway configuration `CAID_GATEWAY_*` and `MODEL_SERVICE_PORT` describe; nil when the gateway is off.
-    public init?(_ config: CaidConfig) {
-        let mode: Mode
-        switch config.gateway.mode {
-        case .off: return nil
-        case .netfilter: mode = .netfilter
-        case .mapping: mode = .mapping
-        }
-        self.init(mode: mode, listenPort: config.gateway.port, servicePort: config.modelServicePort)
-        maxConnections = config.gateway.maxConnections
-        maxConnectionsPerSource = config.gateway.maxConnectionsPerSource
-        streamBudget = config.gateway.streamBudget
-        streamIdleTimeout = config.gateway.streamIdleTimeout
-        connectionBuffer = config.gateway.connectionBufferMiB << 20
-        maxStreamsPerConnection = config.gateway.maxStreams
-        firstBytesTimeout = config.gateway.firstBytesTimeout
-        maxResets = config.gateway.maxResets
-        handshakeTimeout = config.gateway.handshakeTimeout
-        idleTimeout = config.gateway.idleTimeout
-        certificateLifetime = config.gateway.certificateRefresh
-        switch config.gateway.attestationModel {
-        case .backgroundCheck: attestationModel = .backgroundCheck
-        case .passport: attestationModel = .passport
-        }
-    }
-}
-
-extension AttestationServiceClient {
-    /// Trustee's Attestation Service behind `TRUSTEE_URL` (its `as/` path) for `TRUSTEE_POLICY`: where passport
-    /// tokens come from, as sharing peers verify each other there.
-    public static func trustee(_ config: CaidConfig, http: HTTPClient) -> AttestationServiceClient {
-        var trustee = config.trusteeURL.absoluteString
-        if !trustee.hasSuffix("/") { trustee += "/" }
-        return AttestationServiceClient(address: trustee + "as/", policyIDs: [config.trusteePolicy], http: http)
-    }
 }

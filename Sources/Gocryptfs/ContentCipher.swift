@@ -1,3 +1,4 @@
+import CaidBase
 import CLibcrypto
 import Crypto
 import Foundation
@@ -184,7 +185,7 @@ public struct ContentCipher: Sendable {
         let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: ciphertext, tag: tag)
         // This opens the wrapped master key: the `Data` swift-crypto returns is wiped once copied.
         var plain = try AES.GCM.open(box, using: key, authenticating: Self.aad(blockNumber, fileID))
-        defer { plain.withUnsafeMutableBytes { if let base = $0.baseAddress { explicit_bzero(base, $0.count) } } }
+        defer { wipeBytes(&plain) }
         return Array(plain)
     }
 

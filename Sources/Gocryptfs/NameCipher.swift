@@ -1,3 +1,4 @@
+import CaidBase
 import Crypto
 import Foundation
 

@@ -1,3 +1,4 @@
+import CaidBase
 import Dispatch
 import Foundation
 import Synchronization
@@ -168,7 +169,7 @@ public final class CipherFile: @unchecked Sendable {
             return
         }
         var header = [UInt8](repeating: 0, count: ContentCipher.headerSize)
-        let n = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        let n = header.withUnsafeMutableBytes { (try? FileIO.read(fd, into: $0, at: 0)) ?? -1 }
         do throws(GocryptfsError) {
             guard n == ContentCipher.headerSize else {
                 throw GocryptfsError(.corruptHeader, "file is \(cipherSize) bytes, too short for a header")
@@ -207,13 +208,11 @@ public final class CipherFile: @unchecked Sendable {
         // Uninitialized: pread fills it, and only the `got` bytes it filled are looked at.
         let cipher = UnsafeMutableRawBufferPointer.allocate(byteCount: cipherLength, alignment: 16)
         defer { cipher.deallocate() }
-        var got = 0
-        while got < cipherLength {
-            let n = pread(fd, cipher.baseAddress! + got, cipherLength - got, off_t(cipherStart) + off_t(got))
-            if n < 0, errno == EINTR { continue }
-            guard n >= 0 else { throw GocryptfsError(.io, "\(path): \(String(cString: strerror(errno)))") }
-            if n == 0 { break }
-            got += n
+        let got: Int
+        do {
+            got = try FileIO.read(fd, into: cipher, at: cipherStart)
+        } catch {
+            throw GocryptfsError(.io, "\(path): \(error)")
         }
         let blockCount = Int(lastBlock - firstBlock + 1)
         let received = got

@@ -1,3 +1,4 @@
+import CaidBase
 import Crypto
 import Foundation
 import _CryptoExtras
@@ -47,7 +48,7 @@ public struct VolumeKeys: Sendable {
         } catch {
             throw GocryptfsError(.wrongPassword, "the password does not open this volume (gocryptfs.conf); check the password or the key in Trustee")
         }
-        defer { wipe(&master) }
+        defer { wipeBytes(&master) }
         return VolumeKeys(masterKey: SymmetricKey(data: master))
     }
 
@@ -71,12 +72,5 @@ public struct VolumeKeys: Sendable {
         // Only the first 32 bytes key AES-256, as in gocryptfs.
         let first32 = scrypt.withUnsafeBytes { SymmetricKey(data: $0.prefix(32)) }
         return hkdf(first32, info: contentInfo)
-    }
-}
-
-/// Overwrites bytes that held key material, in a way the optimiser keeps.
-func wipe(_ bytes: inout [UInt8]) {
-    bytes.withUnsafeMutableBytes { buffer in
-        if let base = buffer.baseAddress { explicit_bzero(base, buffer.count) }
     }
 }

@@ -1,3 +1,4 @@
+import CaidBase
 import Crypto
 import Dispatch
 import Foundation
@@ -98,7 +99,7 @@ public struct VolumeWriter: Sendable {
         try makeDirectory(staging, mode: 0o700)
         var masterBytes = ContentCipher.randomBytes(32)
         let masterKey = SymmetricKey(data: masterBytes)
-        wipe(&masterBytes)
+        wipeBytes(&masterBytes)
         var config = VolumeConfig(
             creator: options.creator, encryptedKey: [],
             scrypt: .init(salt: ContentCipher.randomBytes(32), n: options.scryptN, r: 8, p: 1, keyLength: 32),
@@ -229,7 +230,7 @@ public struct VolumeWriter: Sendable {
         let workers = parallel ? max(1, min(options.parallelism, chunks)) : 1
         DispatchQueue.concurrentPerform(iterations: workers) { _ in
             var plain = [UInt8](repeating: 0, count: Int(chunkBytes))
-            defer { wipe(&plain) }
+            defer { wipeBytes(&plain) }
             while failure.withLock({ $0 == nil }), !isCancelled() {
                 let chunk = next.withLock { value -> Int in
                     defer { value += 1 }
@@ -273,25 +274,19 @@ public struct VolumeWriter: Sendable {
     }
 
     private func readAll(_ fd: Int32, into buffer: inout [UInt8], count: Int, at offset: UInt64, path: String) throws(GocryptfsError) {
-        var done = 0
-        while done < count {
-            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
-            if n < 0, errno == EINTR { continue }
-            guard n > 0 else {
-                throw GocryptfsError(.io, "\(path): \(n == 0 ? "file shrank while being encrypted" : String(cString: strerror(errno)))")
-            }
-            done += n
+        let got = buffer.withUnsafeMutableBytes { bytes in
+            Result { () throws(FileIO.Failure) in try FileIO.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: bytes[0..<count]), at: offset) }
+        }
+        switch got {
+        case .failure(let error): throw GocryptfsError(.io, "\(path): \(error)")
+        case .success(let read) where read < count: throw GocryptfsError(.io, "\(path): file shrank while being encrypted")
+        case .success: return
         }
     }
 
     private func writeAll(_ fd: Int32, _ bytes: [UInt8], at offset: UInt64, path: String) throws(GocryptfsError) {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done)) }
-            if n < 0, errno == EINTR { continue }
-            guard n > 0 else { throw GocryptfsError(.io, "\(path): \(String(cString: strerror(errno)))") }
-            done += n
-        }
+        let written = bytes.withUnsafeBytes { all in Result { () throws(FileIO.Failure) in try FileIO.write(fd, all, at: offset) } }
+        if case .failure(let error) = written { throw GocryptfsError(.io, "\(path): \(error)") }
     }
 
     private func makeDirectory(_ path: String, mode: mode_t) throws(GocryptfsError) {

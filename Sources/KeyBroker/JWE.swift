@@ -1,5 +1,5 @@
 import Attestation
-import CaidCore
+import CaidBase
 import Crypto
 import Foundation
 

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Attestation
+import CaidBase
 import CaidCore
 import Foundation
 import Logging
@@ -40,8 +41,8 @@ public actor KBSClient {
     public static let userAgent = "caid-kbs-client/\(CaidVersion.current)"
 
     private let base: String
-    private let choice: CaidConfig.KBSProtocol
-    private let gpuChoice: CaidConfig.GPUEvidence
+    private let choice: DialectChoice
+    private let gpuChoice: GPUEvidenceChoice
     private let provider: EvidenceProvider
     private let currentKeyAlgorithm: TEEKey.Algorithm
     private let http: HTTPClient
@@ -62,7 +63,7 @@ public actor KBSClient {
     ///   - gpuEvidence: which GPU evidence form to send (`auto` finds the one this server verifies).
     ///   - currentKeyAlgorithm: the TEE key for the 0.4.0 dialect (the legacy one always uses RSA1_5).
     public init(
-        trusteeURL: String, protocol choice: CaidConfig.KBSProtocol, gpuEvidence: CaidConfig.GPUEvidence = .auto,
+        trusteeURL: String, protocol choice: DialectChoice, gpuEvidence: GPUEvidenceChoice = .auto,
         provider: EvidenceProvider, currentKeyAlgorithm: TEEKey.Algorithm = .ecdhES_A256KW, http: HTTPClient,
         retry: RetryPolicy = .init(), logger: Logger
     ) {
@@ -113,17 +114,16 @@ public actor KBSClient {
     private func retrying<T>(
         _ step: String, report: (@Sendable (String) async -> Void)? = nil, _ body: () async throws(KBSError) -> T
     ) async throws(KBSError) -> T {
-        var delay = retry.firstDelay
+        let schedule = RetrySchedule(attempts: retry.attempts, firstDelay: retry.firstDelay, maximumDelay: .seconds(60), jitter: .none)
         var attempt = 1
         while true {
             do {
                 return try await body()
             } catch {
-                guard error.isTransient, attempt < retry.attempts, !Task.isCancelled else { throw error }
+                guard error.isTransient, !Task.isCancelled, let delay = schedule.delay(after: attempt, random: 0) else { throw error }
                 logger.warning("\(error); attempt \(attempt + 1) of \(retry.attempts) in \(delay)")
                 await report?("\(error); retrying (attempt \(attempt + 1) of \(retry.attempts))")
                 try? await Task.sleep(for: delay)
-                delay *= 2
                 attempt += 1
             }
         }
@@ -304,4 +304,28 @@ public actor KBSClient {
 private struct KBSHandshakeFailure: Error {
     var error: KBSError
     var sentDeviceEvidence: Bool
+}
+
+extension KBSClient {
+    /// Which dialect to speak (`CAID_KBS_PROTOCOL`): one of them, or `auto`, which tries 0.4.0 and falls back to
+    /// 0.1.0 on a version mismatch, and remembers what the server took.
+    public enum DialectChoice: Sendable, Equatable, CaseIterable {
+        case auto
+        /// openanolis Trustee up to 1.5.2.
+        case legacy
+        /// upstream Trustee ≥ 0.14, openanolis ≥ 1.6.
+        case current
+    }
+
+    /// Which form of NVIDIA GPU evidence goes to Trustee (`CAID_GPU_EVIDENCE`).
+    public enum GPUEvidenceChoice: Sendable, Equatable {
+        /// The device form first; the embedded form with a Trustee that has no `nvidia` verifier. Remembered.
+        case auto
+        /// 0.4.0 additional evidence `{"nvidia": …}`, verified by upstream Trustee's `nvidia` verifier.
+        case device
+        /// `gpu_evidence` inside the TDX evidence, verified by openanolis Trustee's TDX verifier.
+        case embedded
+        /// No GPU evidence, even when NVML finds GPUs.
+        case off
+    }
 }

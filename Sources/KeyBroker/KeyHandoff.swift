@@ -1,4 +1,4 @@
-import CaidCore
+import CaidBase
 import Synchronization
 
 /// Passes the model password from the `key` service to the mount, and keeps it no longer than that.

@@ -1,4 +1,5 @@
 import Attestation
+import CaidBase
 import CaidCore
 import Logging
 import ServiceLifecycle

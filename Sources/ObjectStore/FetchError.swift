@@ -1,4 +1,4 @@
-import CaidCore
+import CaidBase
 
 /// Why a fetch failed, in words for the operator; the secret and token never appear in it.
 public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFailure {

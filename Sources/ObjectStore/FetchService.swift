@@ -1,3 +1,4 @@
+import CaidBase
 import CaidCore
 import Foundation
 import Logging
@@ -97,16 +98,11 @@ final class Flag: Sendable {
 
 /// "412 MB of 6.1 GB (7%)" at most once a second, for the health detail.
 final class ProgressLine: Sendable {
-    private let last = Mutex(ContinuousClock.now - .seconds(10))
+    private let throttle = Mutex(Throttle(interval: .seconds(1)))
 
     func line(done: UInt64, total: UInt64) -> String? {
-        let now = ContinuousClock.now
-        let due = last.withLock { last -> Bool in
-            guard now - last >= .seconds(1) || done == total else { return false }
-            last = now
-            return true
-        }
-        guard due else { return nil }
+        let due = throttle.withLock { $0.admits() }
+        guard due || done == total else { return nil }
         let percent = total > 0 ? Int(Double(done) / Double(total) * 100) : 100
         return "\(done >> 20) MiB of \(total >> 20) MiB (\(percent)%)"
     }

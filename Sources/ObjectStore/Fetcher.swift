@@ -1,6 +1,6 @@
 import AsyncHTTPClient
+import CaidBase
 import CGNU
-import CaidCore
 import Foundation
 import Logging
 import NIOCore
@@ -231,10 +231,9 @@ public struct Fetcher: Sendable {
     }
 
     /// Where the prefix's model manifest is: beside it (`models:/qwen` → `qwen.caid-manifest.json`), outside the
-    /// volume, so that `gocryptfs -fsck` does not take it for a damaged name; `caid-manifest.json` for a volume at
-    /// the bucket's root.
+    /// volume, so that `gocryptfs -fsck` does not take it for a damaged name.
     public static func manifestKey(prefix: String) -> String {
-        prefix.isEmpty ? ModelManifest.fileName : String(prefix.dropLast()) + "." + ModelManifest.fileName
+        ModelManifest.location(beside: prefix)
     }
 
     /// Fetches and parses the prefix's model manifest and holds the listing to it: objects it does not list are
@@ -442,9 +441,14 @@ public struct Fetcher: Sendable {
             var done: UInt64 = 0
             while done < part.length {
                 let want = Int(min(UInt64(buffer.count), part.length - done))
-                let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, off_t(part.offset + done)) }
-                if n < 0, errno == EINTR { continue }
-                guard n >= 0 else { throw FetchError.cache("\(path): cannot re-read a kept part: \(String(cString: strerror(errno)))") }
+                let read = buffer.withUnsafeMutableBytes { bytes in
+                    Result { () throws(FileIO.Failure) in try FileIO.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: bytes[0..<want]), at: part.offset + done) }
+                }
+                let n: Int
+                switch read {
+                case .success(let count): n = count
+                case .failure(let error): throw FetchError.cache("\(path): cannot re-read a kept part: \(error)")
+                }
                 if n == 0 { break }
                 buffer.withUnsafeBytes { crc.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 done += UInt64(n)
@@ -788,16 +792,12 @@ public struct Fetcher: Sendable {
 
     /// Writes all of `bytes` at `offset` of the staging file.
     private static func write(_ bytes: UnsafeRawBufferPointer, to fd: Int32, at offset: UInt64, key: String) throws {
-        guard let base = bytes.baseAddress else { return }
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, base + done, bytes.count - done, off_t(offset) + off_t(done))
-            if n < 0, errno == EINTR { continue }
-            if n < 0, errno == ENOSPC || errno == EDQUOT {
-                throw FetchError.diskFull(needed: UInt64(bytes.count - done), path: "the staging file of \(key)")
-            }
-            guard n > 0 else { throw FetchError.cache("cannot write \(key): \(String(cString: strerror(errno)))") }
-            done += n
+        do {
+            try FileIO.write(fd, bytes, at: offset)
+        } catch where error.isNoSpace {
+            throw FetchError.diskFull(needed: UInt64(bytes.count), path: "the staging file of \(key)")
+        } catch {
+            throw FetchError.cache("cannot write \(key): \(error)")
         }
     }
 

@@ -28,6 +28,15 @@ public struct ModelManifest: Sendable, Equatable {
     /// bucket prefix (`qwen.caid-manifest.json`, ``Fetcher/manifestKey(prefix:)``), not inside the volume, where
     /// `gocryptfs -fsck` would report it as a damaged name.
     public static let fileName = "caid-manifest.json"
+
+    /// Where the manifest of a volume lives: beside it. `volume` is a bucket prefix (`qwen/`, or `""` for a volume at
+    /// the bucket's root) or a ciphertext directory (`/data/qwen-cipher`); this gives `qwen.caid-manifest.json`,
+    /// `caid-manifest.json` and `/data/qwen-cipher.caid-manifest.json`.
+    public static func location(beside volume: String) -> String {
+        var root = volume
+        while root.count > 1, root.hasSuffix("/") { root.removeLast() }
+        return root.isEmpty ? fileName : root + "." + fileName
+    }
     /// More than any model has; a listing is bounded by the same million.
     public static let maximumObjects = 1_000_000
     /// The largest manifest caid downloads and parses.

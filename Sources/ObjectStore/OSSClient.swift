@@ -1,5 +1,5 @@
 import AsyncHTTPClient
-import CaidCore
+import CaidBase
 import Foundation
 import Logging
 import NIOCore
@@ -134,6 +134,7 @@ public final class OSSClient: Sendable {
     static func retrying<T: Sendable>(
         _ what: String, attempts: Int = 6, logger: Logger? = nil, _ operation: @Sendable () async throws -> T
     ) async throws -> T {
+        let schedule = RetrySchedule(attempts: attempts, firstDelay: .milliseconds(400), maximumDelay: .seconds(10), jitter: .full)
         var attempt = 0
         while true {
             attempt += 1
@@ -143,8 +144,7 @@ public final class OSSClient: Sendable {
                 throw CancellationError()
             } catch {
                 let failure = error as? FetchError ?? .transport("\(what): \(error)")
-                if failure.isPermanent || attempt >= attempts { throw failure }
-                var delay = Duration.milliseconds(Int.random(in: 0...min(10_000, 200 << min(attempt, 10))))
+                guard !failure.isPermanent, var delay = schedule.delay(after: attempt, random: Double.random(in: 0..<1)) else { throw failure }
                 if case .oss(_, let qos?) = failure { delay = min(.milliseconds(max(qos, 0)), maximumQoSDelay) }
                 logger?.warning("retrying \(what) in \(delay.formatted) after: \(failure)")
                 try await Task.sleep(for: delay)

@@ -1,4 +1,4 @@
-import CaidCore
+import CaidBase
 
 /// OSS credentials: the secret and the token stay in `Secret`s; the secret reaches only the HMAC.
 public struct OSSCredentials: Sendable {

@@ -1,4 +1,4 @@
-import CaidCore
+import CaidBase
 import Crypto
 import Foundation
 

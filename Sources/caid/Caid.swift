@@ -1,4 +1,5 @@
 import ArgumentParser
+import CaidBase
 import CaidCore
 import CaidSystemd
 

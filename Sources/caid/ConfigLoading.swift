@@ -1,7 +1,7 @@
 import ArgumentParser
-import CaidCore
 
 #if canImport(Glibc)
+import CaidConfiguration
 import Glibc
 #endif
 

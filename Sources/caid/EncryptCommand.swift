@@ -1,5 +1,5 @@
 import ArgumentParser
-import CaidCore
+import CaidBase
 import Dispatch
 import Foundation
 import Gocryptfs

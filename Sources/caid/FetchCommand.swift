@@ -1,6 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
-import CaidCore
+import CaidConfiguration
 import CaidSystemd
 import Foundation
 import Logging

@@ -1,6 +1,8 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Attestation
+import CaidBase
+import CaidConfiguration
 import CaidCore
 import CaidSystemd
 import Gateway

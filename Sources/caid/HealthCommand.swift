@@ -1,4 +1,5 @@
 import ArgumentParser
+import CaidConfiguration
 import CaidControl
 import CaidCore
 import Foundation

@@ -1,7 +1,8 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Attestation
-import CaidCore
+import CaidBase
+import CaidConfiguration
 import CaidSystemd
 import Foundation
 import Gateway
@@ -84,7 +85,7 @@ enum KeyBrokerSetup {
 
     static func client(for config: CaidConfig, provider: EvidenceProvider, http: HTTPClient, logger: Logger) -> KBSClient {
         KBSClient(
-            trusteeURL: config.trusteeURL.absoluteString, protocol: config.kbsProtocol, gpuEvidence: config.attestation.gpuEvidence,
+            trusteeURL: config.trusteeURL.absoluteString, protocol: .init(config.kbsProtocol), gpuEvidence: .init(config.attestation.gpuEvidence),
             provider: provider, http: http, logger: logger)
     }
 

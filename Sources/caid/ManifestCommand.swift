@@ -64,9 +64,7 @@ enum ManifestWriter {
 
     /// `qwen-cipher.caid-manifest.json` for `qwen-cipher/`.
     static func path(of cipherDirectory: String) -> String {
-        var root = cipherDirectory
-        while root.count > 1, root.hasSuffix("/") { root.removeLast() }
-        return root + "." + ModelManifest.fileName
+        ModelManifest.location(beside: cipherDirectory)
     }
 
     /// Files by their path relative to `root`, bytewise order of the walk not mattering (the manifest sorts).

@@ -1,6 +1,6 @@
 import ArgumentParser
 import CacheFS
-import CaidCore
+import CaidBase
 import CaidSystemd
 import Foundation
 import Gocryptfs

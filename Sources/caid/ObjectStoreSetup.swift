@@ -1,5 +1,5 @@
 import AsyncHTTPClient
-import CaidCore
+import CaidConfiguration
 import Foundation
 import Logging
 import ObjectStore

@@ -1,3 +1,4 @@
+import CaidBase
 import Foundation
 import Synchronization
 
@@ -6,7 +7,7 @@ final class ProgressMeter: Sendable {
     private struct State {
         var done: UInt64 = 0
         var total: UInt64 = 0
-        var lastDraw = ContinuousClock.now
+        var drawing: Throttle
         var finished = false
     }
 
@@ -14,11 +15,14 @@ final class ProgressMeter: Sendable {
     private let fixedTotal: UInt64
     private let started = ContinuousClock.now
     private let terminal = isatty(2) != 0
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     init(label: String, total: UInt64) {
         self.label = label
         self.fixedTotal = total
+        var drawing = Throttle(interval: terminal ? .milliseconds(200) : .seconds(5))
+        _ = drawing.admits()  // the first line comes after an interval, not at once
+        state = Mutex(State(drawing: drawing))
     }
 
     /// Counts `bytes` more; draws when it is time.
@@ -36,8 +40,7 @@ final class ProgressMeter: Sendable {
             state.done = done
             state.total = total
             let now = ContinuousClock.now
-            guard now - state.lastDraw >= (terminal ? .milliseconds(200) : .seconds(5)) else { return nil }
-            state.lastDraw = now
+            guard state.drawing.admits(at: now) else { return nil }
             return render(state.done, total: state.total, now: now)
         }
         if let line { draw(line) }

@@ -1,4 +1,6 @@
 import ArgumentParser
+import CaidBase
+import CaidConfiguration
 import Foundation
 import Attestation
 import AsyncHTTPClient
@@ -119,11 +121,9 @@ struct ServiceCatalog {
         if !config.sharingPeers.isEmpty {
             do {
                 // Peers check each other with Trustee's Attestation Service under TRUSTEE_POLICY.
-                var trustee = config.trusteeURL.absoluteString
-                if !trustee.hasSuffix("/") { trustee += "/" }
                 // Sample peers only in a development group, where this host sends sample evidence itself.
                 let verifier = PeerVerifier(
-                    attestationService: trustee + "as/", policyIDs: [config.trusteePolicy], tokenTrust: tokenTrust,
+                    attestationService: config.attestationServiceAddress, policyIDs: [config.trusteePolicy], tokenTrust: tokenTrust,
                     allowSample: provider.attester.tee == .sample, http: kbsHTTP)
                 // The same evidence as the gateway's certificate: the TDX quote and, on a GPU host, the GPUs'.
                 let certificate = try AttestedCertificate.make(attester: provider.attester, gpu: provider.gpu)

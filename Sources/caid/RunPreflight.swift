@@ -1,9 +1,9 @@
 import ArgumentParser
 import Attestation
 #if canImport(Glibc)
+import CaidConfiguration
 import Glibc
 #endif
-import CaidCore
 import Gateway
 import NIOSSL
 import ObjectStore

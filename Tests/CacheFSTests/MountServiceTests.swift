@@ -1,4 +1,5 @@
 import CacheFS
+import CaidBase
 import CaidCore
 import CaidTestSupport
 import Foundation

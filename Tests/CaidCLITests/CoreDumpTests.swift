@@ -1,4 +1,4 @@
-import CaidCore
+import CaidBase
 import CaidTestSupport
 import Foundation
 import Testing

@@ -1,5 +1,4 @@
 import CaidControl
-import CaidCore
 import CaidTestSupport
 import Foundation
 import Testing

@@ -1,4 +1,5 @@
-import CaidCore
+import CaidBase
+import CaidConfiguration
 import CaidTestSupport
 import Foundation
 import Logging

@@ -1,4 +1,4 @@
-import CaidCore
+import CaidConfiguration
 import CaidTestSupport
 import Testing
 

@@ -1,5 +1,4 @@
 import Attestation
-import CaidCore
 import CaidTestSupport
 import Foundation
 import Testing

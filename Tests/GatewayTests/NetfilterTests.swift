@@ -1,4 +1,3 @@
-import CaidCore
 import CaidTestSupport
 import Foundation
 import Gateway

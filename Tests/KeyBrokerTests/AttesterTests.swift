@@ -1,6 +1,6 @@
 import AsyncHTTPClient
 import Attestation
-import CaidCore
+import CaidBase
 import CaidTestSupport
 import Foundation
 import KeyBroker

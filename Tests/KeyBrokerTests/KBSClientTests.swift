@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Attestation
-import CaidCore
+import CaidBase
+import CaidConfiguration
 import CaidTestSupport
 import Foundation
 import KeyBroker
@@ -25,7 +26,7 @@ import Testing
         }
 
         func client(
-            _ choice: CaidConfig.KBSProtocol = .auto, key: TEEKey.Algorithm = .ecdhES_A256KW,
+            _ choice: KBSClient.DialectChoice = .auto, key: TEEKey.Algorithm = .ecdhES_A256KW,
             provider: EvidenceProvider = EvidenceProvider(attester: SampleAttester(), gpu: nil), attempts: Int = 4
         ) -> KBSClient {
             KBSClient(
@@ -41,8 +42,8 @@ import Testing
 
     static func text(_ secret: Secret) -> String { secret.withBytes { String(decoding: $0, as: UTF8.self) } }
 
-    @Test(arguments: [("legacy", CaidConfig.KBSProtocol.legacy, KBSDialect.legacy), ("current", .current, .current), ("legacy", .auto, .legacy), ("current", .auto, .current)])
-    func attestsAndFetchesTheKey(server: String, choice: CaidConfig.KBSProtocol, expected: KBSDialect) async throws {
+    @Test(arguments: [("legacy", KBSClient.DialectChoice.legacy, KBSDialect.legacy), ("current", .current, .current), ("legacy", .auto, .legacy), ("current", .auto, .current)])
+    func attestsAndFetchesTheKey(server: String, choice: KBSClient.DialectChoice, expected: KBSDialect) async throws {
         let setup = try await Setup(dialect: server)
         defer { Task { await setup.finish() } }
         let client = setup.client(choice)

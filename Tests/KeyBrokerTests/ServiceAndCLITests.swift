@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Attestation
+import CaidBase
 import CaidCore
 import CaidTestSupport
 import Foundation

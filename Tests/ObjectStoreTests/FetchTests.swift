@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import CaidBase
 import CaidCore
 import CaidTestSupport
 import Crypto

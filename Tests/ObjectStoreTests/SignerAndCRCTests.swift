@@ -1,4 +1,4 @@
-import CaidCore
+import CaidBase
 import CaidTestSupport
 import Foundation
 @testable import ObjectStore

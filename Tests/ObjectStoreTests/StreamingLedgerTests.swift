@@ -1,5 +1,5 @@
 import AsyncHTTPClient
-import CaidCore
+import CaidBase
 import Foundation
 import Logging
 @testable import ObjectStore

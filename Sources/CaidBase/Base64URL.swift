@@ -1,5 +1,6 @@
-/// URL-safe base64 (`-`, `_`), as gocryptfs writes names and symlink targets: unpadded with Raw64, padded without.
-enum Base64URL {
+/// URL-safe base64 (`-`, `_`, RFC 4648 §5), written once for everyone: gocryptfs names and symlink targets (unpadded
+/// with Raw64, padded without) and JOSE's `base64url` (RFC 7515: unpadded).
+public enum Base64URL {
     private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
     private static let values: [UInt8] = {
         var table = [UInt8](repeating: 0xFF, count: 256)
@@ -7,7 +8,7 @@ enum Base64URL {
         return table
     }()
 
-    static func encode(_ bytes: some Collection<UInt8>, padded: Bool) -> String {
+    public static func encode(_ bytes: some Collection<UInt8>, padded: Bool) -> String {
         let input = Array(bytes)
         var out: [UInt8] = []
         out.reserveCapacity((input.count + 2) / 3 * 4)
@@ -31,7 +32,7 @@ enum Base64URL {
     }
 
     /// Decodes strictly: canonical input only (no stray characters, no non-zero trailing bits, padding as required).
-    static func decode(_ text: String, padded: Bool) -> [UInt8]? {
+    public static func decode(_ text: String, padded: Bool) -> [UInt8]? {
         var input = Array(text.utf8)
         if padded {
             guard input.count % 4 == 0 else { return nil }
@@ -59,5 +60,11 @@ enum Base64URL {
         // Leftover bits must be zero, or two encodings would decode to the same bytes.
         guard accumulator & ((1 << UInt32(bits)) - 1) == 0 else { return nil }
         return out
+    }
+
+    /// Decodes canonical input with or without its padding, as JOSE readers take it (a token's parts are unpadded,
+    /// some producers pad).
+    public static func decodeEitherPadding(_ text: some StringProtocol) -> [UInt8]? {
+        decode(String(text), padded: text.hasSuffix("="))
     }
 }

@@ -1,3 +1,4 @@
+import CaidBase
 import Foundation
 import Logging
 

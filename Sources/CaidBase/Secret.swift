@@ -56,7 +56,7 @@ public final class Secret: Sendable, CustomStringConvertible, CustomDebugStringC
     public var debugDescription: String { "Secret(<redacted>)" }
 
     /// Zeroes memory in a way the optimiser may not remove.
-    static func zero(_ buffer: UnsafeMutableRawBufferPointer) {
+    public static func zero(_ buffer: UnsafeMutableRawBufferPointer) {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
         explicit_bzero(base, buffer.count)
     }

@@ -1,3 +1,4 @@
+import CaidBase
 /// A parser for environment files in the subset of systemd's `EnvironmentFile=` syntax that docker compose's
 /// `--env-file` reads the same way, so that one `cai.env` feeds caid, the systemd unit and the old stack alike.
 ///
