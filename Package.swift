@@ -141,11 +141,45 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // The attested gateway: RA-TLS certificates as TNG makes them, the HTTP/2 CONNECT server and its nat rules.
+        // RA-TLS, pure: the attested certificate as TNG makes it (CBOR, the evidence extension), Attestation Service
+        // tokens and their trust, the verdict cache and the one certificate renewal loop.
+        .target(
+            name: "RATLS",
+            dependencies: [
+                "Attestation",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // Trustee's Attestation Service over HTTP (async-http-client): tokens for evidence, and the peer verifier
+        // that checks an RA-TLS certificate there.
+        .target(
+            name: "AttestationService",
+            dependencies: [
+                "Attestation", "RATLS",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ],
+            swiftSettings: strict
+        ),
+        // NIO pieces the gateway and the sharing server share: the listener.
+        .target(
+            name: "CaidNIO",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        // The attested gateway: the HTTP/2 CONNECT server, the tunnel client and proxy, the nat rules and the guard.
         .target(
             name: "Gateway",
             dependencies: [
-                "CGNU", "CaidBase", "CaidCore", "Attestation",
+                "CGNU", "CaidBase", "CaidCore", "Attestation", "RATLS", "AttestationService", "CaidNIO",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -168,7 +202,7 @@ let package = Package(
         .target(
             name: "Sharing",
             dependencies: [
-                "CaidBase", "CaidCore", "ObjectStore", "Attestation", "Gateway",
+                "CaidBase", "CaidCore", "ObjectStore", "Attestation", "RATLS", "AttestationService", "CaidNIO",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -184,7 +218,7 @@ let package = Package(
         .executableTarget(
             name: "caid",
             dependencies: [
-                "CaidBase", "CaidCore", "CaidConfiguration", "CaidSystemd", "CaidControl", "Gocryptfs", "CacheFS", "ObjectStore", "Attestation", "KeyBroker", "Gateway", "Sharing",
+                "CaidBase", "CaidCore", "CaidConfiguration", "CaidSystemd", "CaidControl", "Gocryptfs", "CacheFS", "ObjectStore", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway", "Sharing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -198,7 +232,7 @@ let package = Package(
         .target(
             name: "CaidFuzzTargets",
             dependencies: [
-                "CaidConfiguration", "Gocryptfs", "ObjectStore", "Attestation", "KeyBroker", "Gateway",
+                "CaidConfiguration", "Gocryptfs", "ObjectStore", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -267,7 +301,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "CaidCore", "Attestation", "Gateway", "CaidTestSupport",
+                "CaidCore", "Attestation", "RATLS", "AttestationService", "Gateway", "CaidTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -287,7 +321,7 @@ let package = Package(
         .testTarget(
             name: "SharingTests",
             dependencies: [
-                "ObjectStore", "Attestation", "Gateway", "Sharing", "CaidTestSupport",
+                "ObjectStore", "Attestation", "RATLS", "AttestationService", "Sharing", "CaidTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
             ],

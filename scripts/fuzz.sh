@@ -58,7 +58,8 @@ for target in "${targets[@]}"; do
     start=$(date +%s)
     set +e
     # The Swift runtime's backtracer would wait on a crash; libFuzzer reports it itself.
-    SWIFT_BACKTRACE=enable=no CAID_FUZZ_TARGET="$target" nice -n 10 "$bin" "$dir/corpus" \
+    # Known leaks in dependencies are suppressed, each with its reason (Fuzz/lsan-suppressions.txt).
+    SWIFT_BACKTRACE=enable=no LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan-suppressions.txt" CAID_FUZZ_TARGET="$target" nice -n 10 "$bin" "$dir/corpus" \
         -runs="$runs" -max_len="${max_len[$target]}" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="$dir/crashes/" -print_final_stats=1 >"$dir/log" 2>&1
     code=$?

@@ -1,9 +1,10 @@
 import Attestation
+import AttestationService
 import Crypto
 import Foundation
-import Gateway
 import Gocryptfs
 import _CryptoExtras
+import RATLS
 
 /// Seeds that must be made with the fuzz targets' fixed keys or with caid's own encoders (encrypted blocks and
 /// names, attested certificates, signed tokens). `caid-fuzz seeds <dir>` writes them into Fuzz/corpus; the other

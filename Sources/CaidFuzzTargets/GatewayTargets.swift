@@ -1,4 +1,5 @@
 import Attestation
+import AttestationService
 import Crypto
 import Foundation
 import Gateway
@@ -6,6 +7,7 @@ import NIOCore
 import NIOEmbedded
 import NIOHTTP1
 import NIOHTTP2
+import RATLS
 
 /// Fixed inputs the Gateway targets check against, shared with ``FuzzSeeds`` so that the seeds pass the checks.
 enum FuzzGateway {

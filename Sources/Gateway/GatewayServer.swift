@@ -1,5 +1,6 @@
 import Attestation
 import CaidBase
+import CaidNIO
 import Crypto
 import Logging
 import NIOCore
@@ -7,6 +8,7 @@ import NIOHTTP2
 import NIOPosix
 import NIOSSL
 import NIOTLS
+import RATLS
 import Synchronization
 
 #if canImport(Glibc)

@@ -1,10 +1,12 @@
 import AsyncHTTPClient
 import Attestation
+import AttestationService
 import CaidBase
 import CaidCore
 import Foundation
 import CGNU
 import Logging
+import RATLS
 import ServiceLifecycle
 import Synchronization
 

@@ -1,3 +1,4 @@
+import AttestationService
 import Foundation
 import Crypto
 import Logging
@@ -7,6 +8,7 @@ import NIOHTTP2
 import NIOPosix
 import NIOSSL
 import NIOTLS
+import RATLS
 import Synchronization
 
 #if canImport(Glibc)

@@ -1,8 +1,10 @@
+import CaidNIO
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
+import RATLS
 
 /// The HTTP proxy of `caid tunnel` (TNG's `http_proxy` ingress): `CONNECT host:port` tunnels the raw bytes after
 /// `200`; any other request goes to the host its `Host` header names, re-sent in origin form with

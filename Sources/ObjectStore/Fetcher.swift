@@ -584,23 +584,16 @@ public struct Fetcher: Sendable {
         // Streamed: prepared before the mount, its parts in the ledger (the lane's too), shared with its readers.
         let streaming = options.streaming
         let generation = streaming?.generation(of: path)
-        var (fd, checkpoint) = try openStaging(
+        let (fd, kept) = try openStaging(
             object, staging: stagingPath, checkpoint: checkpointPath, streamed: streaming?.streamingFile(path, object: object))
         var closed = false
         defer { if !closed { close(fd) } }
-        if let streaming, let generation {
-            checkpoint.crcs.merge(streaming.present(path, generation: generation)) { _, ledger in ledger }
-        }
-        let plan = DownloadPlan(object: object, partSize: options.partSize)
-        if !checkpoint.crcs.isEmpty {
-            await report(plan.parts.filter { checkpoint.crcs[$0.index] != nil }.reduce(0) { $0 + $1.length })
-        }
+        var tally = PartTally(plan: DownloadPlan(object: object, partSize: options.partSize), checkpoint: kept)
+        if let streaming, let generation { tally.merge(fromOSS: streaming.present(path, generation: generation)) }
+        if tally.presentBytes > 0 { await report(tally.presentBytes) }
         // ftruncate reserves no blocks: what is left to write must fit now. The parts kept stay for the next try.
-        let missing = plan.parts.filter { checkpoint.crcs[$0.index] == nil }.reduce(UInt64(0)) { $0 + $1.length }
-        try Self.checkSpace(missing, at: stagingRoot)
-        // Parts a peer gave, and who: blamed if the object does not verify.
-        var fromPeers: [Int: String] = [:]
-        var queue = plan.parts.filter { checkpoint.crcs[$0.index] == nil }[...]
+        try Self.checkSpace(tally.missing.reduce(UInt64(0)) { $0 + $1.length }, at: stagingRoot)
+        var queue = tally.missing[...]
         // The next part: one a reader waits for, else the next in order (a streamed object's ledger decides both).
         func nextPart() -> DownloadPlan.Part? {
             if let streaming, let generation { return streaming.claimNext(path, generation: generation)?.part }
@@ -612,18 +605,15 @@ public struct Fetcher: Sendable {
             var rounds = 0
             repeat {
                 rounds += 1
-                try await withThrowingTaskGroup(of: (Int, UInt64, UInt64?, String?).self) { group in
+                try await withThrowingTaskGroup(of: PartTally.Arrival.self) { group in
                     var running = 0
-                    func record(_ result: (Int, UInt64, UInt64?, String?)) throws {
-                        checkpoint.crcs[result.0] = result.1
-                        if let peer = result.3 { fromPeers[result.0] = peer }
-                        if let reported = result.2 {
-                            if let known = checkpoint.serverCRC, known != reported {
-                                throw FetchError.changed("\(object.key) reported two different CRC-64 values during one download")
-                            }
-                            checkpoint.serverCRC = reported
+                    func record(_ arrival: PartTally.Arrival) throws {
+                        do {
+                            try tally.record(arrival)
+                        } catch {
+                            throw FetchError.changed("\(object.key) reported two different CRC-64 values during one download (\(error.first), then \(error.second))")
                         }
-                        try? JSONEncoder().encode(checkpoint).write(to: URL(fileURLWithPath: checkpointPath), options: .atomic)
+                        try? JSONEncoder().encode(tally.checkpoint).write(to: URL(fileURLWithPath: checkpointPath), options: .atomic)
                     }
                     while true {
                         if running >= options.concurrency, let finished = try await group.next() {
@@ -634,15 +624,15 @@ public struct Fetcher: Sendable {
                         let descriptor = fd
                         group.addTask {
                             do {
-                                let result: (Int, UInt64, UInt64?, String?)
+                                let arrival: PartTally.Arrival
                                 if let (crc, peer) = try await self.fetchPartFromAlternate(part, of: object, into: descriptor, report: report) {
-                                    result = (part.index, crc, nil, peer)
+                                    arrival = PartTally.Arrival(index: part.index, crc: crc, peer: peer)
                                 } else {
                                     let (crc, reported) = try await self.fetchPart(part, of: object, into: descriptor, report: report)
-                                    result = (part.index, crc, reported, nil)
+                                    arrival = PartTally.Arrival(index: part.index, crc: crc, serverCRC: reported)
                                 }
-                                if let streaming, let generation { streaming.partArrived(path, generation: generation, index: part.index, crc: result.1) }
-                                return result
+                                if let streaming, let generation { streaming.partArrived(path, generation: generation, index: part.index, crc: arrival.crc) }
+                                return arrival
                             } catch {
                                 if let streaming, let generation { streaming.partFailed(path, generation: generation, index: part.index, reason: "\(error)") }
                                 throw error
@@ -654,14 +644,9 @@ public struct Fetcher: Sendable {
                 }
                 if let streaming, let generation {
                     while streaming.fetching(path, generation: generation) > 0 { try await Task.sleep(for: .milliseconds(20)) }
-                    checkpoint.crcs.merge(streaming.present(path, generation: generation)) { _, ledger in ledger }
+                    tally.merge(fromOSS: streaming.present(path, generation: generation))
                 }
-            } while streaming != nil && generation != nil && rounds < 10 && plan.parts.contains { checkpoint.crcs[$0.index] == nil }
-            if plan.parts.isEmpty {
-                // An empty object: one plain GET for its CRC header.
-                let response = try await client.get(object.key, range: nil, ifMatch: object.etag)
-                checkpoint.serverCRC = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) }
-            }
+            } while streaming != nil && generation != nil && rounds < 10 && !tally.missing.isEmpty
         } catch {
             // A changed object starts over; other failures keep the finished parts for the next attempt.
             if case FetchError.changed = error {
@@ -674,42 +659,43 @@ public struct Fetcher: Sendable {
             }
             throw error
         }
-        if checkpoint.serverCRC == nil, !plan.parts.isEmpty {
-            // Every part came from peers: OSS's CRC-64 still decides, asked for with a one-byte range.
-            let response = try await client.get(object.key, range: "bytes=0-0", ifMatch: object.etag)
-            checkpoint.serverCRC = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap { UInt64($0) }
-            for try await _ in response.body {}
-        }
-        guard let expected = checkpoint.serverCRC else {
-            throw FetchError.verification("\(object.key): OSS sent no x-oss-hash-crc64ecma; cannot verify it")
-        }
-        var combined = plan.parts.isEmpty ? CRC64().value : plan.combinedCRC(checkpoint.crcs)
-        if combined != expected, !fromPeers.isEmpty {
-            // A peer's bytes are wrong: take every part a peer gave from OSS instead, and blame the peers whose part
-            // differs from OSS's.
-            for part in plan.parts {
-                guard let peer = fromPeers[part.index] else { continue }
-                let (crc, _) = try await fetchPart(part, of: object, into: fd, report: { _ in })
-                if crc != checkpoint.crcs[part.index] {
-                    logger.warning("sharing peer \(peer) served bytes of \(object.key) that do not match OSS's; avoiding it")
-                    options.alternate?.distrust(peer, key: object.key)
+        let combined: UInt64
+        verifying: while true {
+            switch tally.verdict {
+            case .verified(let crc):
+                combined = crc
+                break verifying
+            case .incomplete:
+                throw FetchError.verification("\(object.key): a part is missing")
+            case .needsServerCRC:
+                // Every part came from peers, or the object is empty: OSS's CRC-64 still decides, asked for with a
+                // one-byte range (a plain GET for an empty object, which has no byte to ask for).
+                let response = try await client.get(object.key, range: tally.plan.parts.isEmpty ? nil : "bytes=0-0", ifMatch: object.etag)
+                guard let crc = response.headers.first(name: "x-oss-hash-crc64ecma").flatMap({ UInt64($0) }) else {
+                    throw FetchError.verification("\(object.key): OSS sent no x-oss-hash-crc64ecma; cannot verify it")
                 }
-                checkpoint.crcs[part.index] = crc
+                for try await _ in response.body {}
+                tally.serverCRC(crc)
+            case .recheck(let parts):
+                // A peer's bytes are wrong: take every part a peer gave from OSS instead, and blame the peers whose
+                // part differs from OSS's.
+                for part in parts {
+                    let (crc, _) = try await fetchPart(part, of: object, into: fd, report: { _ in })
+                    if let peer = tally.rechecked(part.index, ossCRC: crc) {
+                        logger.warning("sharing peer \(peer) served bytes of \(object.key) that do not match OSS's; avoiding it")
+                        options.alternate?.distrust(peer, key: object.key)
+                    }
+                }
+            case .mismatch(let actual, let expected):
+                discard(stagingPath, checkpointPath)
+                let failure = FetchError.verification("\(object.key): CRC-64 \(actual) does not match OSS's \(expected); the bytes were damaged or substituted")
+                if let streaming, let generation {
+                    // Its readers were served only blocks that authenticated; still, this copy is not OSS's object.
+                    // Its name stays in the mount, refused (EIO), until the next copy is linked under it.
+                    streaming.corrupt(path, generation: generation, reason: "\(failure); it is fetched again")
+                }
+                throw failure
             }
-            combined = plan.combinedCRC(checkpoint.crcs)
-        }
-        guard let combined else {
-            throw FetchError.verification("\(object.key): a part is missing")
-        }
-        guard combined == expected else {
-            discard(stagingPath, checkpointPath)
-            let failure = FetchError.verification("\(object.key): CRC-64 \(combined) does not match OSS's \(expected); the bytes were damaged or substituted")
-            if let streaming, let generation {
-                // Its readers were served only blocks that authenticated; still, this copy is not OSS's object. Its
-                // name stays in the mount, refused (EIO), until the next copy is linked under it.
-                streaming.corrupt(path, generation: generation, reason: "\(failure); it is fetched again")
-            }
-            throw failure
         }
         guard fsync(fd) == 0 else {
             if errno == ENOSPC || errno == EDQUOT { throw FetchError.diskFull(needed: object.size, path: stagingPath) }

@@ -1,10 +1,11 @@
+import AttestationService
 import CaidBase
 import Crypto
 import Foundation
-import Gateway
 import Logging
 import NIOCore
 import NIOSSL
+import RATLS
 import Synchronization
 
 /// Mutually attested TLS between the hosts of a sharing group: each side presents an attested certificate

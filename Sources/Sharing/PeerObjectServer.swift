@@ -1,5 +1,5 @@
+import CaidNIO
 import Foundation
-import Gateway
 import Logging
 import NIOCore
 import NIOHTTP1

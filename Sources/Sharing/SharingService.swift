@@ -2,8 +2,8 @@ import Attestation
 import CaidBase
 import CaidCore
 import Foundation
-import Gateway
 import Logging
+import RATLS
 import ServiceLifecycle
 
 /// The `sharing` service of `caid run`: serves this host's verified ciphertext to its peers over mutually attested

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Attestation
+import AttestationService
 import CaidBase
 import CaidConfiguration
 import CaidCore

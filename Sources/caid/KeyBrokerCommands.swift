@@ -5,10 +5,10 @@ import CaidBase
 import CaidConfiguration
 import CaidSystemd
 import Foundation
-import Gateway
 import KeyBroker
 import Logging
 import NIOSSL
+import RATLS
 
 /// Builds the KBS client every attestation path of caid uses, from the configuration.
 enum KeyBrokerSetup {

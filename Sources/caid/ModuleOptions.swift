@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import AttestationService
 import CaidConfiguration
 import Foundation
 import Gateway

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AttestationService
 import CaidBase
 import CaidConfiguration
 import Foundation
@@ -8,6 +9,7 @@ import CacheFS
 import Gateway
 import KeyBroker
 import ObjectStore
+import RATLS
 import Sharing
 import CaidControl
 import CaidCore

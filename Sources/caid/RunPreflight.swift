@@ -4,9 +4,9 @@ import Attestation
 import CaidConfiguration
 import Glibc
 #endif
-import Gateway
 import NIOSSL
 import ObjectStore
+import RATLS
 
 /// Everything `caid run` checks before it starts a service, beyond what `CaidConfig.load` checks: that the TEE
 /// `CAID_ATTESTER` asks for is there, that `CAID_TRUSTEE_CA` and `CAID_TOKEN_CERTS` hold certificates, and that

@@ -1,9 +1,11 @@
 import ArgumentParser
+import AttestationService
 import Foundation
 import AsyncHTTPClient
 import CaidSystemd
 import Gateway
 import Logging
+import RATLS
 import ServiceLifecycle
 import UnixSignals
 

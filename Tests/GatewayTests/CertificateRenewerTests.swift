@@ -1,7 +1,7 @@
 import Attestation
 import Foundation
-import Gateway
 import Logging
+import RATLS
 import Synchronization
 import Testing
 

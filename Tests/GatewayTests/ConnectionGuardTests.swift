@@ -4,6 +4,7 @@ import NIOCore
 import NIOEmbedded
 import NIOSSL
 import NIOTLS
+import RATLS
 import Testing
 
 @testable import Gateway

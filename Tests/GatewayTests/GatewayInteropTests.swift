@@ -1,9 +1,11 @@
 import AsyncHTTPClient
 import Attestation
+import AttestationService
 import CaidCore
 import CaidTestSupport
 import Crypto
 import Foundation
+import RATLS
 import Testing
 
 @testable import Gateway

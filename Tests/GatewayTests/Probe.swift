@@ -1,6 +1,6 @@
+import RATLS
 import SwiftASN1
 import X509
-import Gateway
 
 /// Reads the evidence extension out of a DER certificate with swift-certificates' parser.
 enum RATLSEvidenceProbe {

@@ -1,6 +1,6 @@
 import CaidTestSupport
 import Foundation
-import Gateway
+import RATLS
 import Testing
 
 /// Attestation Service tokens checked against the operator's trusted certificates (`--token-cert`,

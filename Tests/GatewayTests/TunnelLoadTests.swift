@@ -2,6 +2,7 @@ import Attestation
 import CaidTestSupport
 import Foundation
 import Gateway
+import RATLS
 import Testing
 
 /// `caid tunnel` → caid's gateway → nginx under churn and load, with ApacheBench as the proxy users: the stalls of

@@ -4,6 +4,7 @@ import Crypto
 import Foundation
 import Gateway
 import NIOHTTP1
+import RATLS
 import Testing
 
 /// `caid tunnel` as TNG's `http_proxy` behaves: the `caid` executable as the proxy, caid's gateway in mapping mode

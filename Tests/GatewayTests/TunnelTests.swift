@@ -1,7 +1,7 @@
 import Attestation
 import CaidTestSupport
 import Foundation
-import Gateway
+import RATLS
 import Testing
 
 /// `caid tunnel` (the built executable) against caid's gateway and the test Attestation Service, with curl as the

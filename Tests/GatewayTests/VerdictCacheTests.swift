@@ -1,5 +1,5 @@
 import Foundation
-import Gateway
+import RATLS
 import Testing
 
 /// The verdict cache, without I/O: lifetimes, the certificate's own expiry, and the bound.

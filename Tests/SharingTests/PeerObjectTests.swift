@@ -1,10 +1,11 @@
 import AsyncHTTPClient
 import Attestation
+import AttestationService
 import CaidTestSupport
 import Foundation
-import Gateway
 import Logging
 import ObjectStore
+import RATLS
 @testable import Sharing
 import Testing
 

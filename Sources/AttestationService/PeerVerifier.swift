@@ -3,6 +3,7 @@ import Attestation
 import Foundation
 import NIOCore
 import NIOHTTP1
+import RATLS
 import SwiftASN1
 import X509
 

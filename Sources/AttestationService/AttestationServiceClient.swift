@@ -3,6 +3,7 @@ import Attestation
 import Foundation
 import NIOCore
 import NIOHTTP1
+import RATLS
 
 /// The Attestation Service's RESTful `POST <as>/attestation`, as rats-cert's converter (converter/restful.rs) calls
 /// it: TNG clients in the background-check model send it the gateway's evidence, and a gateway in the passport
