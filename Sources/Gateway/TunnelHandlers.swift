@@ -13,10 +13,9 @@ package enum TunnelStreamHandlers {
     }
 }
 
-/// One HTTP/2 stream of the gateway: a `CONNECT` (TNG's ingress sends `:method CONNECT`, `:authority
-/// tng.internal`, nothing else) is answered `200` once the upstream TCP connection is open, and from then on the
-/// stream's DATA and the upstream bytes are piped both ways with back-pressure; END_STREAM and TCP half-close map
-/// onto each other. Anything but CONNECT gets `400`.
+/// One HTTP/2 stream of the gateway, driven by ``TunnelStreamState``: a `CONNECT` is answered `200` once the
+/// upstream TCP connection is open, and from then on the stream's DATA and the upstream bytes are piped both ways
+/// with back-pressure; END_STREAM and TCP half-close map onto each other. Anything but CONNECT gets `400`.
 ///
 /// The stream, its upstream connection and both handlers live on one event loop; once the service answers, the
 /// stream is handed to a ``StreamPipe`` and this handler leaves.
@@ -24,16 +23,7 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias OutboundOut = HTTP2Frame.FramePayload
 
-    private enum State {
-        case idle
-        /// Waiting for the upstream connection; DATA that arrives meanwhile is kept.
-        case connecting(pending: [ByteBuffer], ended: Bool)
-        /// Handed over to the ``StreamPipe``.
-        case open
-        case closed
-    }
-
-    private var state = State.idle
+    private var state = TunnelStreamState()
     private let upstream: @Sendable (any EventLoop) -> EventLoopFuture<any Channel>
     private let idleTimeout: TimeAmount
 
@@ -49,84 +39,86 @@ final class TunnelStreamHandler: ChannelInboundHandler, RemovableChannelHandler 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .headers(let headers):
-            guard case .idle = state else { return }
-            guard headers.headers.first(name: ":method") == "CONNECT" else {
-                refuse(context: context, status: "400", message: "Protocol Error: the method should be CONNECT\n")
-                return
-            }
-            state = .connecting(pending: [], ended: headers.endStream)
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
-            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            upstream(context.eventLoop).hop(to: context.eventLoop).whenComplete { result in
-                let (handler, context) = loopBound.value
-                handler.connected(result, context: context)
-            }
+            perform(state.headersReceived(method: headers.headers.first(name: ":method"), endStream: headers.endStream), context: context)
         case .data(let frame):
-            guard case .connecting(var pending, _) = state else { return }
-            if case .byteBuffer(let buffer) = frame.data, buffer.readableBytes > 0 { pending.append(buffer) }
-            state = .connecting(pending: pending, ended: frame.endStream)
+            let buffer: ByteBuffer? = if case .byteBuffer(let buffer) = frame.data { buffer } else { nil }
+            perform(state.dataReceived(buffer, endStream: frame.endStream), context: context)
         case .rstStream:
-            state = .closed
+            state.streamEnded()
         default:
             break
         }
     }
 
-    private func connected(_ result: Result<any Channel, any Error>, context: ChannelHandlerContext) {
-        guard case .connecting(let pending, let ended) = state else {
-            if case .success(let channel) = result { channel.close(promise: nil) }
-            return
-        }
-        switch result {
-        case .failure:
-            refuse(context: context, status: "502", message: "the service behind the gateway is not reachable\n")
-        case .success(let channel):
-            let socketSide = SocketSide()
-            let streamSide = StreamSide()
-            do {
-                // On the upstream socket, where every byte of the stream passes either way.
-                try channel.pipeline.syncOperations.addHandler(ClosingWhenIdle(timeout: idleTimeout))
-                try channel.pipeline.syncOperations.addHandler(socketSide)
-                try context.pipeline.syncOperations.addHandler(streamSide)
-            } catch {
-                channel.close(promise: nil)
-                refuse(context: context, status: "502", message: "the service behind the gateway is not reachable\n")
-                return
-            }
-            state = .open
-            let headers = HPACKHeaders([(":status", "200"), ("server", "tng")])
-            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
-            for buffer in pending { channel.write(buffer, promise: nil) }
-            channel.flush()
-            StreamPipe.join(socket: socketSide, stream: streamSide)
-            if ended { socketSide.end() }
-            // A stream reset while the service was being dialled: drop the service connection at once.
-            if !context.channel.isActive { channel.close(promise: nil) }
-            context.pipeline.syncOperations.removeHandler(self, promise: nil)
-            // Both sides were held still until the pipe was complete; now let bytes flow.
-            channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-            context.channel.read()
-        }
-    }
-
-    private func refuse(context: ChannelHandlerContext, status: String, message: String) {
-        state = .closed
-        let headers = HPACKHeaders([(":status", status), ("server", "tng"), ("content-type", "text/plain")])
-        context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
-        let body = context.channel.allocator.buffer(string: message)
-        context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(body), endStream: true))), promise: nil)
-    }
-
     func channelInactive(context: ChannelHandlerContext) {
-        // Reset or closed while the service was dialled: ``connected(_:context:)`` drops that connection.
-        state = .closed
+        // Reset or closed while the service was dialled: the upstream is closed when it answers.
+        state.streamEnded()
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        state = .closed
-        context.close(promise: nil)
+        perform(state.errorCaught(), context: context)
+    }
+
+    private func perform(_ action: TunnelStreamState.Action, context: ChannelHandlerContext, upstream channel: (any Channel)? = nil) {
+        switch action {
+        case .none:
+            break
+        case .dial:
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            upstream(context.eventLoop).hop(to: context.eventLoop).whenComplete { result in
+                let (handler, context) = loopBound.value
+                switch result {
+                case .success(let channel): handler.perform(handler.state.upstreamConnected(), context: context, upstream: channel)
+                case .failure: handler.perform(handler.state.upstreamFailed(), context: context)
+                }
+            }
+        case .refuse(let status, let message):
+            let headers = HPACKHeaders([(":status", status), ("server", "tng"), ("content-type", "text/plain")])
+            context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+            let body = context.channel.allocator.buffer(string: message)
+            context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(body), endStream: true))), promise: nil)
+        case .closeUpstream:
+            channel?.close(promise: nil)
+        case .closeStream:
+            context.close(promise: nil)
+        case .join(let pending, let ended):
+            guard let channel else { return }
+            join(channel, pending: pending, ended: ended, context: context)
+        }
+    }
+
+    private func join(_ channel: any Channel, pending: [ByteBuffer], ended: Bool, context: ChannelHandlerContext) {
+        guard context.channel.isActive else {
+            // Gone without an event this handler saw (the connection under the stream closed): drop the service.
+            state.streamEnded()
+            channel.close(promise: nil)
+            return
+        }
+        let socketSide = SocketSide()
+        let streamSide = StreamSide()
+        do {
+            // On the upstream socket, where every byte of the stream passes either way.
+            try channel.pipeline.syncOperations.addHandler(ClosingWhenIdle(timeout: idleTimeout))
+            try channel.pipeline.syncOperations.addHandler(socketSide)
+            try context.pipeline.syncOperations.addHandler(streamSide)
+        } catch {
+            channel.close(promise: nil)
+            perform(state.joinFailed(), context: context)
+            return
+        }
+        let headers = HPACKHeaders([(":status", "200"), ("server", "tng")])
+        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        for buffer in pending { channel.write(buffer, promise: nil) }
+        channel.flush()
+        StreamPipe.join(socket: socketSide, stream: streamSide)
+        if ended { socketSide.end() }
+        context.pipeline.syncOperations.removeHandler(self, promise: nil)
+        // Both sides were held still until the pipe was complete; now let bytes flow.
+        channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        context.channel.read()
     }
 }
 
