@@ -45,7 +45,7 @@ public struct GatewayService: Service {
         var rules: NatRules?
         if configuration.mode == .netfilter {
             let nat = NatRules(servicePort: configuration.servicePort, listenPort: configuration.listenPort)
-            try nat.install()
+            try await Blocking.run { () throws(NatError) in try nat.install() }
             rules = nat
             logger.info("nat rules installed: TCP to port \(configuration.servicePort) from other hosts goes to the gateway on \(configuration.listenPort)")
         }
@@ -98,9 +98,10 @@ public struct GatewayService: Service {
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { return }
-            guard !rules.isComplete() else { continue }
+            // iptables is a child process to wait for: off the cooperative pool.
+            guard await !Blocking.run({ rules.isComplete() }) else { continue }
             do {
-                try rules.install()
+                try await Blocking.run { () throws(NatError) in try rules.install() }
                 logger.error("the nat rules redirecting port \(rules.servicePort) to the gateway were gone (a firewall reload?); restored")
             } catch {
                 logger.critical("the nat rules redirecting port \(rules.servicePort) to the gateway are gone and cannot be restored; clients are refused until they are: \(error)")

@@ -253,7 +253,11 @@ public actor KBSClient {
         let (authStatus, authBody) = try await send(.POST, "auth", body: RCAR.request(dialect: candidate, tee: tee), step: "auth")
         guard authStatus == 200 else { throw RCAR.failure(step: "auth", status: authStatus, body: authBody) }
         let challenge = try RCAR.parseChallenge(authBody)
-        let (attestation, summary) = try RCAR.attestation(dialect: candidate, challenge: challenge, key: key, provider: provider, gpu: form)
+        // The TDX quote (configfs-tsm) and the GPUs' reports (NVML) block for a while: not on the cooperative pool.
+        let provider = self.provider
+        let (attestation, summary) = try await Blocking.run { () throws(KBSError) in
+            try RCAR.attestation(dialect: candidate, challenge: challenge, key: key, provider: provider, gpu: form)
+        }
         for missing in summary.missingGPUs {
             logger.warning("GPU left out of the evidence: \(missing)")
         }

@@ -142,19 +142,29 @@ public struct Fetcher: Sendable {
             manifest.entries[key] = nil
             summary.removed += 1
         }
-        var pending: [ObjectSummary] = []
-        for object in listing {
-            let path = try localPath(object.key)
-            var info = stat()
-            if manifest.isComplete(object), stat(path, &info) == 0, UInt64(info.st_size) == object.size,
-                let entry = manifest.entries[object.key], stillVerified(object.key, path: path, entry: entry, in: &manifest),
-                try matchesModel(object.key, path: path, model: model, in: &manifest) {
-                summary.skipped += 1
-            } else {
-                manifest.entries[object.key] = nil
-                pending.append(object)
+        // What the cache already holds, checked again where its stamp changed: whole files read and hashed, so off
+        // the cooperative pool.
+        let (kept, listed) = (manifest, listing)
+        let (pending, checked, skipped) = try await Blocking.run { () throws -> ([ObjectSummary], Manifest, Int) in
+            var manifest = kept
+            var pending: [ObjectSummary] = []
+            var skipped = 0
+            for object in listed {
+                let path = try localPath(object.key)
+                var info = stat()
+                if manifest.isComplete(object), stat(path, &info) == 0, UInt64(info.st_size) == object.size,
+                    let entry = manifest.entries[object.key], stillVerified(object.key, path: path, entry: entry, in: &manifest),
+                    try matchesModel(object.key, path: path, model: model, in: &manifest) {
+                    skipped += 1
+                } else {
+                    manifest.entries[object.key] = nil
+                    pending.append(object)
+                }
             }
+            return (pending, manifest, skipped)
         }
+        manifest = checked
+        summary.skipped += skipped
         try saveManifest(manifest)
         let total = try Self.totalSize(of: pending, prefix: prefix)
         let done = ByteCounter()
@@ -210,7 +220,8 @@ public struct Fetcher: Sendable {
                     let streaming = self.options.streaming
                     let generation = streaming?.generation(of: path)
                     do {
-                        entry.sha256 = try self.checkAgainstModel(object.key, model: model)
+                        // A whole object read and hashed: seconds per GiB, off the cooperative pool.
+                        entry.sha256 = try await Blocking.run { try self.checkAgainstModel(object.key, model: model) }
                     } catch {
                         if let streaming, let generation { streaming.corrupt(path, generation: generation, reason: "\(error)") }
                         throw error
@@ -697,9 +708,11 @@ public struct Fetcher: Sendable {
                 throw failure
             }
         }
-        guard fsync(fd) == 0 else {
-            if errno == ENOSPC || errno == EDQUOT { throw FetchError.diskFull(needed: object.size, path: stagingPath) }
-            throw FetchError.cache("\(stagingPath): fsync failed: \(String(cString: strerror(errno)))")
+        let descriptor = fd
+        let syncError = await Blocking.run { () -> Int32 in fsync(descriptor) == 0 ? 0 : errno }
+        guard syncError == 0 else {
+            if syncError == ENOSPC || syncError == EDQUOT { throw FetchError.diskFull(needed: object.size, path: stagingPath) }
+            throw FetchError.cache("\(stagingPath): fsync failed: \(String(cString: strerror(syncError)))")
         }
         close(fd)
         closed = true

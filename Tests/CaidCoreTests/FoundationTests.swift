@@ -49,4 +49,11 @@ import Glibc
             try back.withUnsafeMutableBytes { _ = try FileIO.read(-1, into: $0, at: 0) }
         }
     }
+
+    @Test func blockingWorkRunsOnAThreadOfItsOwnAndItsErrorComesBack() async {
+        let name = await Blocking.run { Thread.current.name }
+        #expect(name == "caid-blocking")
+        struct Refused: Error {}
+        await #expect(throws: Refused.self) { try await Blocking.run { () throws(Refused) -> Int in throw Refused() } }
+    }
 }
