@@ -10,11 +10,12 @@ public enum Blocking {
     /// Runs `body` on a new thread and returns its result. Not cancellable: `body` runs to its end.
     public static func run<T: Sendable, E: Error>(_ body: @escaping @Sendable () throws(E) -> T) async throws(E) -> T {
         let result: Result<T, E> = await withCheckedContinuation { continuation in
-            let thread = Thread {
+            Thread {
+                // Named from inside: Linux gives a new thread its creator's name, and Foundation applies a name
+                // set before `start()` to the object only, not to the thread that `top` and `perf` show.
+                Thread.current.name = "caid-blocking"
                 continuation.resume(returning: Result { () throws(E) in try body() })
-            }
-            thread.name = "caid-blocking"
-            thread.start()
+            }.start()
         }
         return try result.get()
     }

@@ -84,7 +84,7 @@ public struct ContentCipher: Sendable {
     public func decryptBlock(
         _ block: UnsafeRawBufferPointer, number: UInt64, fileID: [UInt8], holes: HolePolicy = .zeros
     ) throws(GocryptfsError) -> [UInt8] {
-        let opener = try blockOpener()
+        let opener = blockOpener()
         var failure: GocryptfsError?
         let plain = [UInt8](unsafeUninitializedCapacity: Self.plainBlockSize) { out, initialized in
             do throws(GocryptfsError) {
@@ -100,7 +100,7 @@ public struct ContentCipher: Sendable {
 
     /// A context that opens block after block under this key (one key schedule for all of them), for a reader of a
     /// run of blocks. One per thread.
-    public func blockOpener() throws(GocryptfsError) -> BlockOpener {
+    public func blockOpener() -> BlockOpener {
         BlockOpener(cipher: self)
     }
 

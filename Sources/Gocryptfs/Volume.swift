@@ -218,13 +218,18 @@ public final class CipherFile: @unchecked Sendable {
         let received = got
         let failure = Mutex<GocryptfsError?>(nil)
         let plain = [UInt8](unsafeUninitializedCapacity: Int(end - offset)) { output, initialized in
-            let out = SharedPointer(output.baseAddress!)
-            let source = SharedPointer(UnsafeRawPointer(cipher.baseAddress!))
+            guard let outBase = output.baseAddress, let cipherBase = cipher.baseAddress else {
+                failure.withLock { $0 = GocryptfsError(.io, "\(self.path): no buffer for a read of \(count) bytes") }
+                initialized = 0
+                return
+            }
+            let out = SharedPointer(outBase)
+            let source = SharedPointer(UnsafeRawPointer(cipherBase))
             // Decrypts blocks [first, last) of this request straight into their place in the output; only a block
             // the range starts or ends inside goes through a scratch block first.
             let decrypt: @Sendable (Int, Int) -> Void = { first, last in
                 do throws(GocryptfsError) {
-                    let opener = try self.content.blockOpener()
+                    let opener = self.content.blockOpener()
                     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ContentCipher.plainBlockSize, alignment: 16)
                     defer { scratch.deallocate() }
                     for index in first..<last {
@@ -249,7 +254,8 @@ public final class CipherFile: @unchecked Sendable {
                             let written = try opener.open(cipherBytes, number: block, fileID: fileID, holes: holes, into: scratch)
                             let to = min(end, blockStart + UInt64(written))
                             guard from < to else { continue }
-                            destination.copyMemory(from: scratch.baseAddress! + Int(from - blockStart), byteCount: Int(to - from))
+                            UnsafeMutableRawBufferPointer(start: destination, count: Int(to - from))
+                                .copyMemory(from: UnsafeRawBufferPointer(rebasing: scratch[Int(from - blockStart)..<Int(to - blockStart)]))
                         }
                     }
                 } catch {
