@@ -158,7 +158,9 @@ public struct GatewayService: Service {
         do {
             switch configuration.attestationModel {
             case .backgroundCheck:
-                let certificate = try AttestedCertificate.make(attester: attester, gpu: gpu)
+                // Fresh TDX and GPU evidence blocks for a while: off the cooperative pool.
+                let (attester, gpu) = (self.attester, self.gpu)
+                let certificate = try await Blocking.run { try AttestedCertificate.make(attester: attester, gpu: gpu) }
                 if certificate.eventLogOmitted {
                     handle.logger.warning("the CC event log was left out of the gateway certificate to keep it under 64 KiB for TNG 2.2.1 clients")
                 }
@@ -167,7 +169,8 @@ public struct GatewayService: Service {
                 guard let attestationService else {
                     throw ServiceFailure("the passport model needs an Attestation Service, and none was given", permanent: true)
                 }
-                let draft = try AttestedCertificate.draft(attester: attester, gpu: gpu)
+                let (attester, gpu) = (self.attester, self.gpu)
+                let draft = try await Blocking.run { try AttestedCertificate.draft(attester: attester, gpu: gpu) }
                 // The same request a background-check client sends (rats-cert's converter is shared by both).
                 let token = try await attestationService.token(tee: draft.tee, evidence: draft.evidence.canonicalBytes, runtimeData: draft.runtimeData)
                 // What passport clients check, checked before serving it: a token for other evidence, another key

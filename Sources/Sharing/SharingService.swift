@@ -47,7 +47,8 @@ public struct SharingService: Service {
         }
         let (peers, attester, gpu) = (self.peers, self.attester, self.gpu)
         let renewer = CertificateRenewer(purpose: "sharing", refresh: certificateRefresh, logger: handle.logger) {
-            try AttestedCertificate.make(attester: attester, gpu: gpu)
+            // Fresh TDX and GPU evidence blocks for a while: off the cooperative pool.
+            try await Blocking.run { try AttestedCertificate.make(attester: attester, gpu: gpu) }
         } install: { fresh in
             try peers.renew(fresh)
         }
