@@ -1,3 +1,4 @@
+import CaidBase
 import Foundation
 import Logging
 
@@ -171,7 +172,9 @@ public struct ServiceGuard: Sendable {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { return }
             do {
-                for (family, state) in try ensure().sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+                // iptables and ip6tables are child processes to wait for: off the cooperative pool.
+                let states = try await Blocking.run { () throws(ServiceGuardError) in try ensure() }
+                for (family, state) in states.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
                     if case .restored(let missing) = state {
                         let line = "the \(family.rawValue) guard of port \(servicePort) was gone (\(missing.joined(separator: "; "))); restored"
                         logger.error("\(line)")

@@ -186,7 +186,8 @@ struct ServiceCatalog {
                         if let streaming, !streaming.isFinished { return }
                         // The manifest is the defence gocryptfs lacks against whole files swapped or renamed.
                         do {
-                            let reread = try fetcher.verifyCache()
+                            // Files read again where their stamps changed: off the cooperative pool.
+                            let reread = try await Blocking.run { try fetcher.verifyCache() }
                             if reread > 0 { handle.logger.warning("\(reread) cached files changed on disk since the fetch; their CRC-64 still matches") }
                         } catch {
                             repairs.request()
