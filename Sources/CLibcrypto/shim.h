@@ -92,16 +92,16 @@ static inline EVP_CIPHER_CTX *caid_gcm_new(const uint8_t *key) {
 }
 
 static inline void caid_gcm_free(EVP_CIPHER_CTX *ctx) {
-    const caid_libcrypto *lib = caid_libcrypto_get();
-    if (ctx != NULL && lib != NULL) lib->ctx_free(ctx);
+    if (ctx != NULL) caid_libcrypto_state()->table.ctx_free(ctx);
 }
 
 /// Opens one block laid out as gocryptfs stores it, nonce (16) ‖ ciphertext ‖ tag (16), writing `length - 32`
 /// bytes to `out`. Returns 1 when the tag verifies; otherwise 0, and `out` holds bytes that must not be used.
 static inline int caid_gcm_open_block(EVP_CIPHER_CTX *ctx, const uint8_t *block, size_t length,
                                       const uint8_t *aad, size_t aad_length, uint8_t *out) {
-    const caid_libcrypto *lib = caid_libcrypto_get();
-    if (length < 32 || lib == NULL) return 0;
+    // Called per 4 KiB block: a context exists only once the library is loaded, so no pthread_once here.
+    if (ctx == NULL || length < 32) return 0;
+    const caid_libcrypto *lib = &caid_libcrypto_state()->table;
     const size_t body = length - 32;
     int n = 0;
     if (lib->decrypt_init(ctx, NULL, NULL, NULL, block) != 1) return 0;

@@ -16,10 +16,21 @@ public enum FileIO {
     /// Reads into `buffer` from `offset` until it is full or the file ends.
     /// - Returns: the bytes read: `buffer.count`, or fewer at the end of the file.
     public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Failure) -> Int {
+        try fill(buffer) { base, count, done in pread(fd, base, count, off_t(offset) + off_t(done)) }
+    }
+
+    /// Reads into `buffer` from where `fd` stands (a pipe or a FIFO too, such as `--passfile <(…)`) until it is full
+    /// or the input ends. - Returns: the bytes read.
+    public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(Failure) -> Int {
+        try fill(buffer) { base, count, _ in Glibc.read(fd, base, count) }
+    }
+
+    /// The loop both reads share: `call(base, count, done)` reads at most `count` bytes into `base`.
+    private static func fill(_ buffer: UnsafeMutableRawBufferPointer, _ call: (UnsafeMutableRawPointer, Int, Int) -> Int) throws(Failure) -> Int {
         guard let base = buffer.baseAddress else { return 0 }
         var done = 0
         while done < buffer.count {
-            let n = pread(fd, base + done, buffer.count - done, off_t(offset) + off_t(done))
+            let n = call(base + done, buffer.count - done, done)
             if n < 0, errno == EINTR { continue }
             guard n >= 0 else { throw Failure(code: errno) }
             if n == 0 { break }

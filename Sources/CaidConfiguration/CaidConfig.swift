@@ -255,16 +255,14 @@ public struct CaidConfig: Sendable {
         }
         // One byte more than the size, so that a file growing while read is seen as such rather than cut.
         var bytes = [UInt8](repeating: 0, count: Int(info.st_size) + 1)
-        var filled = 0
-        while filled < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
-            if n < 0, errno == EINTR { continue }
-            guard n >= 0 else {
-                wipeBytes(&bytes)
-                throw failure(String(cString: strerror(errno)))
-            }
-            if n == 0 { break }
-            filled += n
+        let read = bytes.withUnsafeMutableBytes { buffer in Result { () throws(FileIO.Failure) in try FileIO.read(fd, into: buffer) } }
+        let filled: Int
+        switch read {
+        case .success(let count):
+            filled = count
+        case .failure(let error):
+            wipeBytes(&bytes)
+            throw failure(error.description)
         }
         guard filled < bytes.count else {
             wipeBytes(&bytes)

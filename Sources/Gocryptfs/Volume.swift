@@ -230,6 +230,7 @@ public final class CipherFile: @unchecked Sendable {
             let decrypt: @Sendable (Int, Int) -> Void = { first, last in
                 do throws(GocryptfsError) {
                     let opener = self.content.blockOpener()
+                    let holes: ContentCipher.HolePolicy = self.refusesHoles ? .refuse : .zeros
                     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ContentCipher.plainBlockSize, alignment: 16)
                     defer { scratch.deallocate() }
                     for index in first..<last {
@@ -243,7 +244,6 @@ public final class CipherFile: @unchecked Sendable {
                         let from = max(offset, blockStart)
                         let cipherBytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(source.pointer) + position, count: length)
                         let destination = UnsafeMutableRawPointer(out.pointer) + Int(from - offset)
-                        let holes: ContentCipher.HolePolicy = self.refusesHoles ? .refuse : .zeros
                         if from == blockStart, blockStart + UInt64(ContentCipher.plainBlockSize) <= end {
                             let written = try opener.open(cipherBytes, number: block, fileID: fileID, holes: holes,
                                                           into: UnsafeMutableRawBufferPointer(start: destination, count: ContentCipher.plainBlockSize))

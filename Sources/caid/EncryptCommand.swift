@@ -119,12 +119,14 @@ struct PassfileOption: ParsableArguments {
         defer { close(fd) }
         var bytes = [UInt8](repeating: 0, count: 4096)
         defer { wipeBytes(&bytes) }
-        var count = 0
-        while count < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + count, $0.count - count) }
-            if n < 0, errno == EINTR { continue }
-            guard n > 0 else { break }
-            count += n
+        let read = bytes.withUnsafeMutableBytes { buffer in Result { () throws(FileIO.Failure) in try FileIO.read(fd, into: buffer) } }
+        var count: Int
+        switch read {
+        case .success(let filled):
+            count = filled
+        case .failure(let error):
+            printError("\(passfile): cannot be read (\(error)); pass the password file with --passfile")
+            throw ExitCode(66)
         }
         var extra: UInt8 = 0
         guard count < bytes.count || Glibc.read(fd, &extra, 1) == 0 else {
