@@ -37,6 +37,9 @@ let package = Package(
         // glibc's GNU extensions: malloc_trim (the gateway gives the heap back after a burst), sync_file_range (the
         // fetcher writes back as it downloads).
         .systemLibrary(name: "CGNU"),
+        // CRC-64 folded with carry-less multiplication (x86-64's PCLMULQDQ; compiler intrinsics only): OSS's checksum
+        // of every downloaded and cached byte at the disk's speed.
+        .systemLibrary(name: "CCRC64"),
         // OpenSSL's libcrypto, loaded at run time (3 or 1.1; not linked): AES-256-GCM with one key schedule for a run of
         // gocryptfs blocks (the mount's reads). Building needs its header only (Debian: libssl-dev).
         .systemLibrary(name: "CLibcrypto"),
@@ -111,7 +114,7 @@ let package = Package(
         .target(
             name: "ObjectStore",
             dependencies: [
-                "CGNU", "CaidBase", "CaidCore",
+                "CCRC64", "CGNU", "CaidBase", "CaidCore",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),

@@ -35,7 +35,9 @@ public struct Fetcher: Sendable {
     /// beside the download's own requests.
     static let urgentConcurrency = 8
     /// Objects downloaded at once behind a streaming mount: few, so that the parts in flight when a reader asks are
-    /// few too, and its part does not share the bandwidth with dozens.
+    /// few too, and its part does not share the bandwidth with dozens. The next one starts only once every part of
+    /// the one before is under way (``fetchObjects(_:inOrder:manifest:model:report:)``), so the bandwidth goes to
+    /// the objects in the order a model loader reads them, and the second slot only fills the first's tail.
     static let streamedObjectConcurrency = 2
 
     /// Whether an object is fetched whole before a streaming mount starts: the volume's config, directory IVs and
@@ -179,7 +181,8 @@ public struct Fetcher: Sendable {
             await streamable(summary)
             // Readers' parts meanwhile come from ``serveWaitingReads()``, which outlives this run.
             try await fetchObjects(
-                streamed, concurrency: min(options.concurrency, Self.streamedObjectConcurrency), manifest: &manifest, model: model, report: report)
+                streamed, concurrency: min(options.concurrency, Self.streamedObjectConcurrency), inOrder: true, manifest: &manifest, model: model,
+                report: report)
         } else {
             try await fetchObjects(pending, manifest: &manifest, model: model, report: report)
         }
@@ -193,8 +196,10 @@ public struct Fetcher: Sendable {
     /// Fetches `objects`, several at once (small files), each with its parts in parallel, recording each verified
     /// one in `manifest`.
     /// - Parameter concurrency: objects at once (``Options/concurrency`` when nil).
+    /// - Parameter inOrder: start an object only once every part of the one before it is under way.
     private func fetchObjects(
-        _ objects: [ObjectSummary], concurrency: Int? = nil, manifest: inout Manifest, model: ModelManifest?, report: @escaping @Sendable (UInt64) async -> Void
+        _ objects: [ObjectSummary], concurrency: Int? = nil, inOrder: Bool = false, manifest: inout Manifest, model: ModelManifest?,
+        report: @escaping @Sendable (UInt64) async -> Void
     ) async throws {
         let concurrency = concurrency ?? options.concurrency
         // The manifest is written at most once a second and at the end: a crash loses only objects verified since,
@@ -209,13 +214,20 @@ public struct Fetcher: Sendable {
                     lastSave = .now
                 }
             }
+            var previousTail: Doorbell?
             for object in objects {
                 if running >= concurrency, let finished = try await group.next() {
                     try record(finished)
                     running -= 1
                 }
+                // Rung when the object before has claimed its last part, or ended: its tail, not its end.
+                await previousTail?.wait()
+                try Task.checkCancellation()
+                let tail = inOrder ? Doorbell() : nil
+                previousTail = tail
                 group.addTask {
-                    var entry = try await self.fetchObject(object, report: report)
+                    defer { tail?.ring() }
+                    var entry = try await self.fetchObject(object, report: report, tail: tail)
                     let path = String(object.key.dropFirst(self.prefix.count))
                     let streaming = self.options.streaming
                     let generation = streaming?.generation(of: path)
@@ -428,9 +440,10 @@ public struct Fetcher: Sendable {
 
     /// Downloads one object into the staging area, verifies it and moves it into place; restarts it once if it
     /// changed on the server while being fetched.
-    private func fetchObject(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) async -> Void) async throws -> Manifest.Entry {
+    /// - Parameter tail: rung once every part of the object is under way.
+    private func fetchObject(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) async -> Void, tail: Doorbell?) async throws -> Manifest.Entry {
         do {
-            return try await fetchOnce(object, report: report)
+            return try await fetchOnce(object, report: report, tail: tail)
         } catch FetchError.changed(let message) {
             logger.warning("\(message); fetching it again")
             guard let fresh = try await client.list(prefix: object.key).first(where: { $0.key == object.key }) else {
@@ -438,7 +451,7 @@ public struct Fetcher: Sendable {
             }
             // A streamed object gets a new copy (a new generation) that its readers open again.
             if let streaming = options.streaming, !Self.fetchedWhole(fresh) { try prepareStreaming(fresh, in: streaming) }
-            return try await fetchOnce(fresh, report: report)
+            return try await fetchOnce(fresh, report: report, tail: tail)
         }
     }
 
@@ -588,7 +601,7 @@ public struct Fetcher: Sendable {
         }
     }
 
-    private func fetchOnce(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) async -> Void) async throws -> Manifest.Entry {
+    private func fetchOnce(_ object: ObjectSummary, report: @escaping @Sendable (UInt64) async -> Void, tail: Doorbell?) async throws -> Manifest.Entry {
         let paths = try stagingPaths(object)
         let (finalPath, stagingPath, checkpointPath) = (paths.final, paths.staging, paths.checkpoint)
         let path = String(object.key.dropFirst(prefix.count))
@@ -631,7 +644,10 @@ public struct Fetcher: Sendable {
                             try record(finished)
                             running -= 1
                         }
-                        guard let part = nextPart() else { break }
+                        guard let part = nextPart() else {
+                            tail?.ring()
+                            break
+                        }
                         let descriptor = fd
                         group.addTask {
                             do {
@@ -654,7 +670,8 @@ public struct Fetcher: Sendable {
                     while let finished = try await group.next() { try record(finished) }
                 }
                 if let streaming, let generation {
-                    while streaming.fetching(path, generation: generation) > 0 { try await Task.sleep(for: .milliseconds(20)) }
+                    await streaming.settled(path, generation: generation)
+                    try Task.checkCancellation()
                     tally.merge(fromOSS: streaming.present(path, generation: generation))
                 }
             } while streaming != nil && generation != nil && rounds < 10 && !tally.missing.isEmpty

@@ -15,6 +15,9 @@ public final class StreamingDownload: @unchecked Sendable {
     private let doorbell = Doorbell()
     private let runs = Mutex((running: 0, finished: false))
     private let laneSlots = Mutex(0)
+    /// Fetch tasks waiting for the urgent lane to finish a copy's parts; guarded by `condition`'s lock too.
+    private var settleWaiters: [UInt64: (path: String, generation: UInt64, continuation: CheckedContinuation<Void, Never>)] = [:]
+    private var nextSettleWaiter: UInt64 = 0
     /// The longest a read waits for its bytes (`CAID_MOUNT_READ_TIMEOUT`); then it gets EIO.
     public let readTimeout: Duration
 
@@ -22,14 +25,19 @@ public final class StreamingDownload: @unchecked Sendable {
         self.readTimeout = readTimeout
     }
 
-    /// A change: waiting readers look again.
+    /// A change: waiting readers look again, and fetch tasks waiting for a copy to settle are resumed if it has.
     private func locked<T>(_ body: (inout StreamingLedger) -> T) -> T {
         condition.lock()
-        defer {
-            condition.broadcast()
-            condition.unlock()
+        let result = body(&ledger)
+        var settled: [CheckedContinuation<Void, Never>] = []
+        for (id, waiter) in settleWaiters where ledger.fetching(waiter.path, generation: waiter.generation) == 0 {
+            settleWaiters[id] = nil
+            settled.append(waiter.continuation)
         }
-        return body(&ledger)
+        condition.broadcast()
+        condition.unlock()
+        for continuation in settled { continuation.resume() }
+        return result
     }
 
     /// A look that changes nothing, so wakes no one.
@@ -118,8 +126,37 @@ public final class StreamingDownload: @unchecked Sendable {
         locked { $0.claimUrgent() }
     }
 
-    func fetching(_ path: String, generation: UInt64) -> Int {
-        reading { $0.fetching(path, generation: generation) }
+    /// Returns once no part of the copy is being fetched by the urgent lane (each ends in ``partArrived`` or
+    /// ``partFailed``), or the task is cancelled: then the fetch may take stock of what is present.
+    func settled(_ path: String, generation: UInt64) async {
+        let id = condition.withLock {
+            defer { nextSettleWaiter += 1 }
+            return nextSettleWaiter
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                condition.lock()
+                guard !Task.isCancelled, ledger.fetching(path, generation: generation) > 0 else {
+                    condition.unlock()
+                    continuation.resume()
+                    return
+                }
+                settleWaiters[id] = (path, generation, continuation)
+                condition.unlock()
+            }
+        } onCancel: {
+            condition.lock()
+            let waiter = settleWaiters.removeValue(forKey: id)
+            condition.unlock()
+            waiter?.continuation.resume()
+        }
+    }
+
+    /// How many fetch tasks wait in ``settled(_:generation:)`` (for tests).
+    var settleWaiting: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return settleWaiters.count
     }
 
     func present(_ path: String, generation: UInt64) -> [Int: UInt64] {
