@@ -215,7 +215,8 @@ public struct Fetcher: Sendable {
                 }
             }
             var previousTail: Doorbell?
-            for object in objects {
+            var remaining = objects[...]
+            while !remaining.isEmpty {
                 if running >= concurrency, let finished = try await group.next() {
                     try record(finished)
                     running -= 1
@@ -223,6 +224,7 @@ public struct Fetcher: Sendable {
                 // Rung when the object before has claimed its last part, or ended: its tail, not its end.
                 await previousTail?.wait()
                 try Task.checkCancellation()
+                let object = nextObject(from: &remaining, inOrder: inOrder)
                 let tail = inOrder ? Doorbell() : nil
                 previousTail = tail
                 group.addTask {
@@ -436,6 +438,16 @@ public struct Fetcher: Sendable {
         let parts = relative.split(separator: "/", omittingEmptySubsequences: false)
         guard key.hasPrefix(prefix), !relative.isEmpty, !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else { return nil }
         return cacheDirectory + "/" + relative
+    }
+
+    /// The next object to start: in order, the one a streaming mount's reader last jumped to, if it is among them;
+    /// else the first.
+    private func nextObject(from remaining: inout ArraySlice<ObjectSummary>, inOrder: Bool) -> ObjectSummary {
+        if inOrder, let wanted = options.streaming?.lastJumpedTo,
+            let index = remaining.firstIndex(where: { $0.key.dropFirst(prefix.count) == wanted }) {
+            return remaining.remove(at: index)
+        }
+        return remaining.removeFirst()
     }
 
     /// Downloads one object into the staging area, verifies it and moves it into place; restarts it once if it

@@ -159,6 +159,11 @@ public final class StreamingDownload: @unchecked Sendable {
         return settleWaiters.count
     }
 
+    /// The object a reader last jumped to (``StreamingLedger/lastJumpedTo``).
+    var lastJumpedTo: String? {
+        reading { $0.lastJumpedTo }
+    }
+
     func present(_ path: String, generation: UInt64) -> [Int: UInt64] {
         reading { $0.present(path, generation: generation) }
     }

@@ -63,6 +63,10 @@ public struct StreamingLedger: Sendable {
     private var nextGeneration: UInt64 = 1
     /// Counts part failures, so that a waiter knows whether one happened since it began.
     private(set) var failures: UInt64 = 0
+    /// The object a reader last had to wait for because its bytes were not even asked for: the download starts
+    /// that one next, before the rest in listing order (the listing is of encrypted names, so its order is not
+    /// the order a model loader reads in).
+    public private(set) var lastJumpedTo: String?
     /// Readers blocked now.
     public var waitingReads = 0
 
@@ -120,12 +124,14 @@ public struct StreamingLedger: Sendable {
         guard first <= last, last < entry.parts.count else { return .ready }
         var requested = false
         var complete = true
+        var jumped = false
         for index in first...last {
             switch entry.parts[index] {
             case .present: continue
             case .fetching: complete = false
             case .missing:
                 complete = false
+                jumped = true
                 if let failed = entry.failedAt[index], failed > started {
                     return .unavailable("\(entry.object.key) bytes \(entry.plan.parts[index].rangeHeader.dropFirst(6)) could not be fetched: \(entry.lastFailure ?? "failed")")
                 }
@@ -133,6 +139,10 @@ public struct StreamingLedger: Sendable {
             }
         }
         guard !complete else { return .ready }
+        // Readahead only for a reader ahead of the download: one that waits for parts already in flight follows
+        // the download, and more parts in flight would only share the bandwidth with the one it waits for.
+        guard jumped else { return .wait(requested: requested) }
+        lastJumpedTo = path
         for index in (last + 1)..<min(entry.parts.count, last + 1 + Self.readahead) where entry.parts[index] == .missing {
             if enqueue(path, index) { requested = true }
         }

@@ -31,6 +31,23 @@ import Testing
         #expect(ledger.claimUrgent() == nil)
     }
 
+    /// A reader right behind the download waits for the part in flight and asks for nothing more: readahead there
+    /// would only share the bandwidth with the part it waits for (and so delay the first byte a model loader reads).
+    @Test func aReadOfAPartInFlightAddsNoReadahead() {
+        var (ledger, generation) = Self.ledger()
+        #expect(ledger.claimNext("shard", generation: generation)?.part.index == 0)
+        var since: UInt64?
+        #expect(ledger.need("shard", range: 0..<(1 * Self.mib), generation: generation, since: &since) == .wait(requested: false))
+        #expect(ledger.claimUrgent() == nil)
+        #expect(ledger.lastJumpedTo == nil)
+        // Once it jumps ahead of the download, its part and the readahead after it go first, and the download, were
+        // it elsewhere, would start this object next.
+        #expect(ledger.need("shard", range: (24 * Self.mib)..<(25 * Self.mib), generation: generation, since: &since) == .wait(requested: true))
+        #expect(ledger.lastJumpedTo == "shard")
+        #expect(ledger.claimUrgent()?.part.index == 3)
+        #expect(ledger.claimUrgent()?.part.index == 4)
+    }
+
     @Test func theDownloadTakesAPartAReaderWaitsForBeforeTheNextInOrder() {
         var (ledger, generation) = Self.ledger()
         #expect(ledger.claimNext("shard", generation: generation)?.part.index == 0)
