@@ -40,6 +40,9 @@ let package = Package(
         // OpenSSL's libcrypto, loaded at run time (3 or 1.1; not linked): AES-256-GCM with one key schedule for a run of
         // gocryptfs blocks (the mount's reads). Building needs its header only (Debian: libssl-dev).
         .systemLibrary(name: "CLibcrypto"),
+        // NVML's confidential-computing structs and the types of the entry points the GPU attester resolves (nvml.h's
+        // definitions; libnvidia-ml is loaded at run time, so building needs no NVIDIA header or driver).
+        .systemLibrary(name: "CNVML"),
         // The declaration of libFuzzer's driver entry; the library itself comes with `-sanitize=fuzzer` (scripts/fuzz.sh).
         .systemLibrary(name: "CLibFuzzer"),
 
@@ -124,7 +127,7 @@ let package = Package(
         // TEE evidence: TDX through configfs-tsm, NVIDIA GPUs through NVML (loaded at run time), and the sample attester.
         .target(
             name: "Attestation",
-            dependencies: ["CTDXGuest", "CaidBase", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CNVML", "CTDXGuest", "CaidBase", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // The Trustee KBS client (RCAR, both dialects, JWE) and the attestation and key services.
@@ -291,7 +294,7 @@ let package = Package(
         .testTarget(
             name: "KeyBrokerTests",
             dependencies: [
-                "CaidBase", "CaidCore", "CaidConfiguration", "Attestation", "KeyBroker", "caid", "CaidTestSupport",
+                "CNVML", "CaidBase", "CaidCore", "CaidConfiguration", "Attestation", "KeyBroker", "caid", "CaidTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),

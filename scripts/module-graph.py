@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first. Within a tier, modules do not depend on each other.
 TIERS = [
-    ("C shims", ["CFuse3", "CGNU", "CLibcrypto", "CLibFuzzer", "CSystemd", "CTDXGuest"]),
+    ("C shims", ["CFuse3", "CGNU", "CLibcrypto", "CLibFuzzer", "CNVML", "CSystemd", "CTDXGuest"]),
     ("foundation", ["CaidBase"]),
     ("service runtime", ["CaidCore"]),
     ("formats and evidence", ["Attestation", "Gocryptfs"]),
