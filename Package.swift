@@ -110,11 +110,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // Alibaba Cloud OSS: signing, CRC-64, listing, and the verified parallel downloader.
+        // Alibaba Cloud OSS's protocol and the download's formats, pure: signing, CRC-64, endpoints, proxies, the
+        // listing and error XML, the download plan, checkpoint and manifests, the part tally and the streaming ledger.
+        .target(
+            name: "OSSProtocol",
+            dependencies: ["CaidBase", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
+        // The OSS client (async-http-client) and the verified parallel downloader over OSSProtocol.
         .target(
             name: "ObjectStore",
             dependencies: [
-                "CGNU", "CaidBase", "CaidCore",
+                "CGNU", "CaidBase", "CaidCore", "OSSProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -206,7 +213,7 @@ let package = Package(
         .target(
             name: "Sharing",
             dependencies: [
-                "CaidBase", "CaidCore", "ObjectStore", "Attestation", "RATLS", "AttestationService", "CaidNIO",
+                "CaidBase", "CaidCore", "OSSProtocol", "ObjectStore", "Attestation", "RATLS", "AttestationService", "CaidNIO",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -222,7 +229,7 @@ let package = Package(
         .executableTarget(
             name: "caid",
             dependencies: [
-                "CaidBase", "CaidCore", "CaidConfiguration", "CaidSystemd", "CaidControl", "Gocryptfs", "CacheFS", "ObjectStore", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway", "Sharing",
+                "CaidBase", "CaidCore", "CaidConfiguration", "CaidSystemd", "CaidControl", "Gocryptfs", "CacheFS", "OSSProtocol", "ObjectStore", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway", "Sharing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -236,7 +243,7 @@ let package = Package(
         .target(
             name: "CaidFuzzTargets",
             dependencies: [
-                "CaidConfiguration", "Gocryptfs", "ObjectStore", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway",
+                "CaidConfiguration", "Gocryptfs", "OSSProtocol", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -288,7 +295,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ObjectStoreTests",
-            dependencies: ["CaidBase", "CaidCore", "ObjectStore", "caid", "CaidTestSupport"],
+            dependencies: ["CaidBase", "CaidCore", "OSSProtocol", "ObjectStore", "caid", "CaidTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
@@ -325,7 +332,7 @@ let package = Package(
         .testTarget(
             name: "SharingTests",
             dependencies: [
-                "ObjectStore", "Attestation", "RATLS", "AttestationService", "Sharing", "CaidTestSupport",
+                "OSSProtocol", "ObjectStore", "Attestation", "RATLS", "AttestationService", "Sharing", "CaidTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
             ],
