@@ -137,13 +137,22 @@ let package = Package(
             dependencies: ["CNVML", "CTDXGuest", "CaidBase", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
-        // The Trustee KBS client (RCAR, both dialects, JWE) and the attestation and key services.
+        // Trustee's KBS protocol, pure: RCAR in both dialects, the session state machine, JWE, the TEE keys, cookies
+        // and tokens.
+        .target(
+            name: "KBSProtocol",
+            dependencies: [
+                "CaidBase", "Attestation",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        // The Trustee KBS client (async-http-client, over KBSProtocol) and the attestation, key and measure services.
         .target(
             name: "KeyBroker",
             dependencies: [
-                "CaidBase", "CaidCore", "Attestation",
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                "CaidBase", "CaidCore", "Attestation", "KBSProtocol",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -229,7 +238,7 @@ let package = Package(
         .executableTarget(
             name: "caid",
             dependencies: [
-                "CaidBase", "CaidCore", "CaidConfiguration", "CaidSystemd", "CaidControl", "Gocryptfs", "CacheFS", "OSSProtocol", "ObjectStore", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway", "Sharing",
+                "CaidBase", "CaidCore", "CaidConfiguration", "CaidSystemd", "CaidControl", "Gocryptfs", "CacheFS", "OSSProtocol", "ObjectStore", "Attestation", "KBSProtocol", "KeyBroker", "RATLS", "AttestationService", "Gateway", "Sharing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -243,7 +252,7 @@ let package = Package(
         .target(
             name: "CaidFuzzTargets",
             dependencies: [
-                "CaidConfiguration", "Gocryptfs", "OSSProtocol", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway",
+                "CaidConfiguration", "Gocryptfs", "OSSProtocol", "Attestation", "KBSProtocol", "RATLS", "AttestationService", "Gateway",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -301,7 +310,7 @@ let package = Package(
         .testTarget(
             name: "KeyBrokerTests",
             dependencies: [
-                "CNVML", "CaidBase", "CaidCore", "CaidConfiguration", "Attestation", "KeyBroker", "caid", "CaidTestSupport",
+                "CNVML", "CaidBase", "CaidCore", "CaidConfiguration", "Attestation", "KBSProtocol", "KeyBroker", "caid", "CaidTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),

@@ -21,7 +21,7 @@ TIERS = [
     ("foundation", ["CaidBase"]),
     ("service runtime", ["CaidCore"]),
     ("formats and evidence", ["Attestation", "Gocryptfs"]),
-    ("protocols", ["OSSProtocol", "RATLS"]),
+    ("protocols", ["KBSProtocol", "OSSProtocol", "RATLS"]),
     ("clients and adapters", ["AttestationService", "CaidNIO", "CaidControl", "CaidSystemd", "CacheFS", "KeyBroker", "ObjectStore"]),
     ("network services", ["Gateway", "Sharing"]),
     ("daemon", ["CaidConfiguration"]),
