@@ -43,6 +43,9 @@ let package = Package(
         // OpenSSL's libcrypto, loaded at run time (3 or 1.1; not linked): AES-256-GCM with one key schedule for a run of
         // gocryptfs blocks (the mount's reads). Building needs its header only (Debian: libssl-dev).
         .systemLibrary(name: "CLibcrypto"),
+        // NVML's confidential-computing structs and the types of the entry points the GPU attester resolves (nvml.h's
+        // definitions; libnvidia-ml is loaded at run time, so building needs no NVIDIA header or driver).
+        .systemLibrary(name: "CNVML"),
         // The declaration of libFuzzer's driver entry; the library itself comes with `-sanitize=fuzzer` (scripts/fuzz.sh).
         .systemLibrary(name: "CLibFuzzer"),
 
@@ -110,11 +113,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // Alibaba Cloud OSS: signing, CRC-64, listing, and the verified parallel downloader.
+        // Alibaba Cloud OSS's protocol and the download's formats, pure: signing, CRC-64, endpoints, proxies, the
+        // listing and error XML, the download plan, checkpoint and manifests, the part tally and the streaming ledger.
+        .target(
+            name: "OSSProtocol",
+            dependencies: ["CCRC64", "CaidBase", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
+        // The OSS client (async-http-client) and the verified parallel downloader over OSSProtocol.
         .target(
             name: "ObjectStore",
             dependencies: [
-                "CCRC64", "CGNU", "CaidBase", "CaidCore",
+                "CGNU", "CaidBase", "CaidCore", "OSSProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -127,16 +137,25 @@ let package = Package(
         // TEE evidence: TDX through configfs-tsm, NVIDIA GPUs through NVML (loaded at run time), and the sample attester.
         .target(
             name: "Attestation",
-            dependencies: ["CTDXGuest", "CaidBase", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CNVML", "CTDXGuest", "CaidBase", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
-        // The Trustee KBS client (RCAR, both dialects, JWE) and the attestation and key services.
+        // Trustee's KBS protocol, pure: RCAR in both dialects, the session state machine, JWE, the TEE keys, cookies
+        // and tokens.
+        .target(
+            name: "KBSProtocol",
+            dependencies: [
+                "CaidBase", "Attestation",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        // The Trustee KBS client (async-http-client, over KBSProtocol) and the attestation, key and measure services.
         .target(
             name: "KeyBroker",
             dependencies: [
-                "CaidBase", "CaidCore", "Attestation",
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                "CaidBase", "CaidCore", "Attestation", "KBSProtocol",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -206,7 +225,7 @@ let package = Package(
         .target(
             name: "Sharing",
             dependencies: [
-                "CaidBase", "CaidCore", "ObjectStore", "Attestation", "RATLS", "AttestationService", "CaidNIO",
+                "CaidBase", "CaidCore", "OSSProtocol", "ObjectStore", "Attestation", "RATLS", "AttestationService", "CaidNIO",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -222,7 +241,7 @@ let package = Package(
         .executableTarget(
             name: "caid",
             dependencies: [
-                "CaidBase", "CaidCore", "CaidConfiguration", "CaidSystemd", "CaidControl", "Gocryptfs", "CacheFS", "ObjectStore", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway", "Sharing",
+                "CaidBase", "CaidCore", "CaidConfiguration", "CaidSystemd", "CaidControl", "Gocryptfs", "CacheFS", "OSSProtocol", "ObjectStore", "Attestation", "KBSProtocol", "KeyBroker", "RATLS", "AttestationService", "Gateway", "Sharing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -236,7 +255,7 @@ let package = Package(
         .target(
             name: "CaidFuzzTargets",
             dependencies: [
-                "CaidConfiguration", "Gocryptfs", "ObjectStore", "Attestation", "KeyBroker", "RATLS", "AttestationService", "Gateway",
+                "CaidConfiguration", "Gocryptfs", "OSSProtocol", "Attestation", "KBSProtocol", "RATLS", "AttestationService", "Gateway",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -288,13 +307,13 @@ let package = Package(
         ),
         .testTarget(
             name: "ObjectStoreTests",
-            dependencies: ["CaidBase", "CaidCore", "ObjectStore", "caid", "CaidTestSupport"],
+            dependencies: ["CaidBase", "CaidCore", "OSSProtocol", "ObjectStore", "caid", "CaidTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "KeyBrokerTests",
             dependencies: [
-                "CaidBase", "CaidCore", "CaidConfiguration", "Attestation", "KeyBroker", "caid", "CaidTestSupport",
+                "CNVML", "CaidBase", "CaidCore", "CaidConfiguration", "Attestation", "KBSProtocol", "KeyBroker", "caid", "CaidTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -325,7 +344,7 @@ let package = Package(
         .testTarget(
             name: "SharingTests",
             dependencies: [
-                "ObjectStore", "Attestation", "RATLS", "AttestationService", "Sharing", "CaidTestSupport",
+                "OSSProtocol", "ObjectStore", "Attestation", "RATLS", "AttestationService", "Sharing", "CaidTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
             ],

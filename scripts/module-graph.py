@@ -17,11 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first. Within a tier, modules do not depend on each other.
 TIERS = [
-    ("C shims", ["CCRC64", "CFuse3", "CGNU", "CLibcrypto", "CLibFuzzer", "CSystemd", "CTDXGuest"]),
+    ("C shims", ["CCRC64", "CFuse3", "CGNU", "CLibcrypto", "CLibFuzzer", "CNVML", "CSystemd", "CTDXGuest"]),
     ("foundation", ["CaidBase"]),
     ("service runtime", ["CaidCore"]),
     ("formats and evidence", ["Attestation", "Gocryptfs"]),
-    ("protocols", ["RATLS"]),
+    ("protocols", ["KBSProtocol", "OSSProtocol", "RATLS"]),
     ("clients and adapters", ["AttestationService", "CaidNIO", "CaidControl", "CaidSystemd", "CacheFS", "KeyBroker", "ObjectStore"]),
     ("network services", ["Gateway", "Sharing"]),
     ("daemon", ["CaidConfiguration"]),

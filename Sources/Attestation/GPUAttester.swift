@@ -1,3 +1,4 @@
+import CNVML
 import Foundation
 
 /// Evidence of the NVIDIA confidential-computing GPUs through NVML, loaded at run time so that caid builds and runs
@@ -97,24 +98,9 @@ public struct GPUAttester: Sendable {
     }
 }
 
-/// The few NVML entry points caid uses, resolved with dlsym. Struct layouts are those of nvml.h (r535 and later).
+/// The few NVML entry points caid uses, resolved with dlsym; their types and the structs they fill are nvml.h's
+/// (`CNVML`).
 private struct NVML {
-    typealias Status = Int32
-    typealias NoArg = @convention(c) () -> Status
-    typealias CountFn = @convention(c) (UnsafeMutablePointer<UInt32>) -> Status
-    typealias HandleFn = @convention(c) (UInt32, UnsafeMutablePointer<OpaquePointer?>) -> Status
-    typealias DeviceStringFn = @convention(c) (OpaquePointer?, UnsafeMutablePointer<CChar>, UInt32) -> Status
-    typealias SystemStringFn = @convention(c) (UnsafeMutablePointer<CChar>, UInt32) -> Status
-    typealias DeviceUIntFn = @convention(c) (OpaquePointer?, UnsafeMutablePointer<UInt32>) -> Status
-    typealias DeviceBufferFn = @convention(c) (OpaquePointer?, UnsafeMutableRawPointer) -> Status
-    typealias StateFn = @convention(c) (UnsafeMutableRawPointer) -> Status
-    typealias ErrorStringFn = @convention(c) (Status) -> UnsafePointer<CChar>?
-
-    // nvmlConfComputeGpuAttestationReport_t: 3 × uint32, nonce[32], report[0x2000], cecReport[0x1000].
-    static let reportStructSize = 12 + 32 + 0x2000 + 0x1000
-    // nvmlConfComputeGpuCertificate_t: 2 × uint32, certChain[0x1000], attestationCertChain[0x1400].
-    static let certificateStructSize = 8 + 0x1000 + 0x1400
-
     let handle: UnsafeMutableRawPointer
     let path: String
 
@@ -133,64 +119,69 @@ private struct NVML {
         return unsafeBitCast(pointer, to: type)
     }
 
-    private func check(_ status: Status, _ call: String) throws(AttestationError) {
-        guard status != 0 else { return }
-        let text = (try? symbol("nvmlErrorString", as: ErrorStringFn.self))?(status).map { String(cString: $0) } ?? "error \(status)"
+    private func check(_ status: nvmlReturn_t, _ call: String) throws(AttestationError) {
+        guard status != NVML_SUCCESS else { return }
+        let text = (try? symbol("nvmlErrorString", as: caid_nvmlErrorString_fn.self))?(status).map { String(cString: $0) }
+            ?? "error \(status.rawValue)"
         throw AttestationError(.gpu, "NVML \(call) failed: \(text)")
     }
 
     func collect(nonce: [UInt8]) throws(AttestationError) -> GPUAttester.Collection? {
-        try check(try symbol("nvmlInit_v2", as: NoArg.self)(), "nvmlInit_v2")
-        defer { _ = (try? symbol("nvmlShutdown", as: NoArg.self))?() }
+        try check(try symbol("nvmlInit_v2", as: caid_nvmlInit_v2_fn.self)(), "nvmlInit_v2")
+        defer { _ = (try? symbol("nvmlShutdown", as: caid_nvmlShutdown_fn.self))?() }
         var count: UInt32 = 0
-        try check(try symbol("nvmlDeviceGetCount_v2", as: CountFn.self)(&count), "nvmlDeviceGetCount_v2")
+        try check(try symbol("nvmlDeviceGetCount_v2", as: caid_nvmlDeviceGetCount_v2_fn.self)(&count), "nvmlDeviceGetCount_v2")
         guard count > 0 else { return nil }
+        let driverVersionFn = try symbol("nvmlSystemGetDriverVersion", as: caid_nvmlSystemGetDriverVersion_fn.self)
         let driverVersion = try string { buffer, size throws(AttestationError) in
-            try check(try symbol("nvmlSystemGetDriverVersion", as: SystemStringFn.self)(buffer, size), "nvmlSystemGetDriverVersion")
+            try check(driverVersionFn(buffer, size), "nvmlSystemGetDriverVersion")
         }
-        // nvmlConfComputeSystemState_t: environment, ccFeature, devToolsMode.
-        let stateFn = try symbol("nvmlSystemGetConfComputeState", as: StateFn.self)
-        let state = try buffer(12) { pointer throws(AttestationError) in try check(stateFn(pointer), "nvmlSystemGetConfComputeState") }
+        var state = nvmlConfComputeSystemState_t()
+        try check(try symbol("nvmlSystemGetConfComputeState", as: caid_nvmlSystemGetConfComputeState_fn.self)(&state),
+                  "nvmlSystemGetConfComputeState")
         // Without CC mode a GPU's report proves nothing about confidentiality: send no GPU evidence at all.
-        guard Self.uint32(state, at: 4) == 1 else { return nil }
+        guard state.ccFeature == UInt32(NVML_CC_SYSTEM_FEATURE_ENABLED) else { return nil }
 
-        let handleFn = try symbol("nvmlDeviceGetHandleByIndex_v2", as: HandleFn.self)
-        let uuidFn = try symbol("nvmlDeviceGetUUID", as: DeviceStringFn.self)
-        let nameFn = try symbol("nvmlDeviceGetName", as: DeviceStringFn.self)
-        let vbiosFn = try symbol("nvmlDeviceGetVbiosVersion", as: DeviceStringFn.self)
-        let archFn = try symbol("nvmlDeviceGetArchitecture", as: DeviceUIntFn.self)
-        let reportFn = try symbol("nvmlDeviceGetConfComputeGpuAttestationReport", as: DeviceBufferFn.self)
-        let certFn = try symbol("nvmlDeviceGetConfComputeGpuCertificate", as: DeviceBufferFn.self)
+        let handleFn = try symbol("nvmlDeviceGetHandleByIndex_v2", as: caid_nvmlDeviceGetHandleByIndex_v2_fn.self)
+        let uuidFn = try symbol("nvmlDeviceGetUUID", as: caid_nvmlDeviceGetUUID_fn.self)
+        let nameFn = try symbol("nvmlDeviceGetName", as: caid_nvmlDeviceGetName_fn.self)
+        let vbiosFn = try symbol("nvmlDeviceGetVbiosVersion", as: caid_nvmlDeviceGetVbiosVersion_fn.self)
+        let archFn = try symbol("nvmlDeviceGetArchitecture", as: caid_nvmlDeviceGetArchitecture_fn.self)
+        let reportFn = try symbol("nvmlDeviceGetConfComputeGpuAttestationReport", as: caid_nvmlDeviceGetConfComputeGpuAttestationReport_fn.self)
+        let certFn = try symbol("nvmlDeviceGetConfComputeGpuCertificate", as: caid_nvmlDeviceGetConfComputeGpuCertificate_fn.self)
 
         var devices: [GPUAttester.Device] = []
         var missing: [GPUAttester.MissingDevice] = []
         for index in 0..<count {
             var uuid = "unknown UUID"
             do throws(AttestationError) {
-                var device: OpaquePointer?
+                var device: nvmlDevice_t?
                 try check(handleFn(index, &device), "nvmlDeviceGetHandleByIndex_v2(\(index))")
                 uuid = try string { buffer, size throws(AttestationError) in try check(uuidFn(device, buffer, size), "nvmlDeviceGetUUID") }
                 let name = try string { buffer, size throws(AttestationError) in try check(nameFn(device, buffer, size), "nvmlDeviceGetName") }
                 let vbios = try string { buffer, size throws(AttestationError) in try check(vbiosFn(device, buffer, size), "nvmlDeviceGetVbiosVersion") }
-                var arch: UInt32 = 0
+                var arch: nvmlDeviceArchitecture_t = 0
                 try check(archFn(device, &arch), "nvmlDeviceGetArchitecture")
 
-                let report = try buffer(Self.reportStructSize) { pointer throws(AttestationError) in
-                    pointer.advanced(by: 12).copyMemory(from: nonce, byteCount: min(nonce.count, 32))
-                    try check(reportFn(device, pointer), "nvmlDeviceGetConfComputeGpuAttestationReport")
-                }
-                let reportSize = min(Int(Self.uint32(report, at: 4)), 0x2000)
+                // 12 KiB and 9 KiB: on the heap, not the stack of the thread `Blocking.run` gives.
+                let report = UnsafeMutablePointer<nvmlConfComputeGpuAttestationReport_t>.allocate(capacity: 1)
+                defer { report.deallocate() }
+                report.initialize(to: nvmlConfComputeGpuAttestationReport_t())
+                withUnsafeMutableBytes(of: &report.pointee.nonce) { $0.copyBytes(from: nonce.prefix(32)) }
+                try check(reportFn(device, report), "nvmlDeviceGetConfComputeGpuAttestationReport")
+                let reportSize = min(Int(report.pointee.attestationReportSize), Int(NVML_CC_GPU_ATTESTATION_REPORT_SIZE))
 
-                let certificate = try buffer(Self.certificateStructSize) { pointer throws(AttestationError) in
-                    try check(certFn(device, pointer), "nvmlDeviceGetConfComputeGpuCertificate")
-                }
-                let chainSize = min(Int(Self.uint32(certificate, at: 4)), 0x1400)
-                let chainStart = 8 + 0x1000
+                let certificate = UnsafeMutablePointer<nvmlConfComputeGpuCertificate_t>.allocate(capacity: 1)
+                defer { certificate.deallocate() }
+                certificate.initialize(to: nvmlConfComputeGpuCertificate_t())
+                try check(certFn(device, certificate), "nvmlDeviceGetConfComputeGpuCertificate")
+                let chainSize = min(Int(certificate.pointee.attestationCertChainSize), Int(NVML_GPU_ATTESTATION_CERT_CHAIN_SIZE))
 
                 devices.append(GPUAttester.Device(
                     index: Int(index), uuid: uuid, name: name, architecture: Self.architectureName(arch), vbiosVersion: vbios,
-                    ccEnabled: true, report: Array(report[44..<(44 + reportSize)]),
-                    certificateChain: Array(certificate[chainStart..<(chainStart + chainSize)])))
+                    ccEnabled: true,
+                    report: Array(UnsafeBufferPointer(start: caid_nvml_attestation_report(report), count: reportSize)),
+                    certificateChain: Array(UnsafeBufferPointer(start: caid_nvml_attestation_cert_chain(certificate), count: chainSize))))
             } catch {
                 missing.append(GPUAttester.MissingDevice(index: Int(index), uuid: uuid, reason: error.message))
             }
@@ -198,30 +189,21 @@ private struct NVML {
         return GPUAttester.Collection(driverVersion: driverVersion, devices: devices, missing: missing, collected: Date())
     }
 
-    /// Zeroed memory of `size` bytes handed to NVML, copied out afterwards.
-    private func buffer(_ size: Int, _ body: (UnsafeMutableRawPointer) throws(AttestationError) -> Void) throws(AttestationError) -> [UInt8] {
-        let pointer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
-        defer { pointer.deallocate() }
-        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        try body(pointer)
-        return Array(UnsafeRawBufferPointer(start: pointer, count: size))
-    }
-
+    /// A NUL-terminated string NVML writes into a zeroed buffer, larger than every string buffer size nvml.h gives
+    /// for what caid reads (96 at most).
     private func string(_ body: (UnsafeMutablePointer<CChar>, UInt32) throws(AttestationError) -> Void) throws(AttestationError) -> String {
-        let bytes = try buffer(256) { pointer throws(AttestationError) in
-            try body(pointer.bindMemory(to: CChar.self, capacity: 256), 255)
-        }
-        return String(decoding: bytes.prefix(while: { $0 != 0 }), as: UTF8.self)
+        let size = 256
+        let pointer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
+        defer { pointer.deallocate() }
+        pointer.initialize(repeating: 0, count: size)
+        try body(pointer, UInt32(size - 1))
+        return String(decoding: UnsafeRawBufferPointer(start: pointer, count: size).prefix(while: { $0 != 0 }), as: UTF8.self)
     }
 
-    private static func uint32(_ bytes: [UInt8], at offset: Int) -> UInt32 {
-        UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16 | UInt32(bytes[offset + 3]) << 24
-    }
-
-    private static func architectureName(_ value: UInt32) -> String {
-        switch value {
-        case 9: return "Hopper"
-        case 10: return "Blackwell"
+    private static func architectureName(_ value: nvmlDeviceArchitecture_t) -> String {
+        switch Int32(bitPattern: value) {
+        case NVML_DEVICE_ARCH_HOPPER: return "Hopper"
+        case NVML_DEVICE_ARCH_BLACKWELL: return "Blackwell"
         default: return "UNKNOWN(\(value))"
         }
     }

@@ -1,4 +1,4 @@
-import KeyBroker
+import KBSProtocol
 
 /// A parser of untrusted bytes, wrapped for fuzzing: `run` hands the bytes to the product's own entry point and
 /// ignores what it throws. A thrown, typed error is the correct answer to bad bytes; a trap (bounds, overflow,

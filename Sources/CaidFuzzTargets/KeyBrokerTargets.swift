@@ -1,5 +1,5 @@
 import Foundation
-import KeyBroker
+import KBSProtocol
 
 /// TEE keys of each wrap algorithm, made once per process: the fuzzer exercises the header and `epk` parsing and
 /// the unwrap refusals (a JWE made for another key never unwraps, as in production).

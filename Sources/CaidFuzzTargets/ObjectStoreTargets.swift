@@ -1,5 +1,5 @@
 import Foundation
-import ObjectStore
+import OSSProtocol
 
 extension FuzzTarget {
     /// A ListObjectsV2 page from OSS (or whatever answers at the endpoint): caid's own XML reader.

@@ -3,6 +3,7 @@ import Attestation
 import CaidBase
 import CaidCore
 import Foundation
+import KBSProtocol
 import Logging
 import NIOCore
 import NIOHTTP1

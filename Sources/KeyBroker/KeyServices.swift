@@ -2,6 +2,7 @@ import Attestation
 import CaidBase
 import CaidCore
 import Foundation
+import KBSProtocol
 import Logging
 import ServiceLifecycle
 

@@ -1,4 +1,5 @@
 import CaidBase
+import OSSProtocol
 
 /// Why a fetch failed, in words for the operator; the secret and token never appear in it.
 public enum FetchError: Error, Sendable, CustomStringConvertible, ClassifiedFailure {

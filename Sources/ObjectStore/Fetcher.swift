@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import OSSProtocol
 import Synchronization
 
 #if canImport(Glibc)

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import OSSProtocol
 import Synchronization
 
 /// The thin HTTP layer over the pure signing and parsing: signs each request, sends it, turns OSS errors into

@@ -1,5 +1,6 @@
 import CaidBase
 import Foundation
+import OSSProtocol
 import Synchronization
 
 /// The ``StreamingLedger`` of one `caid run`, shared by the fetcher's tasks, its urgent lane and the mount's FUSE

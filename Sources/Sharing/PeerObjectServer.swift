@@ -7,6 +7,7 @@ import NIOPosix
 import NIOSSL
 import NIOTLS
 import ObjectStore
+import OSSProtocol
 import Synchronization
 
 #if canImport(Glibc)

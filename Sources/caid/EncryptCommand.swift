@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import Gocryptfs
 import ObjectStore
+import OSSProtocol
 import Synchronization
 
 #if canImport(Glibc)

@@ -5,6 +5,7 @@ import CaidBase
 import CaidConfiguration
 import CaidSystemd
 import Foundation
+import KBSProtocol
 import KeyBroker
 import Logging
 import NIOSSL

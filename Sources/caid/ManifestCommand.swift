@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ObjectStore
+import OSSProtocol
 
 /// `caid manifest`: the model manifest of an existing ciphertext directory (a volume made by gocryptfs itself), and
 /// the writer `caid encrypt` uses for its own.

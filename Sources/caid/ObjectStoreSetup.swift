@@ -3,6 +3,7 @@ import CaidConfiguration
 import Foundation
 import Logging
 import ObjectStore
+import OSSProtocol
 
 /// Builds the OSS client and fetcher `caid fetch` and the `fetch` service share, from the configuration.
 enum ObjectStoreSetup {

@@ -9,6 +9,7 @@ import CacheFS
 import Gateway
 import KeyBroker
 import ObjectStore
+import OSSProtocol
 import RATLS
 import Sharing
 import CaidControl

@@ -6,6 +6,7 @@ import Glibc
 #endif
 import NIOSSL
 import ObjectStore
+import OSSProtocol
 import RATLS
 
 /// Everything `caid run` checks before it starts a service, beyond what `CaidConfig.load` checks: that the TEE

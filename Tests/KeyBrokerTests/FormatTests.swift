@@ -3,6 +3,7 @@ import CaidBase
 import CaidTestSupport
 import Crypto
 import Foundation
+@testable import KBSProtocol
 @testable import KeyBroker
 import Testing
 

@@ -4,6 +4,7 @@ import CaidBase
 import CaidConfiguration
 import CaidTestSupport
 import Foundation
+import KBSProtocol
 import KeyBroker
 import Logging
 import Testing

@@ -1,4 +1,5 @@
 import Foundation
+@testable import KBSProtocol
 import Testing
 
 @testable import KeyBroker

@@ -5,6 +5,7 @@ import CaidTestSupport
 import Crypto
 import Foundation
 import ObjectStore
+import OSSProtocol
 import Testing
 
 /// `caid fetch` against an OSS-compatible server that checks every signature with the official SDK's signer.

@@ -1,5 +1,6 @@
 import CaidTestSupport
 import Foundation
+@testable import OSSProtocol
 import Testing
 
 @testable import ObjectStore

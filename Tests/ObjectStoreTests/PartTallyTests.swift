@@ -1,4 +1,5 @@
 import ObjectStore
+import OSSProtocol
 import Testing
 
 /// The download's tally and its blame policy for sharing peers, without a network: milliseconds.

@@ -1,5 +1,6 @@
 import Foundation
 import ObjectStore
+import OSSProtocol
 import Testing
 
 @Suite struct PlanTests {

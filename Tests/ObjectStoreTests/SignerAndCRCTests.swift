@@ -2,6 +2,7 @@ import CaidBase
 import CaidTestSupport
 import Foundation
 @testable import ObjectStore
+@testable import OSSProtocol
 import Testing
 
 @Suite struct CRC64Tests {

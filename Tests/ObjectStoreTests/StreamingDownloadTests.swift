@@ -1,5 +1,6 @@
 import Foundation
 @testable import ObjectStore
+import OSSProtocol
 import Testing
 
 /// The fetch's wait for the parts still in flight for a copy (the urgent lane's): it resumes when the last of them

@@ -3,6 +3,7 @@ import CaidBase
 import Foundation
 import Logging
 @testable import ObjectStore
+@testable import OSSProtocol
 import Testing
 
 /// The streaming mount's ledger, without I/O: which part is fetched next, who waits for what, and what a failure

@@ -5,6 +5,7 @@ import CaidTestSupport
 import Foundation
 import Logging
 import ObjectStore
+import OSSProtocol
 import RATLS
 @testable import Sharing
 import Testing

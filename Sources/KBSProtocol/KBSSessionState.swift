@@ -5,28 +5,28 @@ import Foundation
 ///
 /// One handshake runs at a time: a second one would clear the first one's cookies between its `/auth` and
 /// `/attest`. Callers that arrive while it runs wait and share its outcome.
-struct KBSSessionState<Session: Sendable>: Sendable {
+package struct KBSSessionState<Session: Sendable>: Sendable {
     /// How long before the token or the session cookie runs out a session is no longer handed out, so that a
     /// request does not reach the KBS with a cookie that expires on the way.
-    static var margin: TimeInterval { 30 }
+    package static var margin: TimeInterval { 30 }
 
     /// A session that may be used, and which handshake made it (so that a late 401 on an old session does not drop
     /// a newer one).
-    struct Established: Sendable {
-        var session: Session
-        var generation: Int
+    package struct Established: Sendable {
+        package var session: Session
+        package var generation: Int
         /// The earlier of the token's `exp` and the `kbs-session-id` cookie's expiry.
-        var validUntil: Date
+        package var validUntil: Date
     }
 
-    enum State: Sendable {
+    package enum State: Sendable {
         case idle
         /// A handshake runs; these callers wait for it.
         case authenticating(waiters: [Int])
         case established(Established)
     }
 
-    enum AcquireAction: Sendable {
+    package enum AcquireAction: Sendable {
         case use(Established)
         /// The caller runs the handshake and reports back with ``handshakeSucceeded`` or ``handshakeFailed``.
         case startHandshake
@@ -35,22 +35,24 @@ struct KBSSessionState<Session: Sendable>: Sendable {
     }
 
     /// What to do with the waiters when a handshake ends.
-    struct Completion: Sendable {
-        var waiters: [Int]
-        var established: Established?
+    package struct Completion: Sendable {
+        package var waiters: [Int]
+        package var established: Established?
     }
 
-    private(set) var state: State = .idle
+    package private(set) var state: State = .idle
     private var generation = 0
 
+    package init() {}
+
     /// The established session, if it is still valid at `now`.
-    func current(now: Date) -> Established? {
+    package func current(now: Date) -> Established? {
         guard case .established(let established) = state, established.validUntil.timeIntervalSince(now) > Self.margin else { return nil }
         return established
     }
 
     /// A caller (`waiter` is its id, unique while it waits) needs a session.
-    mutating func acquire(waiter: Int, now: Date) -> AcquireAction {
+    package mutating func acquire(waiter: Int, now: Date) -> AcquireAction {
         switch state {
         case .idle:
             state = .authenticating(waiters: [])
@@ -67,7 +69,7 @@ struct KBSSessionState<Session: Sendable>: Sendable {
     }
 
     /// The handshake established `session`, valid until the earlier of `tokenExpires` and `cookieExpires`.
-    mutating func handshakeSucceeded(_ session: Session, tokenExpires: Date?, cookieExpires: Date?, now: Date) -> Completion {
+    package mutating func handshakeSucceeded(_ session: Session, tokenExpires: Date?, cookieExpires: Date?, now: Date) -> Completion {
         generation += 1
         // A token without `exp` or a cookie without `Expires` is not trusted beyond Trustee's default session timeout.
         let fallback = now.addingTimeInterval(Self.defaultSessionLifetime)
@@ -79,7 +81,7 @@ struct KBSSessionState<Session: Sendable>: Sendable {
     }
 
     /// The handshake failed: every waiter gets its error and the next caller starts afresh.
-    mutating func handshakeFailed() -> Completion {
+    package mutating func handshakeFailed() -> Completion {
         let waiters = takeWaiters()
         state = .idle
         return Completion(waiters: waiters, established: nil)
@@ -87,14 +89,14 @@ struct KBSSessionState<Session: Sendable>: Sendable {
 
     /// The KBS refused the session of `generation` (a 401), or the caller wants a fresh attestation: it is not
     /// handed out again. A running handshake and a newer session are left alone.
-    mutating func invalidate(generation dropped: Int? = nil) {
+    package mutating func invalidate(generation dropped: Int? = nil) {
         guard case .established(let established) = state else { return }
         if let dropped, dropped != established.generation { return }
         state = .idle
     }
 
     /// A waiting caller was cancelled. - Returns: whether it was still waiting.
-    mutating func cancel(waiter: Int) -> Bool {
+    package mutating func cancel(waiter: Int) -> Bool {
         guard case .authenticating(var waiters) = state, let index = waiters.firstIndex(of: waiter) else { return false }
         waiters.remove(at: index)
         state = .authenticating(waiters: waiters)
@@ -108,5 +110,5 @@ struct KBSSessionState<Session: Sendable>: Sendable {
 
     /// Trustee's `kbs-session-id` lifetime by default, five minutes (confidential-containers/trustee
     /// `kbs/src/config.rs` `DEFAULT_TIMEOUT`, v0.15.0–v0.17.0; openanolis/trustee the same, v1.5.2–v1.9.0).
-    static var defaultSessionLifetime: TimeInterval { 300 }
+    package static var defaultSessionLifetime: TimeInterval { 300 }
 }

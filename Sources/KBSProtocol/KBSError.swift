@@ -45,7 +45,7 @@ public struct KBSError: Error, Sendable, CustomStringConvertible {
     /// openanolis/trustee v1.6.0–v1.8.x panic in the verifier (`Tee::Nvidia => todo!()`), which actix answers by
     /// closing the connection (or a 500 when the AS runs apart); v1.9.0 answers 502 ("not implemented"). Upstream
     /// Trustee, which has the verifier, answers every attestation failure with 401.
-    var marksMissingGPUVerifier: Bool {
+    package var marksMissingGPUVerifier: Bool {
         // Only answers that come from Trustee itself count: a proxy's 503 or an unreachable server must not switch a
         // host to the embedded form, which an upstream Trustee accepts without looking at the GPUs.
         guard step == "attest" else { return false }

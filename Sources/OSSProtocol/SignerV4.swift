@@ -78,7 +78,7 @@ public struct SignerV4: Sendable {
     }
 
     /// RFC 3986 unreserved characters stay; everything else is %XX (and `/` too unless kept).
-    static func encode(_ text: String, keepSlash: Bool) -> String {
+    package static func encode(_ text: String, keepSlash: Bool) -> String {
         var out = ""
         for byte in text.utf8 {
             switch byte {
@@ -94,7 +94,7 @@ public struct SignerV4: Sendable {
         return out
     }
 
-    static func hex(_ bytes: some Sequence<UInt8>) -> String {
+    package static func hex(_ bytes: some Sequence<UInt8>) -> String {
         bytes.map { String(format: "%02x", $0) }.joined()
     }
 }

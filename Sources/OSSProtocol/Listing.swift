@@ -28,6 +28,13 @@ public struct OSSError: Error, Sendable, Equatable, CustomStringConvertible {
     public var message: String
     public var requestID: String
 
+    package init(status: Int, code: String, message: String, requestID: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.requestID = requestID
+    }
+
     /// Errors that retrying with the same request cannot fix.
     public var isPermanent: Bool {
         ["AccessDenied", "NoSuchBucket", "NoSuchKey", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName", "PreconditionFailed"].contains(code)
