@@ -223,29 +223,24 @@ public final class TunnelClient: Sendable {
                 // A connection that is not verified in time is dropped (the stream deadline fails the request).
                 let unverified = channel.eventLoop.scheduleTask(in: TimeAmount(options.streamOpenTimeout)) { channel.close(promise: nil) }
                 return channel.eventLoop.makeCompletedFuture { () throws -> EventLoopFuture<Connection> in
-                    let setup = Self.attestedSetup(
+                    try Self.addAttestedSetup(
+                        to: channel,
                         certificate: { channel in
                             let handler = try channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self)
                             guard let der = try handler.peerCertificate?.toDERBytes() else { throw VerificationError("the gateway sent no certificate") }
                             return der
                         },
                         verify: { channel, der in channel.eventLoop.makeFutureWithTask { try await self.verify(der) } },
-                        configure: { [self] channel, verdict in
+                        configure: { [self] (channel: any Channel, verdict: PeerVerifier.Verdict) throws -> Connection in
                             logger.info("gateway \(destination) verified", metadata: ["tee": "\(verdict.tee)"])
                             return Connection(channel: channel, multiplexer: try Self.configureHTTP2(channel, options: options, logger: logger) {
                                 // GOAWAY: no new streams here.
                                 self.drop(key, id: id)
                             })
                         })
-                    try channel.pipeline.syncOperations.addHandler(setup)
-                    return setup.protocolNegotiationResult
                 }.flatMap { $0 }.flatMapErrorThrowing { error in
                     unverified.cancel()
                     channel.close(promise: nil)
-                    // NIO's handler reports a connection that closed before it was set up as `outputClosed`.
-                    if let closed = error as? ChannelError, closed == .outputClosed {
-                        throw VerificationError("the gateway closed the connection during the TLS handshake (TLS 1.3 with ALPN h2 is required)")
-                    }
                     throw error
                 }.map { connection in
                     unverified.cancel()
@@ -258,24 +253,49 @@ public final class TunnelClient: Sendable {
             }
     }
 
-    /// What sets up a new connection, with NIO's ALPN handler: once the TLS handshake is done, ALPN must have chosen
-    /// `h2`, then the gateway's certificate (and its evidence) is verified, then `configure` sets up HTTP/2. Until
-    /// then nothing is written, and what the gateway sends (its SETTINGS) is kept by the handler and passed on to the
-    /// HTTP/2 handlers afterwards.
-    static func attestedSetup<Verdict: Sendable, Result: Sendable>(
+    /// Sets up a new connection with NIO's ALPN handler: once the TLS handshake is done, ALPN must have chosen `h2`,
+    /// then the gateway's certificate (and its evidence) is verified, then `configure` sets up HTTP/2. Until then
+    /// nothing is written, and what the gateway sends (its SETTINGS) is kept by the handler and passed on to the
+    /// HTTP/2 handlers afterwards. - Returns: what `configure` made.
+    ///
+    /// The result is the verification's, even when the gateway closes meanwhile (a plain TLS server may): NIO's
+    /// handler fails at once on a close, which says less than the verdict. A close before the handshake completes
+    /// is a ``VerificationError``: the peer did not take TLS 1.3 with `h2`.
+    static func addAttestedSetup<Verdict: Sendable, Result: Sendable>(
+        to channel: any Channel,
         certificate: @escaping (any Channel) throws -> [UInt8],
         verify: @escaping (any Channel, [UInt8]) -> EventLoopFuture<Verdict>,
         configure: @escaping @Sendable (any Channel, Verdict) throws -> Result
-    ) -> NIOTypedApplicationProtocolNegotiationHandler<Result> {
-        NIOTypedApplicationProtocolNegotiationHandler { alpn, channel in
-            guard case .negotiated("h2") = alpn else {
+    ) throws -> EventLoopFuture<Result> {
+        let result = channel.eventLoop.makePromise(of: Result.self)
+        let handshakeDone = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+        let handler = NIOTypedApplicationProtocolNegotiationHandler<Result> { alpn, channel in
+            handshakeDone.value = true
+            let setUp: EventLoopFuture<Result>
+            if case .negotiated("h2") = alpn {
+                do {
+                    let der = try certificate(channel)
+                    setUp = verify(channel, der).flatMapThrowing { verdict in try configure(channel, verdict) }
+                } catch {
+                    setUp = channel.eventLoop.makeFailedFuture(error)
+                }
+            } else {
                 let got = if case .negotiated(let name) = alpn { name } else { "none" }
-                return channel.eventLoop.makeFailedFuture(VerificationError("the gateway did not agree to ALPN h2 (got \(got)): not a TNG gateway"))
+                setUp = channel.eventLoop.makeFailedFuture(VerificationError("the gateway did not agree to ALPN h2 (got \(got)): not a TNG gateway"))
             }
-            let der: [UInt8]
-            do { der = try certificate(channel) } catch { return channel.eventLoop.makeFailedFuture(error) }
-            return verify(channel, der).flatMapThrowing { verdict in try configure(channel, verdict) }
+            setUp.cascade(to: result)
+            return setUp
         }
+        try channel.pipeline.syncOperations.addHandler(handler)
+        handler.protocolNegotiationResult.whenFailure { error in
+            guard !handshakeDone.value else { return }
+            if let closed = error as? ChannelError, closed == .outputClosed {
+                result.fail(VerificationError("the gateway closed the connection during the TLS handshake (TLS 1.3 with ALPN h2 is required)"))
+            } else {
+                result.fail(error)
+            }
+        }
+        return result.futureResult
     }
 
     /// The verdict for `der`: a fresh one from the Attestation Service, or a recent one for the same certificate.
