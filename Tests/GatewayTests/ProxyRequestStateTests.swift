@@ -336,25 +336,17 @@ import Testing
         rig.open()
         #expect(rig.clientSide.reads == opening + 1, "the held read goes once it is open")
 
-        // The stream cannot take more: the client is not read.
-        let before = rig.clientSide.reads
-        rig.stream.isWritable = false
-        rig.stream.pipeline.fireChannelWritabilityChanged()
-        rig.client.read()
-        #expect(rig.clientSide.reads == before)
-        rig.stream.isWritable = true
-        rig.stream.pipeline.fireChannelWritabilityChanged()
-        #expect(rig.clientSide.reads == before + 1)
-
-        // The client cannot take more: the response is not read.
-        let streamBefore = rig.streamSide.reads
-        rig.client.isWritable = false
-        rig.client.pipeline.fireChannelWritabilityChanged()
-        rig.stream.read()
-        #expect(rig.streamSide.reads == streamBefore)
-        rig.client.isWritable = true
-        rig.client.pipeline.fireChannelWritabilityChanged()
-        #expect(rig.streamSide.reads == streamBefore + 1)
+        // Each way: while one side cannot take more, the other is not read; its held read goes once there is room.
+        for (full, read, reads) in [(rig.stream, rig.client, rig.clientSide), (rig.client, rig.stream, rig.streamSide)] {
+            let before = reads.reads
+            full.isWritable = false
+            full.pipeline.fireChannelWritabilityChanged()
+            read.read()
+            #expect(reads.reads == before, "\(full === rig.stream ? "stream" : "client") full: the other side is not read")
+            full.isWritable = true
+            full.pipeline.fireChannelWritabilityChanged()
+            #expect(reads.reads == before + 1)
+        }
 
         try rig.send("world")
         #expect(try rig.upstream().text.hasSuffix("\r\n\r\nhelloworld"))
