@@ -220,34 +220,82 @@ public final class TunnelClient: Sendable {
         return bootstrap.connect(host: host, port: port)
             .flatMapErrorThrowing { error in throw TunnelError.unreachable(destination: destination, underlying: "\(error)") }
             .flatMap { channel in
-                // Wait for the handshake, check ALPN, read the certificate.
-                let handshake = channel.eventLoop.makePromise(of: [UInt8].self)
-                let added = channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(HandshakeWaiter(promise: handshake))
-                    // The gateway's SETTINGS may arrive while its evidence is being checked: keep them for HTTP/2.
-                    try channel.pipeline.syncOperations.addHandler(HoldInbound(), name: HoldInbound.name)
-                }
                 // A connection that is not verified in time is dropped (the stream deadline fails the request).
                 let unverified = channel.eventLoop.scheduleTask(in: TimeAmount(options.streamOpenTimeout)) { channel.close(promise: nil) }
-                return added.flatMap { handshake.futureResult }.flatMap { der in
-                    channel.eventLoop.makeFutureWithTask { try await self.verify(der) }
-                }.flatMapThrowing { verdict -> Connection in
-                    unverified.cancel()
-                    logger.info("gateway \(destination) verified", metadata: ["tee": "\(verdict.tee)"])
-                    return Connection(channel: channel, multiplexer: try Self.configureHTTP2(channel, options: options, logger: logger) { [self] in
-                        // GOAWAY: no new streams here.
-                        self.drop(key, id: id)
-                    })
-                }.flatMapErrorThrowing { error in
+                return channel.eventLoop.makeCompletedFuture { () throws -> EventLoopFuture<Connection> in
+                    try Self.addAttestedSetup(
+                        to: channel,
+                        certificate: { channel in
+                            let handler = try channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self)
+                            guard let der = try handler.peerCertificate?.toDERBytes() else { throw VerificationError("the gateway sent no certificate") }
+                            return der
+                        },
+                        verify: { channel, der in channel.eventLoop.makeFutureWithTask { try await self.verify(der) } },
+                        configure: { [self] (channel: any Channel, verdict: PeerVerifier.Verdict) throws -> Connection in
+                            logger.info("gateway \(destination) verified", metadata: ["tee": "\(verdict.tee)"])
+                            return Connection(channel: channel, multiplexer: try Self.configureHTTP2(channel, options: options, logger: logger) {
+                                // GOAWAY: no new streams here.
+                                self.drop(key, id: id)
+                            })
+                        })
+                }.flatMap { $0 }.flatMapErrorThrowing { error in
                     unverified.cancel()
                     channel.close(promise: nil)
                     throw error
+                }.map { connection in
+                    unverified.cancel()
+                    return connection
                 }
             }
             .map { [self] connection in
                 connection.channel.closeFuture.whenComplete { _ in self.drop(key, id: id) }
                 return connection
             }
+    }
+
+    /// Sets up a new connection with NIO's ALPN handler: once the TLS handshake is done, ALPN must have chosen `h2`,
+    /// then the gateway's certificate (and its evidence) is verified, then `configure` sets up HTTP/2. Until then
+    /// nothing is written, and what the gateway sends (its SETTINGS) is kept by the handler and passed on to the
+    /// HTTP/2 handlers afterwards. - Returns: what `configure` made.
+    ///
+    /// The result is the verification's, even when the gateway closes meanwhile (a plain TLS server may): NIO's
+    /// handler fails at once on a close, which says less than the verdict. A close before the handshake completes
+    /// is a ``VerificationError``: the peer did not take TLS 1.3 with `h2`.
+    static func addAttestedSetup<Verdict: Sendable, Result: Sendable>(
+        to channel: any Channel,
+        certificate: @escaping (any Channel) throws -> [UInt8],
+        verify: @escaping (any Channel, [UInt8]) -> EventLoopFuture<Verdict>,
+        configure: @escaping @Sendable (any Channel, Verdict) throws -> Result
+    ) throws -> EventLoopFuture<Result> {
+        let result = channel.eventLoop.makePromise(of: Result.self)
+        let handshakeDone = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+        let handler = NIOTypedApplicationProtocolNegotiationHandler<Result> { alpn, channel in
+            handshakeDone.value = true
+            let setUp: EventLoopFuture<Result>
+            if case .negotiated("h2") = alpn {
+                do {
+                    let der = try certificate(channel)
+                    setUp = verify(channel, der).flatMapThrowing { verdict in try configure(channel, verdict) }
+                } catch {
+                    setUp = channel.eventLoop.makeFailedFuture(error)
+                }
+            } else {
+                let got = if case .negotiated(let name) = alpn { name } else { "none" }
+                setUp = channel.eventLoop.makeFailedFuture(VerificationError("the gateway did not agree to ALPN h2 (got \(got)): not a TNG gateway"))
+            }
+            setUp.cascade(to: result)
+            return setUp
+        }
+        try channel.pipeline.syncOperations.addHandler(handler)
+        handler.protocolNegotiationResult.whenFailure { error in
+            guard !handshakeDone.value else { return }
+            if let closed = error as? ChannelError, closed == .outputClosed {
+                result.fail(VerificationError("the gateway closed the connection during the TLS handshake (TLS 1.3 with ALPN h2 is required)"))
+            } else {
+                result.fail(error)
+            }
+        }
+        return result.futureResult
     }
 
     /// The verdict for `der`: a fresh one from the Attestation Service, or a recent one for the same certificate.
@@ -291,7 +339,6 @@ public final class TunnelClient: Sendable {
         ) { stream in stream.eventLoop.makeSucceededVoidFuture() }
         try sync.addHandler(goAway)
         try sync.addHandler(ClosingOnConnectionError(peer: "the gateway", logger: logger))
-        channel.pipeline.removeHandler(name: HoldInbound.name, promise: nil)
         return multiplexer
     }
 }
@@ -353,65 +400,6 @@ private struct StreamCounter: NIOHTTP2StreamDelegate {
 
     func streamCreated(_ id: HTTP2StreamID, channel: any Channel) { handler.value.streamCreated() }
     func streamClosed(_ id: HTTP2StreamID, channel: any Channel) { handler.value.streamClosed() }
-}
-
-/// Completes with the server certificate (DER) once the TLS handshake has negotiated `h2`.
-private final class HandshakeWaiter: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
-    private let promise: EventLoopPromise<[UInt8]>
-
-    init(promise: EventLoopPromise<[UInt8]>) {
-        self.promise = promise
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = event {
-            guard negotiated == "h2" else {
-                promise.fail(VerificationError("the gateway did not agree to ALPN h2 (got \(negotiated ?? "none")): not a TNG gateway"))
-                return
-            }
-            do {
-                let handler = try context.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self)
-                guard let der = try handler.peerCertificate?.toDERBytes() else { throw VerificationError("the gateway sent no certificate") }
-                promise.succeed(der)
-            } catch {
-                promise.fail(error)
-            }
-            context.pipeline.syncOperations.removeHandler(self, promise: nil)
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        promise.fail(error)
-        context.fireErrorCaught(error)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        promise.fail(VerificationError("the gateway closed the connection during the TLS handshake (TLS 1.3 with ALPN h2 is required)"))
-        context.fireChannelInactive()
-    }
-}
-
-/// Keeps what arrives until it is removed, then passes it on: bytes the server sends before HTTP/2 is set up.
-private final class HoldInbound: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
-    static let name = "caid.hold-inbound"
-    private var held: [NIOAny] = []
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        held.append(data)
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {}
-
-    func removeHandler(context: ChannelHandlerContext, removalToken: ChannelHandlerContext.RemovalToken) {
-        let pending = held
-        held = []
-        for data in pending { context.fireChannelRead(data) }
-        if !pending.isEmpty { context.fireChannelReadComplete() }
-        context.leavePipeline(removalToken: removalToken)
-    }
 }
 
 /// A client CONNECT stream until the gateway answers: sends `:method CONNECT`, `:authority tng.internal` (what TNG's

@@ -34,11 +34,9 @@ public final class TunnelProxy: Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let sync = channel.pipeline.syncOperations
-                        // Bytes after a CONNECT head (or pipelined after a request) stay in the decoder and are handed on.
-                        try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)), name: ProxyConnectionHandler.decoderName)
-                        try sync.addHandler(HTTPResponseEncoder(), name: ProxyConnectionHandler.encoderName)
-                        try sync.addHandler(ProxyConnectionHandler(client: client, filter: filter, logger: logger))
+                        try ProxyConnectionHandler.configure(channel, openStream: { host, port, loop in
+                            client.openStream(host: host, port: port, on: loop)
+                        }, filter: filter, logger: logger)
                     }
                 }
         }
@@ -49,45 +47,44 @@ public final class TunnelProxy: Sendable {
     }
 }
 
-/// One downstream proxy connection, request after request.
-///
-/// States: `idle` (waiting for a head) → `opening` (the tunnel stream is being opened; the request's body is
-/// kept, reading is held) → `forwarding` (request parts go into the stream, response parts come back) → `idle`
-/// again when the response has ended and the connection is kept alive. A CONNECT leaves the HTTP handlers behind
-/// once it opens (a ``StreamPipe`` takes the socket). Reading is held while the other side cannot take more.
+/// One downstream proxy connection, request after request, driven by ``ProxyRequestState``: this handler does what
+/// its actions say (open the tunnel stream, set HTTP/1 up over it, write, close) and holds the client's reads while
+/// the state says so.
 final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
+    /// Opens a tunnel stream to `host:port` on the loop (``TunnelClient/openStream(host:port:on:)``; the tests give
+    /// their own).
+    typealias OpenStream = @Sendable (_ host: String, _ port: Int, _ loop: any EventLoop) -> EventLoopFuture<any Channel>
     static let decoderName = "caid.proxy-decoder"
     static let encoderName = "caid.proxy-encoder"
 
-    private enum State {
-        case idle
-        case opening(route: ProxyRoute, head: HTTPRequestHead, keepAlive: Bool, queued: [HTTPServerRequestPart])
-        case forwarding(exchange: ForwardExchange, keepAlive: Bool, requestEnded: Bool)
-        /// A refusal was answered; the rest of that request is dropped, then the connection closes.
-        case refusing
-        case connected
-        case closed
+    private var state: ProxyRequestState
+    private let openStream: OpenStream
+    private let logger: Logger
+    private var context: ChannelHandlerContext?
+    /// The forwarded request's stream, while there is one.
+    private var exchange: ForwardExchange?
+    private var heldRead = false
+    private let eofRelay: ConnectEOFRelay
+
+    init(openStream: @escaping OpenStream, filter: DestinationFilter, eofRelay: ConnectEOFRelay, logger: Logger) {
+        self.openStream = openStream
+        self.eofRelay = eofRelay
+        self.state = ProxyRequestState(filter: filter)
+        self.logger = logger
     }
 
-    private let client: TunnelClient
-    private let filter: DestinationFilter
-    private let logger: Logger
-    private var state = State.idle
-    private var context: ChannelHandlerContext?
-    private var gateOpen = true
-    private var heldRead = false
-    /// The HTTP version of the request being answered: the response goes back in it.
-    private var requestVersion = HTTPVersion.http1_1
-    /// Request parts that arrived pipelined while a response was still coming back.
-    private var pipelined: [HTTPServerRequestPart] = []
-
-    init(client: TunnelClient, filter: DestinationFilter, logger: Logger) {
-        self.client = client
-        self.filter = filter
-        self.logger = logger
+    /// The pipeline of one proxy connection: NIO's HTTP/1 server codec and this handler.
+    static func configure(_ channel: any Channel, openStream: @escaping OpenStream, filter: DestinationFilter, logger: Logger) throws {
+        let sync = channel.pipeline.syncOperations
+        let eofRelay = ConnectEOFRelay()
+        try sync.addHandler(eofRelay)
+        // Bytes after a CONNECT head (or pipelined after a request) stay in the decoder and are handed on.
+        try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)), name: decoderName)
+        try sync.addHandler(HTTPResponseEncoder(), name: encoderName)
+        try sync.addHandler(ProxyConnectionHandler(openStream: openStream, filter: filter, eofRelay: eofRelay, logger: logger))
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -99,120 +96,137 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        receive(unwrapInboundIn(data), context: context)
+        perform(state.requestPart(unwrapInboundIn(data)), context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         // A request body goes out as it is read: one flush per read batch.
-        if case .forwarding(let exchange, _, _) = state { exchange.flush() }
+        exchange?.flush()
         context.fireChannelReadComplete()
     }
 
-    private func receive(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
-        switch state {
-        case .idle:
-            guard case .head(let head) = part else { return }
-            start(head, context: context)
-        case .opening(let route, let head, let keepAlive, var queued):
-            queued.append(part)
-            state = .opening(route: route, head: head, keepAlive: keepAlive, queued: queued)
-        case .forwarding(let exchange, let keepAlive, let requestEnded):
-            if requestEnded {
-                // Pipelined: the next request waits for this response; reading is held meanwhile.
-                pipelined.append(part)
-                gate(open: false)
-                return
-            }
-            switch part {
-            case .head:
-                break
-            case .body(let body):
-                exchange.send(.body(.byteBuffer(body)))
-            case .end(let trailers):
-                exchange.send(.end(trailers))
-                exchange.flush()
-                state = .forwarding(exchange: exchange, keepAlive: keepAlive, requestEnded: true)
-            }
-        case .refusing:
-            if case .end = part { state = .closed; context.close(promise: nil) }
-        case .connected, .closed:
+    func read(context: ChannelHandlerContext) {
+        if state.mayReadClient { context.read() } else { heldRead = true }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        state.clientWritabilityChanged(context.channel.isWritable)
+        syncGates(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ConnectEOFRelay.ClientEOF {
+            perform(state.clientInputClosed(), context: context)
+            return
+        }
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            perform(state.clientInputClosed(), context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // The client went away: a stream still open is reset, which frees the service's socket at once.
+        perform(state.clientClosed(), context: context)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        perform(state.errorCaught(parserError: error is HTTPParserError, description: "\(error)"), context: context)
+    }
+
+    private func perform(_ action: ProxyRequestState.Action, context: ChannelHandlerContext, stream: (any Channel)? = nil) {
+        switch action {
+        case .none:
             break
-        }
-    }
-
-    private func start(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        switch ProxyRoute.make(head, filter: filter) {
-        case .failure(let problem):
-            logger.warning("refused a proxy request for \(head.uri): \(problem.message)")
-            refuse(problem.status, problem.message, context: context)
-            state = .refusing
-        case .success(let route):
-            requestVersion = head.version
-            state = .opening(route: route, head: head, keepAlive: head.isKeepAlive, queued: [])
-            // Nothing more is read until the stream is there; the decoder keeps what already arrived.
-            gate(open: false)
+        case .openStream(let route):
+            // Nothing more is read until the stream is there (the state holds reads); the decoder keeps what already arrived.
+            let destination = "\(route.host):\(route.port)"
+            eofRelay.connecting = route.kind == .connect
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            client.openStream(host: route.host, port: route.port, on: context.eventLoop).whenComplete { result in
+            openStream(route.host, route.port, context.eventLoop).hop(to: context.eventLoop).whenComplete { result in
                 let (handler, context) = loopBound.value
-                handler.opened(result, context: context)
+                switch result {
+                case .success(let stream):
+                    handler.logger.debug("tunnel stream open to \(destination)")
+                    handler.perform(handler.state.streamOpened(), context: context, stream: stream)
+                case .failure(let error):
+                    handler.logger.warning("refused a tunnel to \(destination): \(error)")
+                    handler.perform(handler.state.streamFailed(verification: error is VerificationError, reason: "\(error)"), context: context)
+                }
             }
+        case .refuse(let status, let message, let close):
+            logger.warning("refused a proxy request: \(message)")
+            refuse(status, message, context: context)
+            if close { context.close(promise: nil) }
+        case .joinConnect(let inputClosed):
+            guard let stream else { break }
+            becomeConnectPipe(stream: stream, inputClosed: inputClosed, context: context)
+        case .setUpForward:
+            guard let stream else { break }
+            setUpForward(stream: stream, context: context)
+        case .sendUpstream(let parts, let flush):
+            for part in parts { exchange?.send(part) }
+            if flush { exchange?.flush() }
+        case .closeStream:
+            stream?.close(promise: nil)
+        case .respond(let part):
+            context.write(wrapOutboundOut(part), promise: nil)
+        case .closeOutput:
+            context.flush()
+            context.close(mode: .output, promise: nil)
+        case .close(let cancelExchange):
+            if cancelExchange { cancel() }
+            context.close(promise: nil)
+        case .cancelExchange:
+            cancel()
+        case .replay(let parts):
+            for part in parts { perform(state.requestPart(part), context: context) }
         }
+        syncGates(context: context)
     }
 
-    private func opened(_ result: Result<any Channel, any Error>, context: ChannelHandlerContext) {
-        guard case .opening(let route, let head, let keepAlive, let queued) = state else {
-            // The client went away meanwhile.
-            if case .success(let stream) = result { stream.close(promise: nil) }
+    /// Lets a held read of either side go once the state allows it.
+    private func syncGates(context: ChannelHandlerContext) {
+        if heldRead, state.mayReadClient {
+            heldRead = false
+            context.read()
+        }
+        exchange?.gate(open: state.mayReadUpstream)
+    }
+
+    private func cancel() {
+        exchange?.cancel()
+        exchange = nil
+    }
+
+    /// HTTP/1.1 over the stream's DATA, with a ``ForwardExchange`` at the end that relays the response here.
+    private func setUpForward(stream: any Channel, context: ChannelHandlerContext) {
+        let exchange = ForwardExchange(proxy: NIOLoopBound(self, eventLoop: context.eventLoop))
+        do {
+            let sync = stream.pipeline.syncOperations
+            let codec = StreamDataCodec()
+            try sync.addHandler(codec)
+            try sync.addHandler(HTTPRequestEncoder())
+            try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)))
+            exchange.codec = codec
+            try sync.addHandler(exchange)
+            sync.removeHandler(name: ConnectStreamHandler.name, promise: nil)
+        } catch {
+            stream.close(promise: nil)
+            perform(state.forwardSetupFailed(reason: "\(error)"), context: context)
             return
         }
-        let destination = "\(route.host):\(route.port)"
-        let stream: any Channel
-        switch result {
-        case .failure(let error):
-            let refused = error is VerificationError
-            logger.warning("refused a tunnel to \(destination): \(error)")
-            refuse(refused ? .forbidden : .badGateway, refused
-                ? "\(destination) did not prove a trusted TEE: \(error)"
-                : "cannot open an attested tunnel to \(destination): \(error)", context: context)
-            state = queued.contains(where: { if case .end = $0 { true } else { false } }) ? .closed : .refusing
-            if case .closed = state { context.close(promise: nil) }
-            return
-        case .success(let opened):
-            stream = opened
-        }
-        logger.debug("tunnel stream open to \(destination)")
-        switch route.kind {
-        case .connect:
-            becomeConnectPipe(stream: stream, context: context)
-        case .forward:
-            let exchange = ForwardExchange(proxy: NIOLoopBound(self, eventLoop: context.eventLoop))
-            do {
-                let sync = stream.pipeline.syncOperations
-                let codec = StreamDataCodec()
-                try sync.addHandler(codec)
-                try sync.addHandler(HTTPRequestEncoder())
-                try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)))
-                exchange.codec = codec
-                try sync.addHandler(exchange)
-                sync.removeHandler(name: ConnectStreamHandler.name, promise: nil)
-            } catch {
-                stream.close(promise: nil)
-                refuse(.badGateway, "cannot set up the tunnel stream to \(destination): \(error)", context: context)
-                state = .refusing
-                return
-            }
-            state = .forwarding(exchange: exchange, keepAlive: keepAlive, requestEnded: false)
-            exchange.send(.head(ProxyRoute.forwardedHead(head)))
-            for part in queued { receive(part, context: context) }
-            exchange.flush()
-            gate(open: exchange.isWritable)
-        }
+        self.exchange = exchange
+        state.upstreamWritabilityChanged(exchange.isWritable)
+        perform(state.forwardSetUp(), context: context)
     }
 
     /// CONNECT opened: `200 Connection Established`, then the socket is a raw ``StreamPipe`` to the stream, with the
-    /// bytes that came after the head (still in the decoder) first.
-    private func becomeConnectPipe(stream: any Channel, context: ChannelHandlerContext) {
-        state = .connected
+    /// bytes that came after the head (still in the decoder) first, and END_STREAM after them if the client already
+    /// sent EOF.
+    private func becomeConnectPipe(stream: any Channel, inputClosed: Bool, context: ChannelHandlerContext) {
         let channel = context.channel
         let socketSide = SocketSide()
         let streamSide = StreamSide()
@@ -220,6 +234,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             try stream.pipeline.syncOperations.addHandler(streamSide)
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(socketSide)
+            // From here on the client's EOF is the pipe's.
+            sync.removeHandler(eofRelay, promise: nil)
             sync.removeHandler(name: Self.encoderName, promise: nil)
             sync.removeHandler(self, promise: nil)
             StreamPipe.join(socket: socketSide, stream: streamSide)
@@ -230,7 +246,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             let removed = channel.eventLoop.makePromise(of: Void.self)
             sync.removeHandler(name: Self.decoderName, promise: removed)
             let bound = NIOLoopBound(streamSide, eventLoop: channel.eventLoop)
-            removed.futureResult.whenComplete { _ in bound.value.flush() }
+            removed.futureResult.whenComplete { _ in
+                bound.value.flush()
+                if inputClosed { bound.value.end() }
+            }
             channel.read()
         } catch {
             stream.close(promise: nil)
@@ -240,104 +259,34 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     // MARK: called by the exchange
 
-    fileprivate func responsePart(_ part: HTTPServerResponsePart) {
-        guard let context, case .forwarding(let exchange, var keepAlive, let requestEnded) = state else { return }
-        switch part {
-        case .head(var head):
-            // Hop-by-hop: the service closes its side after each request; the client's connection is ours to keep.
-            head.headers.remove(name: "connection")
-            head.headers.remove(name: "keep-alive")
-            if !(100..<200).contains(head.status.code) {
-                head.version = requestVersion
-                let delimited = head.headers.contains(name: "content-length") || head.status == .noContent || head.status == .notModified
-                // An HTTP/1.0 client cannot take chunks: a response without a length ends with the connection.
-                if requestVersion == .http1_0, !delimited { keepAlive = false }
-                if !keepAlive {
-                    head.headers.add(name: "Connection", value: "close")
-                } else if requestVersion == .http1_0 {
-                    head.headers.add(name: "Connection", value: "keep-alive")
-                }
-                state = .forwarding(exchange: exchange, keepAlive: keepAlive, requestEnded: requestEnded)
-            }
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-        default:
-            context.write(wrapOutboundOut(part), promise: nil)
-        }
+    fileprivate func responsePart(_ part: HTTPClientResponsePart) {
+        guard let context else { return }
+        perform(state.responsePart(part), context: context)
     }
 
     fileprivate func responseFlush() {
         context?.flush()
     }
 
+    fileprivate func upstreamWritabilityChanged(_ writable: Bool) {
+        guard let context else { return }
+        state.upstreamWritabilityChanged(writable)
+        syncGates(context: context)
+    }
+
     /// The response has ended: the next request may come, or the connection closes.
     fileprivate func exchangeFinished() {
-        guard let context, case .forwarding(_, let keepAlive, let requestEnded) = state else { return }
+        guard let context else { return }
+        exchange = nil
         context.flush()
-        guard keepAlive, requestEnded else {
-            // The response came before the whole request (or the client wants to close): this connection is done.
-            state = .closed
-            context.close(mode: .output, promise: nil)
-            return
-        }
-        state = .idle
-        gate(open: true)
-        let next = pipelined
-        pipelined = []
-        for part in next { receive(part, context: context) }
+        perform(state.exchangeFinished(), context: context)
     }
 
     /// The stream failed before the response ended.
-    fileprivate func exchangeFailed(responseStarted: Bool, reason: String) {
-        guard let context, case .forwarding = state else { return }
-        state = .closed
-        if responseStarted {
-            context.close(promise: nil)
-        } else {
-            refuse(.badGateway, "the tunnel stream ended without a response: \(reason)", context: context)
-        }
-    }
-
-    func gate(open: Bool) {
-        gateOpen = open
-        if open, heldRead, let context {
-            heldRead = false
-            context.read()
-        }
-    }
-
-    func read(context: ChannelHandlerContext) {
-        if gateOpen { context.read() } else { heldRead = true }
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if case .forwarding(let exchange, _, _) = state { exchange.gate(open: context.channel.isWritable) }
-        context.fireChannelWritabilityChanged()
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, event == .inputClosed {
-            switch state {
-            case .idle, .refusing, .closed: context.close(promise: nil)
-            default: break  // the response still comes back; the output closes after it
-            }
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        // The client went away: a stream still open is reset, which frees the service's socket at once.
-        if case .forwarding(let exchange, _, _) = state { exchange.cancel() }
-        state = .closed
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is HTTPParserError {
-            if case .idle = state { refuse(.badRequest, "not an HTTP/1.x proxy request: \(error)", context: context) }
-        }
-        if case .forwarding(let exchange, _, _) = state { exchange.cancel() }
-        state = .closed
-        context.close(promise: nil)
+    fileprivate func exchangeFailed(reason: String) {
+        guard let context else { return }
+        exchange = nil
+        perform(state.exchangeFailed(reason: reason), context: context)
     }
 
     private func refuse(_ status: HTTPResponseStatus, _ message: String, context: ChannelHandlerContext) {
@@ -347,6 +296,26 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+}
+
+/// In front of the request decoder: while a CONNECT stream is opened, the client's EOF goes on as ``ClientEOF``,
+/// past the decoder. NIO's `HTTPDecoder.decodeLast` drops the bytes that came after a CONNECT head once it has seen
+/// EOF (the left-over strategy runs only without EOF, swift-nio 2.101), and those bytes must reach the pipe, which
+/// ends the stream after them (``ProxyRequestState/Action/joinConnect(inputClosed:)``). Any other EOF goes to the
+/// decoder, which reports a request cut short.
+final class ConnectEOFRelay: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    struct ClientEOF {}
+    /// Set while a CONNECT's stream is opened.
+    var connecting = false
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if connecting, let closed = event as? ChannelEvent, closed == .inputClosed {
+            context.fireUserInboundEventTriggered(ClientEOF())
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 }
 
@@ -361,14 +330,14 @@ final class ForwardExchange: ChannelDuplexHandler {
     private let proxy: NIOLoopBound<ProxyConnectionHandler>
     fileprivate var codec: StreamDataCodec?
     private var context: ChannelHandlerContext?
-    private var gateOpen = true
-    private var heldRead = false
-    private var responseStarted = false
+    /// The response is read while the client can take more.
+    private var readGate = ReadGate()
     private var finished = false
     private var linger: Scheduled<Void>?
 
     init(proxy: NIOLoopBound<ProxyConnectionHandler>) {
         self.proxy = proxy
+        _ = readGate.set(open: true)
     }
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
@@ -379,15 +348,12 @@ final class ForwardExchange: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !finished else { return }
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            // 1xx heads come first, each without an end (NIO's `.forward` strategy); the final head follows.
-            responseStarted = true
-            proxy.value.responsePart(.head(head))
-        case .body(let body):
-            proxy.value.responsePart(.body(.byteBuffer(body)))
-        case .end(let trailers):
-            proxy.value.responsePart(.end(trailers))
+        let part = unwrapInboundIn(data)
+        switch part {
+        case .head, .body:
+            proxy.value.responsePart(part)
+        case .end:
+            proxy.value.responsePart(part)
             finished = true
             codec?.endStream()
             // The gateway ends the stream once the service has closed; one that does not is closed here, in time.
@@ -403,19 +369,20 @@ final class ForwardExchange: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        proxy.value.gate(open: context.channel.isWritable)
+        // A finished exchange's stream no longer holds the client back (the next request has its own).
+        if !finished { proxy.value.upstreamWritabilityChanged(context.channel.isWritable) }
         context.fireChannelWritabilityChanged()
     }
 
     func read(context: ChannelHandlerContext) {
-        if gateOpen { context.read() } else { heldRead = true }
+        if readGate.request() { context.read() }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         linger?.cancel()
         if !finished {
             finished = true
-            proxy.value.exchangeFailed(responseStarted: responseStarted, reason: "the stream closed")
+            proxy.value.exchangeFailed(reason: "the stream closed")
         }
         context.fireChannelInactive()
     }
@@ -423,7 +390,7 @@ final class ForwardExchange: ChannelDuplexHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if !finished {
             finished = true
-            proxy.value.exchangeFailed(responseStarted: responseStarted, reason: "\(error)")
+            proxy.value.exchangeFailed(reason: "\(error)")
         }
         context.close(promise: nil)
     }
@@ -439,11 +406,7 @@ final class ForwardExchange: ChannelDuplexHandler {
     }
 
     func gate(open: Bool) {
-        gateOpen = open
-        if open, heldRead, let context {
-            heldRead = false
-            context.read()
-        }
+        if readGate.set(open: open), let context { context.read() }
     }
 
     /// The client went away: reset the stream (the gateway drops the service's connection at once).

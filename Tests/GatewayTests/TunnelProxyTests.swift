@@ -18,11 +18,14 @@ import Testing
         let port: Int
         let tunnel: TunnelTests.Tunnel
         let events: String
+        /// The service's events as they happen (echo_server.py `--notify`).
+        let notify: NotifySocket
 
         init(dstFilters: (Int) -> [String] = { _ in [] }) async throws {
             dir = try TemporaryDirectory("caid-proxy")
             events = dir.path + "/events"
-            service = try await PeerProcess("echo_server.py", ["--port", String(Programs.unusedPort()), "--events", events], directory: dir.path)
+            notify = try NotifySocket(path: dir.path + "/events.sock")
+            service = try await PeerProcess("echo_server.py", ["--port", String(Programs.unusedPort()), "--events", events, "--notify", notify.path], directory: dir.path)
             trustee = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path, options: ["--as-policy", "model-serving"])
             var configuration = GatewayConfiguration(mode: .mapping, listenPort: UInt16(Programs.unusedPort()), servicePort: UInt16(service.port))
             configuration.listenHost = "127.0.0.1"
@@ -146,13 +149,9 @@ import Testing
         let cancelled = try setup.client(["cancel", "--connect", setup.authority, "--path", "/hold"])
         try #require(cancelled.status == 0, "\(cancelled.stderr)")
         // The service keeps writing until its socket goes: that must be well under a second after the client left.
-        var events = ""
-        for _ in 0..<50 {
-            events = (try? String(contentsOfFile: setup.events, encoding: .utf8)) ?? ""
-            if events.contains("closed") { break }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        #expect(events == "opened\nclosed\n")
+        var events: [String] = []
+        setup.notify.receive(into: &events, timeout: .seconds(1)) { $0.contains("closed") }
+        #expect(events == ["opened", "closed"])
     }
 
     @Test func routesFromTheHeadAlone() throws {

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The stand-in service for caid tunnel's HTTP tests, HTTP/1.1 with keep-alive: POST answers with the body's length
 and SHA-256; GET /stream?chunks=N&delay=S sends N chunked lines S seconds apart; GET /hold keeps sending until the
-client goes away, then writes 'closed' to --events. Writes its port to --port-file."""
-import argparse, hashlib, time
+client goes away, then writes 'closed' to --events (and sends each event as a datagram to the unix socket
+--notify, when given, for tests that wait for it). Writes its port to --port-file."""
+import argparse, hashlib, socket, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse, parse_qs
 from peerutil import announce_port
@@ -11,12 +12,16 @@ parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--port", type=int, default=0)
 parser.add_argument("--port-file", required=True)
 parser.add_argument("--events", required=True)
+parser.add_argument("--notify")
 args = parser.parse_args()
 
 
 def event(text):
     with open(args.events, "a") as f:
         f.write(text + "\n")
+    if args.notify:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(text.encode(), args.notify)
 
 
 class Handler(BaseHTTPRequestHandler):
