@@ -206,7 +206,8 @@ import Testing
         defer { Task { try? await http.shutdown() } }
         let client = KBSClient(
             trusteeURL: "http://127.0.0.1:1/x/", protocol: .auto, provider: EvidenceProvider(attester: SampleAttester(), gpu: nil),
-            http: http, retry: .init(attempts: 2, firstDelay: .milliseconds(10)), logger: quietLogger)
+            // AsyncHTTPClient retries a refused connection until the deadline: a short one keeps the test short.
+            http: http, retry: .init(attempts: 2, firstDelay: .milliseconds(10), requestTimeout: .seconds(1)), logger: quietLogger)
         let error = await #expect(throws: KBSError.self) { try await client.attest() }
         #expect(error?.kind == .unavailable)
         #expect(error?.description.contains("http://127.0.0.1:1/x/kbs/v0/auth") == true)
