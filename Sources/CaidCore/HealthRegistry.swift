@@ -6,11 +6,17 @@ public actor HealthRegistry {
     private var order: [String] = []
     private var shuttingDown = false
     private var subscribers: [UUID: AsyncStream<HealthSnapshot>.Continuation] = [:]
-    private var lastTick = ContinuousClock.now
+    /// Time on the registry's clock since it was made.
+    private let elapsed: @Sendable () -> Duration
+    private var lastTick = Duration.zero
     private var progressCount = 0
     private var startNote: String?
 
-    public init() {}
+    /// - Parameter clock: what ``sinceLastTick()`` measures with; tests pass one they move themselves.
+    public init<C: Clock<Duration>>(clock: C = ContinuousClock()) {
+        let start = clock.now
+        elapsed = { start.duration(to: clock.now) }
+    }
 
     /// Adds a service in state `waiting`. Registering a name twice keeps the first.
     public func register(_ name: String, required: Bool) {
@@ -88,10 +94,10 @@ public actor HealthRegistry {
     }
 
     /// Called by the supervisor's loop to show it is alive; read by the watchdog.
-    public func tick() { lastTick = .now }
+    public func tick() { lastTick = elapsed() }
 
     /// How long ago the supervisor's loop last ticked.
-    public func sinceLastTick() -> Duration { ContinuousClock.now - lastTick }
+    public func sinceLastTick() -> Duration { elapsed() - lastTick }
 
     /// Waits until every service in `names` runs. Returns early, quietly, when the task is cancelled.
     public func waitUntilRunning(_ names: [String]) async {

@@ -72,21 +72,28 @@ public final class Supervisor: Service {
     private let logger: Logger
     private let random: @Sendable () -> Double
     private let tickInterval: Duration
+    /// Time on the supervisor's clock since it was made, and a sleep on that clock.
+    private let elapsed: @Sendable () -> Duration
+    private let sleep: @Sendable (Duration) async throws -> Void
 
     /// - Parameters:
     ///   - services: the services, in any order; the dependency graph decides start and stop order.
     ///   - random: jitter source in `0..<1` (tests pass a fixed one).
     ///   - tickInterval: how often the supervisor shows the watchdog that it is alive.
-    public init(
+    ///   - clock: what ticks, backoffs and run times are timed with; tests pass one they move themselves.
+    public init<C: Clock<Duration>>(
         services: [ServiceSpec], registry: HealthRegistry, logger: Logger,
         random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
-        tickInterval: Duration = .seconds(1)
+        tickInterval: Duration = .seconds(1), clock: C = ContinuousClock()
     ) {
         self.specs = services
         self.registry = registry
         self.logger = logger
         self.random = random
         self.tickInterval = tickInterval
+        let start = clock.now
+        self.elapsed = { start.duration(to: clock.now) }
+        self.sleep = { try await clock.sleep(for: $0) }
     }
 
     /// The services in an order where each comes after everything it needs.
@@ -131,7 +138,7 @@ public final class Supervisor: Service {
             group.addTask {
                 while !shutdown.isFired {
                     await self.registry.tick()
-                    if await Self.race(shutdown, { try? await Task.sleep(for: self.tickInterval) }) { break }
+                    if await Self.race(shutdown, { try? await self.sleep(self.tickInterval) }) { break }
                 }
             }
             // Returns on graceful shutdown, or throws on cancellation (then every child is cancelled too).
@@ -164,7 +171,7 @@ public final class Supervisor: Service {
             await registry.set(spec.name, .starting, restarted: restarting)
             restarting = false
             logger.info("starting")
-            let started = ContinuousClock.now
+            let started = elapsed()
             let failure: (any Error)?
             do {
                 let stopped = try await Self.race(stop) { try await spec.make(handle).run() }
@@ -181,10 +188,10 @@ public final class Supervisor: Service {
                 await stop.wait()
                 break
             }
-            let delay = backoff.failed(after: ContinuousClock.now - started, policy: spec.restart, random: random())
+            let delay = backoff.failed(after: elapsed() - started, policy: spec.restart, random: random())
             logger.warning("failed, retrying in \(delay.formatted): \(reason)")
             await registry.set(spec.name, .backoff, detail: "retrying in \(delay.formatted)", error: reason)
-            if await Self.race(stop, { try? await Task.sleep(for: delay) }) { break }
+            if await Self.race(stop, { try? await self.sleep(delay) }) { break }
             restarting = true
         }
         await registry.set(spec.name, .stopped)

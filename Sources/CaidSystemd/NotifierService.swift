@@ -20,6 +20,9 @@ public struct NotifierService: Service {
     private let stallThreshold: Duration
     private let startExtension: Duration
     private let progressWindow: Duration
+    /// Time on the service's clock since it was made, and a sleep on that clock.
+    private let elapsed: @Sendable () -> Duration
+    private let sleep: @Sendable (Duration) async throws -> Void
 
     /// - Parameters:
     ///   - send: delivers one notification; by default `sd_notify`.
@@ -27,11 +30,13 @@ public struct NotifierService: Service {
     ///   - stallThreshold: the supervisor counts as wedged when it has not ticked for this long.
     ///   - startExtension: how far each `EXTEND_TIMEOUT_USEC=` pushes the start timeout while starting.
     ///   - progressWindow: how long a start may go without progress before the extensions stop.
-    public init(
+    ///   - clock: what the intervals and the start's progress are timed with; tests pass one they move themselves.
+    public init<C: Clock<Duration>>(
         registry: HealthRegistry, logger: Logger,
         send: @escaping @Sendable (String) -> Void = { SystemdNotifier().send($0) },
         watchdogTimeout: Duration? = SystemdNotifier().watchdogTimeout(),
-        stallThreshold: Duration = .seconds(5), startExtension: Duration = .seconds(10), progressWindow: Duration = .seconds(15)
+        stallThreshold: Duration = .seconds(5), startExtension: Duration = .seconds(10), progressWindow: Duration = .seconds(15),
+        clock: C = ContinuousClock()
     ) {
         self.registry = registry
         self.send = send
@@ -40,6 +45,9 @@ public struct NotifierService: Service {
         self.stallThreshold = stallThreshold
         self.startExtension = startExtension
         self.progressWindow = progressWindow
+        let start = clock.now
+        self.elapsed = { start.duration(to: clock.now) }
+        self.sleep = { try await clock.sleep(for: $0) }
     }
 
     public func run() async {
@@ -77,7 +85,9 @@ public struct NotifierService: Service {
     /// Feeds the watchdog while the supervisor ticks, and extends the start timeout while the start makes progress.
     private func keepAlive() async {
         let interval = min(watchdogTimeout.map { $0 / 2 } ?? startExtension / 3, startExtension / 3)
-        var bound = StartBound(window: progressWindow, now: ContinuousClock.now)
+        // StartBound keeps ContinuousClock instants: the clock's time is laid onto one from here.
+        let origin = ContinuousClock.now - elapsed()
+        var bound = StartBound(window: progressWindow, now: origin + elapsed())
         var starting = true
         var holding = false
         while !Task.isCancelled {
@@ -88,7 +98,7 @@ public struct NotifierService: Service {
                 if starting {
                     let snapshot = await registry.snapshot()
                     let marks = await registry.progressMarks()
-                    switch bound.decide(snapshot, progressMarks: marks, now: ContinuousClock.now) {
+                    switch bound.decide(snapshot, progressMarks: marks, now: origin + elapsed()) {
                     case .ready:
                         starting = false
                         await registry.setStartNote(nil)
@@ -112,7 +122,7 @@ public struct NotifierService: Service {
             } else {
                 logger.error("supervisor has not ticked for \(silence.formatted); not telling systemd it is alive")
             }
-            try? await Task.sleep(for: interval)
+            try? await self.sleep(interval)
         }
     }
 }

@@ -49,6 +49,7 @@ public actor KBSClient {
     private let http: HTTPClient
     private let retry: RetryPolicy
     private let logger: Logger
+    private let now: @Sendable () -> Date
 
     private var jar = CookieJar()
     private var state = KBSSessionState<Session>()
@@ -63,10 +64,11 @@ public actor KBSClient {
     ///   - trusteeURL: `TRUSTEE_URL`; a trailing `/` is dropped.
     ///   - gpuEvidence: which GPU evidence form to send (`auto` finds the one this server verifies).
     ///   - currentKeyAlgorithm: the TEE key for the 0.4.0 dialect (the legacy one always uses RSA1_5).
+    ///   - now: the wall clock that token and cookie expiries are compared with (tests move it forward).
     public init(
         trusteeURL: String, protocol choice: DialectChoice, gpuEvidence: GPUEvidenceChoice = .auto,
         provider: EvidenceProvider, currentKeyAlgorithm: TEEKey.Algorithm = .ecdhES_A256KW, http: HTTPClient,
-        retry: RetryPolicy = .init(), logger: Logger
+        retry: RetryPolicy = .init(), logger: Logger, now: @escaping @Sendable () -> Date = { Date() }
     ) {
         var base = trusteeURL
         while base.hasSuffix("/") { base.removeLast() }
@@ -78,6 +80,7 @@ public actor KBSClient {
         self.http = http
         self.retry = retry
         self.logger = logger
+        self.now = now
     }
 
     /// The current session, attesting first when there is none or its token or cookie is about to expire.
@@ -134,14 +137,14 @@ public actor KBSClient {
     private func established() async throws(KBSError) -> KBSSessionState<Session>.Established {
         let waiter = nextWaiter
         nextWaiter += 1
-        switch state.acquire(waiter: waiter, now: Date()) {
+        switch state.acquire(waiter: waiter, now: now()) {
         case .use(let established):
             return established
         case .startHandshake:
             do throws(KBSError) {
                 let session = try await handshake()
                 let completion = state.handshakeSucceeded(
-                    session, tokenExpires: session.token.expires, cookieExpires: jar.expiry(of: "kbs-session-id"), now: Date())
+                    session, tokenExpires: session.token.expires, cookieExpires: jar.expiry(of: "kbs-session-id"), now: now())
                 guard let established = completion.established else {
                     throw KBSError(.protocolViolation, step: "attest", detail: "the session state lost the new session")
                 }
@@ -285,14 +288,14 @@ public actor KBSClient {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: body))
         }
-        if let cookie = jar.header() { request.headers.add(name: "Cookie", value: cookie) }
+        if let cookie = jar.header(now: now()) { request.headers.add(name: "Cookie", value: cookie) }
         let response: HTTPClientResponse
         do {
             response = try await http.execute(request, timeout: TimeAmount(retry.requestTimeout))
         } catch {
             throw KBSError(.unavailable, step: step, detail: "cannot reach \(base)/kbs/v0/\(path): \(error)")
         }
-        jar.store(setCookie: response.headers["Set-Cookie"])
+        jar.store(setCookie: response.headers["Set-Cookie"], now: now())
         do {
             let bytes = try await response.body.collect(upTo: JWE.maximumSize)
             return (Int(response.status.code), Array(bytes.readableBytesView))

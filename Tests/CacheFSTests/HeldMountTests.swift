@@ -38,9 +38,9 @@ import Testing
         return ContinuousClock.now - start
     }
 
-    func waitUntil(_ condition: () -> Bool) async throws {
-        for _ in 0..<250 where !condition() { try await Task.sleep(for: .milliseconds(20)) }
-        #expect(condition())
+    /// Waits until `process` prints `line`.
+    func waitFor(_ line: String, from process: Programs.Running) async throws {
+        try await FileEvents.line(of: process, what: "\(line) from pid \(process.pid)") { $0 == line ? () : nil }
     }
 
     func namespace(_ pid: pid_t) -> String? { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/mnt") }
@@ -54,7 +54,7 @@ import Testing
         let mount = try mount(ws, cipher: cipher, at: mountpoint, log: log)
         let holder = try Programs.start("/bin/sh", ["-c", "exec 3< \(mountpoint)/dir1/dir2/nested.txt && echo held && exec sleep 60"])
         defer { holder.signal(SIGKILL); _ = holder.wait() }
-        try await waitUntil { holder.stdout.contains("held") }
+        try await waitFor("held", from: holder)
 
         let took = await timedUnmount(mount)
         #expect(took < .seconds(10), "took \(took)")
@@ -75,10 +75,10 @@ import Testing
         let mount = try mount(ws, cipher: cipher, at: mountpoint, log: log)
         // A namespace of its own whose copy of the mount does not follow the host's unmount: a container's
         // `-v /tmp/model:/tmp/model`.
-        let holder = try Programs.start("/usr/bin/unshare", ["-m", "--propagation", "private", "sleep", "60"])
+        let holder = try Programs.start("/usr/bin/unshare", ["-m", "--propagation", "private", "sh", "-c", "echo unshared && exec sleep 60"])
         defer { holder.signal(SIGKILL); _ = holder.wait() }
-        let mine = namespace(getpid())
-        try await waitUntil { namespace(holder.pid).map { $0 != mine } ?? false }
+        try await waitFor("unshared", from: holder)
+        #expect(namespace(holder.pid) != namespace(getpid()))
 
         let took = await timedUnmount(mount)
         #expect(took < .seconds(10), "took \(took)")
@@ -114,7 +114,7 @@ import Testing
             """
         let container = try Programs.start("/usr/bin/unshare", ["-m", "--propagation", "unchanged", "sh", "-c", script])
         defer { container.signal(SIGKILL); _ = container.wait() }
-        try await waitUntil { container.stdout.contains("ready") }
+        try await waitFor("ready", from: container)
         func read(_ path: String) throws -> Programs.Result {
             try Programs.run("/usr/bin/nsenter", ["-t", "\(container.pid)", "-m", "cat", path + "/dir1/dir2/nested.txt"])
         }

@@ -6,7 +6,7 @@ import Logging
 import ServiceLifecycle
 import Testing
 
-@Suite(.serialized) struct HealthServerTests {
+@Suite(.serialized, .timeLimit(.minutes(1))) struct HealthServerTests {
     let logger = quietLogger
 
     /// Runs a health server on `path` while `body` runs.
@@ -15,9 +15,9 @@ import Testing
     ) async throws {
         let server = HealthServer(path: path, registry: registry, metrics: HealthMetrics(), logger: logger)
         try await withRunningServices([server]) {
-            for _ in 0..<200 where (try? HealthClient(socketPath: path).get("/healthz")) == nil {
-                try await Task.sleep(for: .milliseconds(10))
-            }
+            // The server marks itself running once the socket listens.
+            for await snapshot in await registry.updates()
+            where snapshot.services.contains(where: { $0.name == "health" && $0.state == .running }) { break }
             try await body()
         }
     }

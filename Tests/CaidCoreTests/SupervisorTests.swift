@@ -41,12 +41,20 @@ import Testing
         let counter = ScriptedService.Counter()
         let spec = ScriptedService.spec("key", script: [.failPermanently], log: log, counter: counter)
         let registry = HealthRegistry()
-        try await withSupervisor([spec], registry: registry) {
+        let clock = ManualClock()
+        let supervisor = Supervisor(services: [spec], registry: registry, logger: quietLogger, random: { 1 }, tickInterval: .milliseconds(20), clock: clock)
+        try await withRunningServices([supervisor]) {
             let status = await registry.wait(for: "key", toBe: .failed)
             #expect(status?.state == .failed)
             #expect(status?.lastError == "key cannot work with this configuration")
-            try await Task.sleep(for: .milliseconds(300))
+            // Hours pass, far beyond any backoff (the supervisor's ticks go on): no retry.
+            for _ in 0..<3 {
+                await clock.sleepers()
+                clock.advance(by: .seconds(3600))
+            }
+            await clock.sleepers()
             #expect(counter.count == 1)
+            #expect(await registry.status(of: "key")?.state == .failed)
         }
     }
 

@@ -7,48 +7,89 @@ import Synchronization
 import Testing
 
 @Suite struct NotifierServiceTests {
+    /// What the notifier sent, and a way to await a message as it arrives.
     final class Messages: Sendable {
-        private let list = Mutex<[String]>([])
-        func append(_ message: String) { list.withLock { $0.append(message) } }
-        var all: [String] { list.withLock { $0 } }
+        private struct State {
+            var list: [String] = []
+            var waiters: [(fragment: String, continuation: CheckedContinuation<Void, Never>)] = []
+        }
+        private let state = Mutex(State())
+
+        func append(_ message: String) {
+            let arrived = state.withLock { state in
+                state.list.append(message)
+                let arrived = state.waiters.filter { message.contains($0.fragment) }.map(\.continuation)
+                state.waiters.removeAll { message.contains($0.fragment) }
+                return arrived
+            }
+            for waiter in arrived { waiter.resume() }
+        }
+
+        var all: [String] { state.withLock { $0.list } }
         func count(_ fragment: String) -> Int { all.filter { $0.contains(fragment) }.count }
+
+        /// Returns once a message containing `fragment` was sent (at once if one was).
+        func arrival(of fragment: String) async {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let sent = state.withLock { state in
+                    if state.list.contains(where: { $0.contains(fragment) }) { return true }
+                    state.waiters.append((fragment, continuation))
+                    return false
+                }
+                if sent { continuation.resume() }
+            }
+        }
     }
 
     let logger = quietLogger
 
-    @Test func readyStatusWatchdogAndStopping() async throws {
-        let registry = HealthRegistry()
+    /// The notifier's next period: time moves on by `interval` and the notifier has done what it does then
+    /// (it is asleep again). With `tick`, the supervisor ticked the registry first.
+    static func period(_ clock: ManualClock, _ interval: Duration, registry: HealthRegistry, tick: Bool = true) async {
+        if tick { await registry.tick() }
+        clock.advance(by: interval)
+        await clock.sleepers()
+    }
+
+    @Test(.timeLimit(.minutes(1))) func readyStatusWatchdogAndStopping() async throws {
+        let clock = ManualClock()
+        let registry = HealthRegistry(clock: clock)
         await registry.register("mount", required: true)
         let messages = Messages()
+        // Pets at half the watchdog timeout: every 50 ms.
+        let interval = Duration.milliseconds(50)
         let notifier = NotifierService(
             registry: registry, logger: logger, send: { messages.append($0) }, watchdogTimeout: .milliseconds(100),
-            stallThreshold: .milliseconds(150), startExtension: .seconds(3))
+            stallThreshold: .milliseconds(150), startExtension: .seconds(3), clock: clock)
         try await withRunningServices([notifier]) {
-            // The supervisor ticks: the watchdog is fed and the start timeout extended.
-            let ticker = Task {
-                while !Task.isCancelled {
-                    await registry.tick()
-                    try? await Task.sleep(for: .milliseconds(20))
-                }
-            }
-            try await Task.sleep(for: .milliseconds(300))
-            #expect(messages.count("WATCHDOG=1") >= 3)
-            #expect(messages.count("EXTEND_TIMEOUT_USEC=3000000") >= 3)
+            // The supervisor ticks: the watchdog is fed and the start timeout extended, once a period.
+            await clock.sleepers()
+            for _ in 0..<3 { await Self.period(clock, interval, registry: registry) }
+            #expect(messages.count("WATCHDOG=1") == 4)
+            #expect(messages.count("EXTEND_TIMEOUT_USEC=3000000") == 4)
             #expect(messages.count("READY=1") == 0)
+            await messages.arrival(of: "STATUS=")
             #expect(messages.all.first { $0.contains("STATUS=") } == "STATUS=starting: mount waiting")
 
             await registry.set("mount", .running)
-            try await Task.sleep(for: .milliseconds(200))
+            await messages.arrival(of: "READY=1")
             #expect(messages.all.contains("READY=1\nSTATUS=ready: mount running"))
+            await Self.period(clock, interval, registry: registry)
+            #expect(messages.count("WATCHDOG=1") == 5)
+            // Ready: the start timeout is not extended any more.
             let extensionsAtReady = messages.count("EXTEND_TIMEOUT_USEC")
+            #expect(extensionsAtReady == 4)
 
-            // The supervisor stops ticking: no more watchdog pets.
-            ticker.cancel()
-            try await Task.sleep(for: .milliseconds(250))
-            let pets = messages.count("WATCHDOG=1")
-            try await Task.sleep(for: .milliseconds(300))
-            #expect(messages.count("WATCHDOG=1") == pets)
+            // The supervisor stops ticking (last at 150 ms): a pet while it has been quiet less than 150 ms (at
+            // 250 ms), then none.
+            await Self.period(clock, interval, registry: registry, tick: false)
+            #expect(messages.count("WATCHDOG=1") == 6)
+            for _ in 0..<6 { await Self.period(clock, interval, registry: registry, tick: false) }
+            #expect(messages.count("WATCHDOG=1") == 6)
             #expect(messages.count("EXTEND_TIMEOUT_USEC") == extensionsAtReady)
+            // It ticks again: so do the pets.
+            await Self.period(clock, interval, registry: registry)
+            #expect(messages.count("WATCHDOG=1") == 7)
         }
         #expect(messages.all.last == "STOPPING=1\nSTATUS=stopping")
         #expect(messages.count("READY=1") == 1)
@@ -56,39 +97,39 @@ import Testing
 
     /// Trustee unreachable: attestation keeps failing, nothing else moves. The start timeout is extended for the
     /// window and then not any more, and STATUS= says what the start waits on; progress brings the extensions back.
-    @Test func aStartWithoutProgressStopsExtendingAndSaysWhy() async throws {
-        let registry = HealthRegistry()
+    @Test(.timeLimit(.minutes(1))) func aStartWithoutProgressStopsExtendingAndSaysWhy() async throws {
+        let clock = ManualClock()
+        let registry = HealthRegistry(clock: clock)
         await registry.register("attestation", required: true)
         await registry.register("fetch", required: true)
         let messages = Messages()
+        // Every 30 ms: half the watchdog timeout.
+        let interval = Duration.milliseconds(30)
         let notifier = NotifierService(
             registry: registry, logger: logger, send: { messages.append($0) }, watchdogTimeout: .milliseconds(60),
-            stallThreshold: .milliseconds(500), startExtension: .milliseconds(300), progressWindow: .milliseconds(250))
+            stallThreshold: .milliseconds(500), startExtension: .milliseconds(300), progressWindow: .milliseconds(250),
+            clock: clock)
         try await withRunningServices([notifier]) {
-            let ticker = Task {
-                while !Task.isCancelled {
-                    await registry.tick()
-                    try? await Task.sleep(for: .milliseconds(20))
-                }
-            }
-            defer { ticker.cancel() }
+            await clock.sleepers()
             await registry.set("attestation", .backoff, detail: "retrying in 5s", error: "cannot reach Trustee at http://10.0.0.1:8080")
-            try await Task.sleep(for: .milliseconds(150))
-            #expect(messages.count("EXTEND_TIMEOUT_USEC=300000") >= 1)
-            try await Task.sleep(for: .milliseconds(350))
+            await Self.period(clock, interval, registry: registry)
+            #expect(messages.count("EXTEND_TIMEOUT_USEC=300000") == 2)
+            // Extended while less than the 250 ms window has passed without progress: at 0, 30, ... 240 ms.
+            for _ in 0..<9 { await Self.period(clock, interval, registry: registry) }
             let extensions = messages.count("EXTEND_TIMEOUT_USEC")
-            try await Task.sleep(for: .milliseconds(300))
+            #expect(extensions == 9, "\(messages.all)")
+            for _ in 0..<10 { await Self.period(clock, interval, registry: registry) }
             #expect(messages.count("EXTEND_TIMEOUT_USEC") == extensions, "\(messages.all)")
-            #expect(messages.count("WATCHDOG=1") >= 8, "the watchdog is still fed: caid is alive, only the start is stuck")
+            #expect(messages.count("WATCHDOG=1") == 21, "the watchdog is still fed: caid is alive, only the start is stuck")
             let status = await registry.snapshot().summary
             #expect(status.hasPrefix("starting (no progress for "), "\(status)")
             #expect(status.contains("waiting on attestation: cannot reach Trustee at http://10.0.0.1:8080"), "\(status)")
-            #expect(messages.all.contains { $0.contains("STATUS=starting (no progress for ") })
+            await messages.arrival(of: "STATUS=starting (no progress for ")
 
             // Bytes arrive: the start moves again.
             await registry.setDetail("fetch", "1 MiB of 10 MiB (10%)")
-            try await Task.sleep(for: .milliseconds(150))
-            #expect(messages.count("EXTEND_TIMEOUT_USEC") > extensions)
+            await Self.period(clock, interval, registry: registry)
+            #expect(messages.count("EXTEND_TIMEOUT_USEC") == extensions + 1)
             let after = await registry.snapshot().summary
             #expect(!after.contains("no progress"), "\(after)")
         }

@@ -79,10 +79,15 @@ import Testing
         try GocryptfsTool.makeTree(at: plain, largeSize: 4 << 30, manyFiles: 10, sparseLarge: true)
         let run = try Programs.start(Programs.caid, ["encrypt", "--plain", plain, "--cipher", ws.path("cipher"), "--passfile", ws.passfile])
         // Wait until the staging directory has content, then interrupt.
-        for _ in 0..<500 {
-            let staged = (try? FileManager.default.contentsOfDirectory(atPath: ws.dir.path))?.first { $0.hasPrefix(".cipher.partial-") }
-            if let staged, (try? FileManager.default.contentsOfDirectory(atPath: ws.path(staged)))?.contains("gocryptfs.conf") == true { break }
-            try await Task.sleep(for: .milliseconds(10))
+        let root = ws.dir.path
+        @Sendable func staged() -> String? {
+            (try? FileManager.default.contentsOfDirectory(atPath: root))?.first { $0.hasPrefix(".cipher.partial-") }.map { root + "/" + $0 }
+        }
+        try await FileEvents.wait(in: { [root] + (staged().map { [$0] } ?? []) }, what: "gocryptfs.conf staged") { () -> Void? in
+            // An encrypt that ended early leaves the rest of the test to say what went wrong.
+            if run.exited() != nil { return () }
+            guard let staged = staged(), (try? FileManager.default.contentsOfDirectory(atPath: staged))?.contains("gocryptfs.conf") == true else { return nil }
+            return ()
         }
         run.signal(signal)
         let result = await run.wait(timeout: .seconds(30))

@@ -7,6 +7,7 @@ import Foundation
 import KBSProtocol
 import KeyBroker
 import Logging
+import Synchronization
 import Testing
 
 /// The KBS client against the Trustee-compatible test KBS on loopback, in both dialects.
@@ -28,17 +29,26 @@ import Testing
 
         func client(
             _ choice: KBSClient.DialectChoice = .auto, key: TEEKey.Algorithm = .ecdhES_A256KW,
-            provider: EvidenceProvider = EvidenceProvider(attester: SampleAttester(), gpu: nil), attempts: Int = 4
+            provider: EvidenceProvider = EvidenceProvider(attester: SampleAttester(), gpu: nil), attempts: Int = 4,
+            wall: WallClock = WallClock()
         ) -> KBSClient {
             KBSClient(
                 trusteeURL: kbs.url, protocol: choice, provider: provider, currentKeyAlgorithm: key, http: http,
-                retry: .init(attempts: attempts, firstDelay: .milliseconds(50), requestTimeout: .seconds(10)), logger: quietLogger)
+                retry: .init(attempts: attempts, firstDelay: .milliseconds(50), requestTimeout: .seconds(10)), logger: quietLogger,
+                now: { wall.now })
         }
 
         func finish() async {
             try? await http.shutdown()
             dir.remove()
         }
+    }
+
+    /// The client's wall clock: real time plus however far the test moved it on, so that expiries pass at once.
+    final class WallClock: Sendable {
+        private let offset = Mutex<TimeInterval>(0)
+        var now: Date { Date().addingTimeInterval(offset.withLock { $0 }) }
+        func advance(by seconds: TimeInterval) { offset.withLock { $0 += seconds } }
     }
 
     static func text(_ secret: Secret) -> String { secret.withBytes { String(decoding: $0, as: UTF8.self) } }
@@ -105,12 +115,13 @@ import Testing
     @Test func aSessionIsReusedOnlyWhileItsCookieLives() async throws {
         let setup = try await Setup(dialect: "current", options: ["--profile", "upstream-0.17", "--session-seconds", "32", "--token-seconds", "3600"])
         defer { Task { await setup.finish() } }
-        let client = setup.client()
+        let wall = WallClock()
+        let client = setup.client(wall: wall)
         _ = try await client.resource(Self.resource)
         _ = try await client.resource(Self.resource)
         #expect(setup.kbs.count("auth") == 1)
-        // 32 s cookie, 30 s margin: after 2.5 s the session is no longer handed out, although the token is valid.
-        try await Task.sleep(for: .milliseconds(2500))
+        // 32 s cookie, 30 s margin: 2.5 s on the session is no longer handed out, although the token is valid.
+        wall.advance(by: 2.5)
         _ = try await client.resource(Self.resource)
         #expect(setup.kbs.count("auth") == 2)
         // No resource request was refused on the way (it would have been retried and counted).
@@ -131,27 +142,34 @@ import Testing
     }
 
     @Test func expiredSessionMeansAFreshHandshake() async throws {
-        let setup = try await Setup(dialect: "legacy", options: ["--session-seconds", "2"])
+        let setup = try await Setup(dialect: "legacy", options: ["--session-seconds", "32"])
         defer { Task { await setup.finish() } }
-        let client = setup.client(.legacy)
+        let wall = WallClock()
+        let client = setup.client(.legacy, wall: wall)
         _ = try await client.resource(Self.resource)
-        try await Task.sleep(for: .milliseconds(2200))
-        // The server forgot the session (401 ExpiredCookie, and the cookie itself expired): attest again, succeed.
+        // The session runs out: the server forgot it, and the client's cookie is within the margin of its expiry.
+        // (The client's clock moves on by less than the cookie's life: a fresh cookie must not look expired.)
+        try setup.kbs.setFaults(#"{"expire_sessions": 1}"#)
+        wall.advance(by: 3)
         let secret = try await client.resource(Self.resource)
         #expect(Self.text(secret) == Self.password)
-        // At least one new handshake (another if a slow machine let the fresh session lapse too).
-        #expect(setup.kbs.count("auth") >= 2)
+        #expect(setup.kbs.count("auth") == 2)
+        // The dead session was not even tried.
+        #expect(setup.kbs.count("resource") == 2)
     }
 
     @Test func unauthorizedResourceTriggersReattestation() async throws {
         // The session cookie outlives the server's session: the KBS answers 401, the client handshakes again.
-        let setup = try await Setup(dialect: "current", options: ["--session-seconds", "2"])
+        let setup = try await Setup(dialect: "current")
         defer { Task { await setup.finish() } }
         let client = setup.client(.current)
         _ = try await client.resource(Self.resource)
-        try await Task.sleep(for: .milliseconds(2200))
-        _ = try await client.resource(Self.resource)
-        #expect(setup.kbs.count("auth") >= 2)
+        try setup.kbs.setFaults(#"{"expire_sessions": 1}"#)
+        let secret = try await client.resource(Self.resource)
+        #expect(Self.text(secret) == Self.password)
+        #expect(setup.kbs.count("auth") == 2)
+        // One resource request was refused with the expired session, then retried with the new one.
+        #expect(setup.kbs.count("resource") == 3)
     }
 
     @Test func policyDenialFailsFastWithTheServersDetail() async throws {
@@ -189,7 +207,8 @@ import Testing
         defer { Task { try? await http.shutdown() } }
         let client = KBSClient(
             trusteeURL: "http://127.0.0.1:1/x/", protocol: .auto, provider: EvidenceProvider(attester: SampleAttester(), gpu: nil),
-            http: http, retry: .init(attempts: 2, firstDelay: .milliseconds(10)), logger: quietLogger)
+            // AsyncHTTPClient retries a refused connection until the deadline: a short one keeps the test short.
+            http: http, retry: .init(attempts: 2, firstDelay: .milliseconds(10), requestTimeout: .seconds(1)), logger: quietLogger)
         let error = await #expect(throws: KBSError.self) { try await client.attest() }
         #expect(error?.kind == .unavailable)
         #expect(error?.description.contains("http://127.0.0.1:1/x/kbs/v0/auth") == true)

@@ -22,15 +22,9 @@ import Testing
                 "python3", Programs.packageRoot + "/Tests/peers/oss_server.py", "--root", root, "--bucket", "models",
                 "--ak", "LTAItest", "--sk", "secret/+=value", "--page-size", String(pageSize), "--faults", faults,
             ])
-            for _ in 0..<500 {
-                if let line = process.stdout.split(separator: "\n").first(where: { $0.hasPrefix("listening ") }), let port = Int(line.dropFirst(10)) {
-                    self.port = port
-                    return
-                }
-                if let result = process.exited() { throw GocryptfsTool.Failure(description: "oss_server.py exited: \(result.stderr)") }
-                try await Task.sleep(for: .milliseconds(20))
+            port = try await FileEvents.line(of: process, what: "oss_server.py listening") { line in
+                line.hasPrefix("listening ") ? Int(line.dropFirst(10)) : nil
             }
-            throw GocryptfsTool.Failure(description: "oss_server.py did not start: \(process.stderr)")
         }
 
         func setFaults(_ json: String) throws {
@@ -234,21 +228,23 @@ import Testing
         }
     }
 
+    /// Waits until the download's checkpoint of big.bin records at least `count` parts, and returns how many.
+    static func checkpointedParts(in setup: Setup, atLeast count: Int) async throws -> Int {
+        let cache = setup.cache, root = setup.dir.path
+        return try await FileEvents.wait(in: { [root, cache, cache + "/model.staging"] }, what: "\(count) parts checkpointed") {
+            guard let data = try? Data(contentsOf: URL(fileURLWithPath: cache + "/model.staging/big.bin.parts")),
+                let checkpoint = try? JSONDecoder().decode(Checkpoint.self, from: data), checkpoint.crcs.count >= count else { return nil }
+            return checkpoint.crcs.count
+        }
+    }
+
     @Test func aKilledDownloadResumesWithoutFetchingFinishedPartsAgain() async throws {
         let setup = try await Setup()
         defer { setup.dir.remove() }
         try setup.server.setFaults(#"{"delay_ms": 60}"#)
         let first = try Programs.start(Programs.caid, ["fetch", "--env", setup.env, "--part-size", "1", "--concurrency", "2"])
         // Kill it once it is well into the 20 MiB object.
-        var staged: UInt64 = 0
-        for _ in 0..<400 {
-            if let data = try? Data(contentsOf: URL(fileURLWithPath: setup.cache + "/model.staging/big.bin.parts")),
-                let checkpoint = try? JSONDecoder().decode(Checkpoint.self, from: data), checkpoint.crcs.count >= 8 {
-                staged = UInt64(checkpoint.crcs.count) << 20
-                break
-            }
-            try await Task.sleep(for: .milliseconds(25))
-        }
+        let staged = UInt64(try await Self.checkpointedParts(in: setup, atLeast: 8)) << 20
         first.signal(SIGKILL)
         _ = first.wait()
         #expect(staged >= 8 << 20)
@@ -271,13 +267,7 @@ import Testing
         try setup.server.setFaults(#"{"delay_ms": 60}"#)
         let first = try Programs.start(Programs.caid, ["fetch", "--env", setup.env, "--part-size", "1", "--concurrency", "2"])
         let checkpointPath = setup.cache + "/model.staging/big.bin.parts"
-        for _ in 0..<400 {
-            if let data = try? Data(contentsOf: URL(fileURLWithPath: checkpointPath)),
-                let checkpoint = try? JSONDecoder().decode(Checkpoint.self, from: data), checkpoint.crcs.count >= 8 {
-                break
-            }
-            try await Task.sleep(for: .milliseconds(25))
-        }
+        _ = try await Self.checkpointedParts(in: setup, atLeast: 8)
         first.signal(SIGKILL)
         _ = first.wait()
         let checkpoint = try JSONDecoder().decode(Checkpoint.self, from: try Data(contentsOf: URL(fileURLWithPath: checkpointPath)))
@@ -431,10 +421,8 @@ import Testing
             "python3", Programs.packageRoot + "/Tests/peers/connect_proxy.py", "--redirect", "127.0.0.1:\(setup.server.port)",
         ])
         defer { proxy.signal(SIGTERM) }
-        var proxyPort = 0
-        for _ in 0..<200 where proxyPort == 0 {
-            proxyPort = Int(proxy.stdout.split(separator: "\n").first?.dropFirst("listening ".count) ?? "") ?? 0
-            try await Task.sleep(for: .milliseconds(20))
+        let proxyPort = try await FileEvents.line(of: proxy, what: "connect_proxy.py listening") { line in
+            line.hasPrefix("listening ") ? Int(line.dropFirst("listening ".count)) : nil
         }
         let env = try setup.dir.write("proxied.env", try String(contentsOfFile: setup.env, encoding: .utf8)
             .replacingOccurrences(of: "MODEL_OSS_ENDPOINT=\"http://127.0.0.1:\(setup.server.port)\"", with: "MODEL_OSS_ENDPOINT=\"http://127.0.0.1:9\""))

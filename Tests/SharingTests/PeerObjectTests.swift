@@ -134,10 +134,11 @@ import Testing
         defer { setup.stopTrustee(); Task { await setup.finish() } }
         let plain = try PlainCertificate.make(in: setup.dir.path)
         let port = Programs.unusedPort()
-        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", plain.certificate,
+        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-accept", "127.0.0.1:\(port)", "-cert", plain.certificate,
             "-key", plain.key, "-tls1_3", "-Verify", "1"])
         defer { server.signal(SIGKILL); _ = server.wait() }
-        try await Task.sleep(for: .milliseconds(500))
+        // s_server says ACCEPT once it listens.
+        try await FileEvents.line(of: server, what: "openssl s_server listening") { $0 == "ACCEPT" ? () : nil }
         let client = PeerObjectClient(peers: try setup.peers(), port: port)
         let error = await #expect(throws: PeerError.self) {
             try await client.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9)

@@ -50,6 +50,8 @@ Faults and behaviour come from a JSON file read on each request (counts are budg
   deny             answer 403 PolicyDeny to resource requests
   garbage          answer 200 with a non-JSON body to this many resource requests
   huge             answer 200 with a 2 MiB body to this many resource requests
+  expire_sessions  this many KBS requests first expire every session made so far (what time does to Trustee's
+                   in-memory sessions: the next use answers 401 ExpiredCookie), so tests need not wait for it
 Requests are logged as JSON lines to --log for assertions.
 """
 import argparse, base64, datetime, hashlib, json, os, secrets, sys, threading, time, uuid
@@ -396,6 +398,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(404, b"not found", "text/plain")
         if take_fault("unavailable"):
             return self.reply(503, b"upstream unavailable", "text/plain")
+        if take_fault("expire_sessions"):
+            with lock:
+                for found in sessions.values():
+                    found["expires"] = min(found["expires"], time.time() - 1)
         endpoint = path[len(prefix):]
         try:
             if method == "POST" and endpoint == "auth":
