@@ -181,13 +181,16 @@ public enum Programs {
             }
         }
 
-        /// Returns the first non-nil value of `condition`, checked now, after every write to its output and at its
-        /// exit (given the result then, nil while it runs); throws ``Awaiting/TimedOut`` after `timeout`.
+        /// Returns the first non-nil value of `condition`, checked now, after every write to its output (unless
+        /// `output` is false) and at its exit (given the result then, nil while it runs); throws
+        /// ``Awaiting/TimedOut`` after `timeout`.
         /// - Parameter also: more events to check the condition after (a notification socket).
         public func until<T>(
-            _ what: @autoclosure () -> String, timeout: Duration, also: [Awaiting.Source] = [], _ condition: (Result?) throws -> T?
+            _ what: @autoclosure () -> String, timeout: Duration, output: Bool = true, also: [Awaiting.Source] = [],
+            _ condition: (Result?) throws -> T?
         ) async throws -> T {
-            try await Awaiting.until(what(), timeout: timeout, on: [.file(outPath), .file(errPath), .readable(exitWatch.descriptor)] + also) {
+            let written: [Awaiting.Source] = output ? [.file(outPath), .file(errPath)] : []
+            return try await Awaiting.until(what(), timeout: timeout, on: written + [.readable(exitWatch.descriptor)] + also) {
                 try condition(exited())
             }
         }
@@ -295,13 +298,14 @@ public final class NotifySocket: @unchecked Sendable {
 }
 
 extension Programs.Running {
-    /// ``until(_:timeout:also:_:)`` that also wakes on every datagram `notify` receives (caid sends STATUS= on each
-    /// change of its health summary and READY=1 once ready), with the datagrams so far.
+    /// ``until(_:timeout:output:also:_:)`` that wakes on every datagram `notify` receives (caid sends STATUS= on
+    /// each change of its health summary and READY=1 once ready) and at the exit, not on its output (a condition
+    /// that runs `caid health` after each log line would load the machine), with the datagrams so far.
     public func until<T>(
         _ what: @autoclosure () -> String, timeout: Duration, notify: NotifySocket, _ condition: (_ messages: [String], Programs.Result?) throws -> T?
     ) async throws -> T {
         var messages: [String] = []
-        return try await until(what(), timeout: timeout, also: [.readable(notify.descriptor)]) { exited in
+        return try await until(what(), timeout: timeout, output: false, also: [.readable(notify.descriptor)]) { exited in
             messages += notify.takeWaiting()
             return try condition(messages, exited)
         }

@@ -22,7 +22,7 @@ import Testing
         defer { if daemon.exited() == nil { daemon.signal(SIGKILL); _ = daemon.wait() } }
 
         // While it starts, `caid health` says which stage each service is in and why it waits: asked after each
-        // change of its status (STATUS=) and each line it logs.
+        // change of its status summary (STATUS=).
         var sawWaiting = false
         let ready = try? await daemon.until("caid ready", timeout: .seconds(60), notify: notify) { _, exited -> Bool? in
             if exited != nil { return false }

@@ -44,7 +44,7 @@ import Testing
         func run(_ env: String, until condition: @escaping (HealthSnapshot) -> Bool, seconds: Int = 90) async throws -> (Programs.Running, HealthSnapshot?) {
             let daemon = try Programs.start(Programs.caid, ["run", "--env", env], environment: Programs.environment(["NOTIFY_SOCKET": notify.path]))
             let socket = host.socket
-            // Health is asked after each change of caid's status summary (STATUS=), each line it logs, and its exit.
+            // Health is asked after each change of caid's status summary (STATUS=) and at its exit.
             let snapshot = try? await daemon.until("caid's health to match", timeout: .seconds(seconds), notify: notify) { _, exited -> HealthSnapshot?? in
                 if exited != nil { return .some(nil) }
                 guard let json = try? Programs.run(Programs.caid, ["health", "--json", "--socket", socket]),
