@@ -9,14 +9,11 @@ public final class CaidMount: @unchecked Sendable {
     public init(cipher: String, at mountpoint: String, passfile: String, extra: [String] = []) async throws {
         self.mountpoint = mountpoint
         process = try Programs.start(Programs.caid, ["mount", "--cipher", cipher, "--mountpoint", mountpoint, "--passfile", passfile] + extra)
-        for _ in 0..<500 {
-            if process.stdout.contains("ready") { return }
-            if let result = process.exited() {
-                throw GocryptfsTool.Failure(description: "caid mount exited \(result.status): \(result.stderr)")
-            }
-            try await Task.sleep(for: .milliseconds(20))
+        do {
+            try await process.waitForOutput("ready")
+        } catch {
+            throw GocryptfsTool.Failure(description: "caid mount did not get ready: \(error)")
         }
-        throw GocryptfsTool.Failure(description: "caid mount did not get ready: \(process.stderr)")
     }
 
     /// Stops it with SIGTERM; returns what it printed. Unmounts by force if it does not stop in time.

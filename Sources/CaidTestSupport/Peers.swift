@@ -20,16 +20,17 @@ public final class PeerProcess: @unchecked Sendable {
         } else {
             process = try Programs.start("/usr/bin/env", command)
         }
-        for _ in 0..<1000 {
-            if let text = try? String(contentsOfFile: portFile, encoding: .utf8), let port = Int(text) {
-                self.port = port
-                return
+        // The peer renames the complete file into place (peerutil.announce_port): an event in the directory.
+        do {
+            port = try await process.until("\(script) listening", timeout: .seconds(20), also: [.directory(directory)]) { exited -> Int? in
+                if let text = try? String(contentsOfFile: portFile, encoding: .utf8), let port = Int(text) { return port }
+                if let exited { throw Failure(description: "\(script) exited: \(exited.stderr)") }
+                return nil
             }
-            if let result = process.exited() { throw Failure(description: "\(script) exited: \(result.stderr)") }
-            try await Task.sleep(for: .milliseconds(20))
+        } catch {
+            process.signal(SIGKILL)
+            throw Failure(description: "\(script) did not start: \(error) \(process.stderr)")
         }
-        process.signal(SIGKILL)
-        throw Failure(description: "\(script) did not start: \(process.stderr)")
     }
 
     deinit {
@@ -104,13 +105,17 @@ public final class FakeTSM: Sendable {
             "python3", Programs.packageRoot + "/Tests/peers/fake_tsm.py", mountpoint, "--provider", provider,
             "--race", String(race), "--stats", statsPath,
         ] + (ccel.map { ["--ccel", $0] } ?? []) + rtmr3Extends.flatMap { ["--rtmr3-extend", $0] })
-        for _ in 0..<500 {
-            var info = stat()
-            if stat(mountpoint + "/report", &info) == 0 { return }
-            if let result = process.exited() { throw PeerProcess.Failure(description: "fake_tsm.py exited: \(result.stderr)") }
-            try await Task.sleep(for: .milliseconds(20))
+        let mountpoint = self.mountpoint
+        do {
+            _ = try await process.until("fake_tsm.py mounted", timeout: .seconds(10), also: [.mounts]) { exited -> Bool? in
+                var info = stat()
+                if stat(mountpoint + "/report", &info) == 0 { return true }
+                if let exited { throw PeerProcess.Failure(description: "fake_tsm.py exited: \(exited.stderr)") }
+                return nil
+            }
+        } catch {
+            throw PeerProcess.Failure(description: "fake_tsm.py did not mount: \(error) \(process.stderr)")
         }
-        throw PeerProcess.Failure(description: "fake_tsm.py did not mount: \(process.stderr)")
     }
 
     /// Where the attester should look: `<mount>/report`.

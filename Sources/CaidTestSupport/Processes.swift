@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Runs the built `caid` and other programs from tests.
 public enum Programs {
@@ -70,23 +71,34 @@ public enum Programs {
     }
 
     /// A started program (posix_spawn and waitpid: Foundation's Process loses the exit of programs that daemonize,
-    /// such as gocryptfs).
+    /// such as gocryptfs). A thread of its own waits for the exit, so that waits for it are events, not polls.
     public final class Running: @unchecked Sendable {
         public let pid: pid_t
-        private let outPath: String
-        private let errPath: String
-        private var result: Result?
+        /// The files its standard output and error go to (they exist from the start).
+        public let outPath: String
+        public let errPath: String
+        private let exitWatch: ExitWatch
+        private let cached = Mutex<Result?>(nil)
+
+        /// Which output to wait on.
+        public enum Stream: Sendable { case stdout, stderr }
 
         init(_ path: String, _ arguments: [String], environment: [String: String]) throws {
             let base = NSTemporaryDirectory() + "caid-proc-" + UUID().uuidString
             outPath = base + ".out"
             errPath = base + ".err"
+            // Made here, not by the child, so that a wait can watch them from the start.
+            for file in [outPath, errPath] {
+                let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+                guard fd >= 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: file]) }
+                close(fd)
+            }
             var actions = posix_spawn_file_actions_t()
             posix_spawn_file_actions_init(&actions)
             defer { posix_spawn_file_actions_destroy(&actions) }
             posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-            posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_TRUNC, 0o600)
+            posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_TRUNC, 0o600)
             let argv = ([path] + arguments).map { strdup($0) } + [nil]
             let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
             defer {
@@ -105,20 +117,23 @@ public enum Programs {
             posix_spawnattr_setsigmask(&attributes, &none)
             posix_spawnattr_setsigdefault(&attributes, &all)
             posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+            let watch = try ExitWatch()
             var child: pid_t = 0
             let status = posix_spawn(&child, path, &actions, &attributes, argv, envp)
             guard status == 0 else {
+                watch.abandon()
+                unlink(outPath)
+                unlink(errPath)
                 throw CocoaError(.executableLoad, userInfo: [NSFilePathErrorKey: path, NSLocalizedDescriptionKey: String(cString: strerror(status))])
             }
             pid = child
+            exitWatch = watch
+            watch.reap(child)
         }
 
         deinit {
-            if result == nil {
-                kill(pid, SIGKILL)
-                var status: Int32 = 0
-                waitpid(pid, &status, 0)
-            }
+            if exitWatch.status == nil { kill(pid, SIGKILL) }
+            exitWatch.block()
             try? FileManager.default.removeItem(atPath: outPath)
             try? FileManager.default.removeItem(atPath: errPath)
         }
@@ -130,38 +145,104 @@ public enum Programs {
         /// Sends a signal.
         public func signal(_ number: Int32) { kill(pid, number) }
 
-        /// Reaps the child if it has exited (or waits for it when `block`).
-        private func reap(block: Bool) -> Result? {
-            if let result { return result }
-            var status: Int32 = 0
-            let reaped = waitpid(pid, &status, block ? 0 : WNOHANG)
-            guard reaped == pid else { return nil }
-            // Exit status, or 128 + signal as shells report it.
-            let code = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
-            result = Result(status: code, stdout: stdout, stderr: stderr)
+        /// What it left, if it has exited; `nil` while it runs.
+        public func exited() -> Result? {
+            if let result = cached.withLock({ $0 }) { return result }
+            guard let status = exitWatch.status else { return nil }
+            let result = Result(status: status, stdout: stdout, stderr: stderr)
+            cached.withLock { $0 = result }
             return result
         }
 
-        /// What it left, if it has exited; `nil` while it runs.
-        public func exited() -> Result? { reap(block: false) }
-
         /// Waits until it exits.
         public func wait() -> Result {
-            while true {
-                if let result = reap(block: true) { return result }
-            }
+            exitWatch.block()
+            // The status is set before the exit is announced.
+            return exited() ?? Result(status: -1, stdout: stdout, stderr: stderr)
         }
 
         /// Waits up to `timeout` for it to exit; kills it after that and returns `nil`.
         public func wait(timeout: Duration) async -> Result? {
-            let deadline = ContinuousClock.now + timeout
-            while ContinuousClock.now < deadline {
-                if let result = reap(block: false) { return result }
-                try? await Task.sleep(for: .milliseconds(20))
-            }
+            if let result = try? await until("the exit of \(pid)", timeout: timeout, { $0 }) { return result }
             kill(pid, SIGKILL)
             _ = wait()
             return nil
+        }
+
+        /// Waits until `text` is in its output (each write wakes the wait); throws when it exits without printing it,
+        /// or after `timeout`.
+        public func waitForOutput(_ text: String, in stream: Stream = .stdout, timeout: Duration = .seconds(10)) async throws {
+            _ = try await until("'\(text)' from \(pid)", timeout: timeout) { exited -> Bool? in
+                if (stream == .stdout ? self.stdout : self.stderr).contains(text) { return true }
+                if let exited {
+                    throw Awaiting.TimedOut(description: "it exited \(exited.status) before printing '\(text)': \(exited.stderr)")
+                }
+                return nil
+            }
+        }
+
+        /// Returns the first non-nil value of `condition`, checked now, after every write to its output (unless
+        /// `output` is false) and at its exit (given the result then, nil while it runs); throws
+        /// ``Awaiting/TimedOut`` after `timeout`.
+        /// - Parameter also: more events to check the condition after (a notification socket).
+        public func until<T>(
+            _ what: @autoclosure () -> String, timeout: Duration, output: Bool = true, also: [Awaiting.Source] = [],
+            _ condition: (Result?) throws -> T?
+        ) async throws -> T {
+            let written: [Awaiting.Source] = output ? [.file(outPath), .file(errPath)] : []
+            return try await Awaiting.until(what(), timeout: timeout, on: written + [.readable(exitWatch.descriptor)] + also) {
+                try condition(exited())
+            }
+        }
+    }
+
+    /// The exit of one child: a thread blocks in waitpid(2), records the status, then closes one end of a socket pair,
+    /// so that the other (``descriptor``) reads as hung up from then on, for `poll(2)` and blocking waits alike.
+    final class ExitWatch: @unchecked Sendable {
+        private let recorded = Mutex<Int32?>(nil)
+        /// Hung up once the child has exited.
+        let descriptor: Int32
+        private let writeEnd: Int32
+
+        init() throws {
+            var ends: [Int32] = [-1, -1]
+            // Close-on-exec from the start (a socket pair: pipe2 is not in Swift's Glibc): a child spawned meanwhile
+            // that held the write end would hide the exit.
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+                throw CocoaError(.fileWriteUnknown)
+            }
+            descriptor = ends[0]
+            writeEnd = ends[1]
+        }
+
+        deinit { close(descriptor) }
+
+        /// Exit status, or 128 + signal as shells report it; nil while it runs.
+        var status: Int32? { recorded.withLock { $0 } }
+
+        /// Starts the thread that reaps `pid`.
+        func reap(_ pid: pid_t) {
+            let thread = Thread { [self] in
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+                let code = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+                recorded.withLock { $0 = code }
+                close(writeEnd)
+            }
+            thread.name = "caid-test-reap"
+            thread.start()
+        }
+
+        /// For a child that was never started.
+        func abandon() {
+            recorded.withLock { $0 = -1 }
+            close(writeEnd)
+        }
+
+        /// Blocks the calling thread until the child has exited.
+        func block() {
+            var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+            while status == nil, poll(&entry, 1, -1) < 0, errno == EINTR {}
         }
     }
 }
@@ -190,6 +271,21 @@ public final class NotifySocket: @unchecked Sendable {
         unlink(path)
     }
 
+    /// The socket, for ``Awaiting/Source/readable(_:)``: a datagram wakes a wait (which must take it with
+    /// ``takeWaiting()``).
+    public var descriptor: Int32 { fd }
+
+    /// The datagrams that have arrived, without waiting for more.
+    public func takeWaiting() -> [String] {
+        var messages: [String] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            guard n > 0 else { return messages }
+            messages.append(String(decoding: buffer[0..<n], as: UTF8.self))
+        }
+    }
+
     /// Receives datagrams until `predicate` holds for everything received so far, or `timeout` passes.
     public func receive(into messages: inout [String], timeout: Duration, until predicate: ([String]) -> Bool) {
         let deadline = ContinuousClock.now + timeout
@@ -197,6 +293,21 @@ public final class NotifySocket: @unchecked Sendable {
         while !predicate(messages), ContinuousClock.now < deadline {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n > 0 { messages.append(String(decoding: buffer[0..<n], as: UTF8.self)) }
+        }
+    }
+}
+
+extension Programs.Running {
+    /// ``until(_:timeout:output:also:_:)`` that wakes on every datagram `notify` receives (caid sends STATUS= on
+    /// each change of its health summary and READY=1 once ready) and at the exit, not on its output (a condition
+    /// that runs `caid health` after each log line would load the machine), with the datagrams so far.
+    public func until<T>(
+        _ what: @autoclosure () -> String, timeout: Duration, notify: NotifySocket, _ condition: (_ messages: [String], Programs.Result?) throws -> T?
+    ) async throws -> T {
+        var messages: [String] = []
+        return try await until(what(), timeout: timeout, output: false, also: [.readable(notify.descriptor)]) { exited in
+            messages += notify.takeWaiting()
+            return try condition(messages, exited)
         }
     }
 }

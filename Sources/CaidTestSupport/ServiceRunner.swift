@@ -34,12 +34,13 @@ public func withSupervisor(
 }
 
 extension HealthRegistry {
-    /// Polls until the service reaches `state` (10 s at most) and returns its status then, or as it is at the end.
-    public func wait(for name: String, toBe state: ServiceState) async -> ServiceStatus? {
-        for _ in 0..<1000 {
-            if let status = self.status(of: name), status.state == state { return status }
-            try? await Task.sleep(for: .milliseconds(10))
+    /// Waits until the service reaches `state` (each change of the registry wakes the wait; `timeout` at most) and
+    /// returns its status then, or as it is at the end.
+    public func wait(for name: String, toBe state: ServiceState, timeout: Duration = .seconds(10)) async -> ServiceStatus? {
+        let reached = await Awaiting.first(of: updates(), timeout: timeout) { snapshot in
+            snapshot.services.contains { $0.name == name && $0.state == state }
         }
+        if let reached, let status = reached.services.first(where: { $0.name == name }) { return status }
         return status(of: name)
     }
 }

@@ -1,28 +1,41 @@
 import CaidBase
 import CaidCore
+import Foundation
 import ServiceLifecycle
 import Synchronization
 
 /// A record of what test services did, in order, shared by the services of one test.
 public final class EventLog: Sendable {
-    private let events = Mutex<[String]>([])
+    private struct State {
+        var events: [String] = []
+        var watchers: [UUID: AsyncStream<[String]>.Continuation] = [:]
+    }
+
+    private let state = Mutex(State())
 
     public init() {}
 
-    public func append(_ event: String) { events.withLock { $0.append(event) } }
-
-    public var all: [String] { events.withLock { $0 } }
-
-    /// Waits (polling, up to `timeout`) until `predicate` holds for the events.
-    public func wait(
-        timeout: Duration = .seconds(10), until predicate: ([String]) -> Bool
-    ) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if predicate(all) { return true }
-            try? await Task.sleep(for: .milliseconds(10))
+    public func append(_ event: String) {
+        state.withLock {
+            $0.events.append(event)
+            for watcher in $0.watchers.values { watcher.yield($0.events) }
         }
-        return predicate(all)
+    }
+
+    public var all: [String] { state.withLock { $0.events } }
+
+    /// Waits until `predicate` holds for the events (each append wakes the wait), up to `timeout`.
+    public func wait(
+        timeout: Duration = .seconds(10), until predicate: @escaping @Sendable ([String]) -> Bool
+    ) async -> Bool {
+        let id = UUID()
+        let (stream, continuation) = AsyncStream.makeStream(of: [String].self, bufferingPolicy: .bufferingNewest(1))
+        state.withLock {
+            continuation.yield($0.events)
+            $0.watchers[id] = continuation
+        }
+        defer { _ = state.withLock { $0.watchers.removeValue(forKey: id) } }
+        return await Awaiting.first(of: stream, timeout: timeout, where: predicate) != nil || predicate(all)
     }
 }
 
@@ -82,7 +95,7 @@ public struct ScriptedService: Service {
             await handle.running()
             log.append("\(name):running")
             // Runs until the supervisor cancels it.
-            while !Task.isCancelled { try? await Task.sleep(for: .seconds(60)) }
+            await Awaiting.cancellation()
         case .runThenFail(let after):
             await handle.running()
             log.append("\(name):running")

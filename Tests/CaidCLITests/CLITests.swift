@@ -141,7 +141,7 @@ import Testing
         let tunnelPort = Programs.unusedPort()
         let tunnel = try Programs.start(Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(tunnelPort)", "--as-addr", host.trustee.url + "as/", "--allow-sample"])
         defer { tunnel.signal(SIGTERM); _ = tunnel.wait() }
-        for _ in 0..<250 where !tunnel.stdout.contains("listening") { try await Task.sleep(for: .milliseconds(20)) }
+        try await tunnel.waitForOutput("proxy listening")
         let response = try Programs.run("/usr/bin/env", ["curl", "-sS", "--max-time", "20", "-x", "http://127.0.0.1:\(tunnelPort)", "http://127.0.0.1:\(host.gatewayPort)/config.json"])
         #expect(response.status == 0, "\(response.stderr)")
         #expect(response.stdout.contains("DemoForCausalLM"))
@@ -187,10 +187,8 @@ import Testing
         await registry.set("key", .backoff, detail: "retrying in 8s", error: "Trustee answered 503")
         let server = HealthServer(path: socket, registry: registry, metrics: HealthMetrics(), logger: logger)
         try await withRunningServices([server]) {
-            for _ in 0..<200 where !FileManager.default.fileExists(atPath: socket) {
-                try await Task.sleep(for: .milliseconds(10))
-            }
-            try await Task.sleep(for: .milliseconds(50))
+            // The server says it runs once it listens.
+            #expect(await registry.wait(for: "health", toBe: .running)?.state == .running)
             let result = try Programs.run(Programs.caid, ["health", "--socket", socket])
             #expect(result.status == 1)
             #expect(result.stdout.contains("key"))

@@ -19,25 +19,20 @@ import Testing
         func cores() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []).filter { $0.hasPrefix("core.") } }
 
         // The control: the same limit, the same signal, a program that keeps dumps on.
-        let control = try Programs.start("/bin/sh", ["-c", "ulimit -c unlimited && exec sleep 30"])
-        try await Task.sleep(for: .milliseconds(200))
+        // It says so once the shell has become it (exec), so that the signal reaches the program, not the shell.
+        let control = try Programs.start("/bin/sh", ["-c", "ulimit -c unlimited && exec python3 -c 'import time; print(\"started\", flush=True); time.sleep(30)'"])
+        try await control.waitForOutput("started")
         control.signal(SIGSEGV)
         let controlled = await control.wait(timeout: .seconds(20))
         #expect(controlled?.status == 128 + SIGSEGV)
-        #expect(cores().contains { $0.hasPrefix("core.sleep.") }, "the control left no core: \(cores())")
+        #expect(cores().contains { $0.hasPrefix("core.python3.") }, "the control left no core: \(cores())")
 
         for trap in [SIGSEGV, SIGABRT] {
             let port = Programs.unusedPort()
             let caid = try Programs.start("/bin/sh", [
                 "-c", "ulimit -c unlimited && exec \"$0\" tunnel --listen 127.0.0.1:\(port) --as-addr http://127.0.0.1:1/as/", Programs.caid,
             ], environment: Programs.environment(["SWIFT_BACKTRACE": "enable=no"]))
-            var listening = false
-            for _ in 0..<500 {
-                if caid.stdout.contains("proxy listening") { listening = true; break }
-                if caid.exited() != nil { break }
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            #expect(listening, "caid tunnel did not start: \(caid.stderr)")
+            try await caid.waitForOutput("proxy listening")
             // What the kernel sees: no core limit and not dumpable.
             let limits = (try? String(contentsOfFile: "/proc/\(caid.pid)/limits", encoding: .utf8)) ?? ""
             let coreLine = limits.split(separator: "\n").first { $0.hasPrefix("Max core file size") }.map(String.init) ?? ""

@@ -16,21 +16,23 @@ import Testing
         try host.trustee.setFaults(#"{"unavailable": 4}"#)
         try host.setOSSFaults(#"{"status_503": 3}"#)
 
-        let daemon = try namespaces.start(in: namespaces.server, Programs.caid, ["run", "--env", host.env])
+        // A pathname socket: reachable from the server's network namespace.
+        let notify = try NotifySocket(path: host.dir.path + "/notify.sock")
+        let daemon = try namespaces.start(in: namespaces.server, Programs.caid, ["run", "--env", host.env], environment: Programs.environment(["NOTIFY_SOCKET": notify.path]))
         defer { if daemon.exited() == nil { daemon.signal(SIGKILL); _ = daemon.wait() } }
 
-        // While it starts, `caid health` says which stage each service is in and why it waits.
+        // While it starts, `caid health` says which stage each service is in and why it waits: asked after each
+        // change of its status summary (STATUS=).
         var sawWaiting = false
-        var ready = false
-        for _ in 0..<600 {
+        let ready = try? await daemon.until("caid ready", timeout: .seconds(60), notify: notify) { _, exited -> Bool? in
+            if exited != nil { return false }
             let health = try namespaces.run(in: namespaces.server, Programs.caid, ["health", "--socket", host.socket])
             if health.stdout.contains("waiting for") || health.stdout.contains("backoff") { sawWaiting = true }
-            if health.status == 0 { ready = true; break }
-            if let exited = daemon.exited() { Issue.record("caid run exited: \(exited.stderr)"); return }
-            try await Task.sleep(for: .milliseconds(100))
+            return health.status == 0 ? true : nil
         }
+        if let exited = daemon.exited() { Issue.record("caid run exited: \(exited.stderr)"); return }
         #expect(sawWaiting)
-        #expect(ready, "\(daemon.stderr)")
+        #expect(ready == true, "\(daemon.stderr)")
 
         let status = try namespaces.run(in: namespaces.server, Programs.caid, ["health", "--json", "--socket", host.socket])
         let snapshot = try HealthRoutes.decode(Data(status.stdout.utf8))
@@ -62,7 +64,7 @@ import Testing
         let tunnelPort = 41000
         let tunnel = try namespaces.start(in: namespaces.client, Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(tunnelPort)", "--as-addr", asAddress, "--allow-sample"])
         defer { tunnel.signal(SIGTERM); _ = tunnel.wait() }
-        for _ in 0..<250 where !tunnel.stdout.contains("listening") { try await Task.sleep(for: .milliseconds(20)) }
+        try await tunnel.waitForOutput("proxy listening")
         let response = try namespaces.run(in: namespaces.client, "/usr/bin/curl", [
             "-sS", "--max-time", "20", "-x", "http://127.0.0.1:\(tunnelPort)", "http://\(namespaces.serverAddress):8080/config.json",
         ])

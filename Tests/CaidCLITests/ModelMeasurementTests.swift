@@ -14,6 +14,8 @@ import Testing
         let tsm: FakeTSM
         let tsmDir: TemporaryDirectory
         let host: ModelHost
+        /// The daemons' notification socket: their STATUS= and READY=1 wake the waits for their health.
+        let notify: NotifySocket
 
         init(form: String = "tcg2", profile: String? = nil, trusteeOptions: @escaping (String) -> [String]) async throws {
             tsmDir = try TemporaryDirectory("caid-rtmr")
@@ -29,6 +31,7 @@ import Testing
                     CAID_EVENTLOG_FORM=\(form)
                     """,
                 trusteeOptions: trusteeOptions, trusteeProfile: profile)
+            notify = try NotifySocket(path: tsmDir.path + "/notify.sock")
         }
 
         func remove() {
@@ -39,18 +42,17 @@ import Testing
 
         /// Starts `caid run` with `env` and waits until `condition` holds for its health, at most `seconds`.
         func run(_ env: String, until condition: @escaping (HealthSnapshot) -> Bool, seconds: Int = 90) async throws -> (Programs.Running, HealthSnapshot?) {
-            let daemon = try Programs.start(Programs.caid, ["run", "--env", env])
-            let clock = ContinuousClock()
-            let deadline = clock.now + .seconds(seconds)
-            while clock.now < deadline {
-                if daemon.exited() != nil { return (daemon, nil) }
-                if let json = try? Programs.run(Programs.caid, ["health", "--json", "--socket", host.socket]),
-                    let snapshot = try? HealthRoutes.decode(Data(json.stdout.utf8)), condition(snapshot) {
-                    return (daemon, snapshot)
-                }
-                try await Task.sleep(for: .milliseconds(250))
+            let daemon = try Programs.start(Programs.caid, ["run", "--env", env], environment: Programs.environment(["NOTIFY_SOCKET": notify.path]))
+            let socket = host.socket
+            // Health is asked after each change of caid's status summary (STATUS=) and at its exit.
+            let snapshot = try? await daemon.until("caid's health to match", timeout: .seconds(seconds), notify: notify) { _, exited -> HealthSnapshot?? in
+                if exited != nil { return .some(nil) }
+                guard let json = try? Programs.run(Programs.caid, ["health", "--json", "--socket", socket]),
+                    let snapshot = try? HealthRoutes.decode(Data(json.stdout.utf8)), condition(snapshot)
+                else { return nil }
+                return .some(snapshot)
             }
-            return (daemon, nil)
+            return (daemon, snapshot ?? nil)
         }
 
         func stop(_ daemon: Programs.Running) async {
@@ -121,9 +123,10 @@ import Testing
             "tunnel", "--listen", "127.0.0.1:\(port)", "--as-addr", host.trustee.url + "as/", "--require-model", digest,
         ])
         defer { tunnel.signal(SIGTERM); _ = tunnel.wait() }
-        for _ in 0..<500 where !tunnel.stdout.contains("proxy listening") {
-            if tunnel.exited() != nil { return "caid tunnel exited: \(tunnel.stderr)" }
-            try await Task.sleep(for: .milliseconds(20))
+        do {
+            try await tunnel.waitForOutput("proxy listening")
+        } catch {
+            return "caid tunnel did not start: \(error)"
         }
         let result = try Programs.run("/usr/bin/env", [
             "curl", "-sS", "--max-time", "20", "-x", "http://127.0.0.1:\(port)", "-D", "-", "http://127.0.0.1:\(host.gatewayPort)/config.json",

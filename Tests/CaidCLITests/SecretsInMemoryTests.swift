@@ -10,15 +10,15 @@ import Testing
     @Test func coreImageOfARunningCaidHoldsNoPasswordAndOneCopyOfTheOSSCredentials() async throws {
         let host = try await ModelHost(sessionToken: Self.token)
         defer { host.remove() }
-        let daemon = try Programs.start(Programs.caid, ["run", "--env", host.env])
+        let notify = try NotifySocket(path: host.dir.path + "/notify.sock")
+        let daemon = try Programs.start(Programs.caid, ["run", "--env", host.env], environment: Programs.environment(["NOTIFY_SOCKET": notify.path]))
         defer { if daemon.exited() == nil { daemon.signal(SIGKILL); _ = daemon.wait() } }
-        var ready = false
-        for _ in 0..<600 {
-            if try Programs.run(Programs.caid, ["health", "--socket", host.socket]).status == 0 { ready = true; break }
-            if let exited = daemon.exited() { Issue.record("caid run exited: \(exited.stderr)"); return }
-            try await Task.sleep(for: .milliseconds(100))
+        let notified = try? await daemon.until("caid ready", timeout: .seconds(60), notify: notify) { messages, exited -> Bool? in
+            messages.contains { $0.hasPrefix("READY=1") } ? true : exited.map { _ in false }
         }
-        #expect(ready, "\(daemon.stderr)")
+        if let exited = daemon.exited() { Issue.record("caid run exited: \(exited.stderr)"); return }
+        #expect(notified == true, "\(daemon.stderr)")
+        #expect(try Programs.run(Programs.caid, ["health", "--socket", host.socket]).status == 0)
         // The mount was unlocked with the password and the fetch signed its requests with the secret and the token.
         #expect(FileManager.default.contents(atPath: host.mountpoint + "/config.json") != nil)
         #expect(try host.ossServedBytes() > 0)

@@ -17,19 +17,20 @@ import Testing
         let modelBytes = try Self.treeSize(host.dir.path + "/bucket/qwen")
         let manifestBytes = (try FileManager.default.attributesOfItem(atPath: host.dir.path + "/bucket/qwen.caid-manifest.json")[.size] as? Int) ?? 0
 
+        // One notification socket per host (pathname sockets reach across network namespaces): READY=1 says ready.
+        let notify = try (1...3).map { try NotifySocket(path: host.dir.path + "/notify-h\($0).sock") }
         func start(_ index: Int, peers: [String]) throws -> (Programs.Running, (env: String, mountpoint: String, socket: String, cache: String)) {
             let paths = try host.hostEnvironment("h\(index + 1)", extraSettings: "MODEL_SHARING_PEER=\"\(peers.joined(separator: " "))\"")
-            return (try network.start(in: network.hosts[index], Programs.caid, ["run", "--env", paths.env]), paths)
+            let environment = Programs.environment(["NOTIFY_SOCKET": notify[index].path])
+            return (try network.start(in: network.hosts[index], Programs.caid, ["run", "--env", paths.env], environment: environment), paths)
         }
         func waitReady(_ index: Int, _ process: Programs.Running, _ socket: String) async throws -> String {
-            for _ in 0..<600 {
-                let health = try network.run(in: network.hosts[index], Programs.caid, ["health", "--socket", socket])
-                if health.status == 0 { return health.stdout }
-                if let exited = process.exited() { Issue.record("host \(index + 1) exited: \(exited.stderr)"); return "" }
-                try await Task.sleep(for: .milliseconds(100))
+            let ready = try? await process.until("host \(index + 1) ready", timeout: .seconds(60), notify: notify[index]) { messages, exited -> Bool? in
+                messages.contains { $0.hasPrefix("READY=1") } ? true : exited.map { _ in false }
             }
-            Issue.record("host \(index + 1) not ready: \(process.stderr)")
-            return ""
+            if let exited = process.exited() { Issue.record("host \(index + 1) exited: \(exited.stderr)"); return "" }
+            guard ready == true else { Issue.record("host \(index + 1) not ready: \(process.stderr)"); return "" }
+            return try network.run(in: network.hosts[index], Programs.caid, ["health", "--socket", socket]).stdout
         }
         func sameAsPlain(_ mountpoint: String) -> Bool {
             ["model.safetensors", "config.json", "tokenizer.json"].allSatisfy { name in

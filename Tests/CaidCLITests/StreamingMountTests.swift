@@ -22,10 +22,13 @@ import Glibc
         let mountedShard: String
 
         let delay: Int
+        /// caid's notification socket: its STATUS= messages follow the health summary.
+        let notify: NotifySocket
 
         init(delayMilliseconds: Int) async throws {
             delay = delayMilliseconds
             host = try await ModelHost()
+            notify = try NotifySocket(path: host.dir.path + "/notify.sock")
             (plain, env, shardKey) = try host.addLargeModel("big", shardMiB: StreamingMountTests.shardMiB, extraSettings: "CAID_MOUNT_READ_TIMEOUT=60")
             mountedShard = host.mountpoint + "/model-00001-of-00001.safetensors"
             try faults([:])
@@ -50,13 +53,17 @@ import Glibc
 
         /// Starts `caid run` and waits until the shard is mounted (its bytes need not be there).
         func start() async throws -> Programs.Running {
-            let daemon = try Programs.start(Programs.caid, ["run", "--env", env])
-            for _ in 0..<600 {
-                if let exited = daemon.exited() { throw PeerProcess.Failure(description: "caid run exited: \(exited.stderr)") }
-                if cachefs(health())?.state == .running { return daemon }
-                try await Task.sleep(for: .milliseconds(100))
+            let daemon = try Programs.start(Programs.caid, ["run", "--env", env], environment: Programs.environment(["NOTIFY_SOCKET": notify.path]))
+            // The status summary names cachefs until it runs: its change wakes the check.
+            do {
+                _ = try await daemon.until("the mount", timeout: .seconds(60), notify: notify) { _, exited -> Bool? in
+                    if let exited { throw PeerProcess.Failure(description: "caid run exited: \(exited.stderr)") }
+                    return cachefs(health())?.state == .running ? true : nil
+                }
+            } catch {
+                throw PeerProcess.Failure(description: "the mount did not come up: \(error) \(daemon.stderr)")
             }
-            throw PeerProcess.Failure(description: "the mount did not come up: \(daemon.stderr)")
+            return daemon
         }
 
         /// Waits until `condition` holds for health, at most `seconds`.

@@ -31,10 +31,10 @@ import Testing
                 "python3", Programs.packageRoot + "/Tests/peers/trustee_server.py", "--host", "0.0.0.0", "--prefix", "/trustee/",
                 "--port-file", dir.path + "/as.port",
             ])
-            for file in ["service.port", "as.port"] {
-                for _ in 0..<500 where !FileManager.default.fileExists(atPath: dir.path + "/" + file) {
-                    try await Task.sleep(for: .milliseconds(20))
-                }
+            // The peers rename their port files into place (peerutil.announce_port).
+            let directory = dir.path
+            _ = try await Awaiting.until("the stand-in and the KBS listening", timeout: .seconds(10), on: [.directory(directory)]) { () -> Bool? in
+                ["service.port", "as.port"].allSatisfy { FileManager.default.fileExists(atPath: directory + "/" + $0) } ? true : nil
             }
             asPort = try #require(Int(try String(contentsOfFile: dir.path + "/as.port", encoding: .utf8)))
             env = try dir.write("cai.env", """
@@ -54,12 +54,14 @@ import Testing
         /// Starts `caid gateway` and waits until its nat rules are in and it listens.
         func startCaid() async throws -> Programs.Running {
             let caid = try namespaces.start(in: namespaces.server, Programs.caid, ["gateway", "--env", env])
-            for _ in 0..<250 {
-                if caid.stderr.contains("attested gateway listening"), try nat().contains("REDIRECT") { return caid }
-                if let exited = caid.exited() { throw PeerProcess.Failure(description: "caid gateway exited: \(exited.stderr)") }
-                try await Task.sleep(for: .milliseconds(20))
+            do {
+                // It installs the nat rules before it listens.
+                try await caid.waitForOutput("attested gateway listening", in: .stderr)
+            } catch {
+                throw PeerProcess.Failure(description: "caid gateway did not start: \(error)")
             }
-            throw PeerProcess.Failure(description: "caid gateway did not start: \(caid.stderr)")
+            guard try nat().contains("REDIRECT") else { throw PeerProcess.Failure(description: "caid gateway listens without its nat rules: \(caid.stderr)") }
+            return caid
         }
 
         func server(_ tool: String, _ arguments: [String]) throws -> Programs.Result {
@@ -123,7 +125,6 @@ import Testing
         #expect(try setup.plain(setup.namespaces.serverAddress) == "SERVED")
         let caid = try await setup.startCaid()
         defer { caid.signal(SIGKILL); _ = caid.wait() }
-        try await Task.sleep(for: .milliseconds(300))
 
         // Through the tunnel: attested, then the page.
         let bodies = try setup.throughTunnel()
@@ -174,7 +175,6 @@ import Testing
         #expect(second.stderr.contains("adopted the guard left by an earlier caid"), "\(second.stderr)")
         // Adopted, not duplicated.
         #expect(try setup.filter().components(separatedBy: "-A INPUT -j CAID_GUARD").count == 2)
-        try await Task.sleep(for: .milliseconds(300))
         let bodies = try setup.throughTunnel(streams: 1)
         #expect(bodies.count == 1 && bodies.allSatisfy { $0.hasSuffix(Self.page) })
         #expect(try setup.plain(setup.namespaces.serverAddress) != "SERVED")
@@ -193,17 +193,13 @@ import Testing
         _ = try setup.server("iptables", ["-F"])
         _ = try setup.server("ip6tables", ["-F"])
         // Until caid's next check the port is as open as the flush left it (not asserted: the check may come first).
-        var restored = false
-        while ContinuousClock.now - flushed < .seconds(15) {
+        // caid logs each restoration after making it: each line it writes wakes the check.
+        let restored = try? await caid.until("the rules restored", timeout: .seconds(15)) { _ -> Bool? in
             let log = caid.stderr
-            if log.contains("were gone"), log.contains("ipv4 guard"), log.contains("ipv6 guard"),
-               try setup.nat().contains("REDIRECT"), try setup.filter().contains("-A INPUT -j CAID_GUARD") {
-                restored = true
-                break
-            }
-            try await Task.sleep(for: .milliseconds(200))
+            guard log.contains("were gone"), log.contains("ipv4 guard"), log.contains("ipv6 guard") else { return nil }
+            return try setup.nat().contains("REDIRECT") && setup.filter().contains("-A INPUT -j CAID_GUARD") ? true : nil
         }
-        #expect(restored, "\(caid.stderr)")
+        #expect(restored == true, "\(caid.stderr)")
         print("rules restored \(ContinuousClock.now - flushed) after the flush")
         #expect(try setup.filter("ip6tables").contains("-A INPUT -j CAID_GUARD"))
         #expect(try setup.plain(setup.namespaces.serverAddress) != "SERVED")
@@ -234,17 +230,14 @@ import Testing
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("::", 8080)); s.listen(16)
+            print("listening", flush=True)
             while True:
                 c, _ = s.accept(); c.recv(4096); c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\nserved over IPv6"); c.close()
             """,
         ])
         defer { v6.signal(SIGKILL); _ = v6.wait() }
-        var open = ""
-        for _ in 0..<100 {
-            open = try setup.plain(serverV6)
-            if open == "SERVED" { break }
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        try await v6.waitForOutput("listening")
+        let open = try setup.plain(serverV6)
         #expect(open == "SERVED")  // before caid: open, so the refusal below is the guard's
 
         let caid = try await setup.startCaid()

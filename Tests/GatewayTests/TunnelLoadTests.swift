@@ -14,7 +14,7 @@ import Testing
         let process: Programs.Running
         let port: Int
 
-        init(directory: String, largeFileMiB: Int = 0) throws {
+        init(directory: String, largeFileMiB: Int = 0) async throws {
             port = Programs.unusedPort()
             let www = directory + "/www"
             try FileManager.default.createDirectory(atPath: www, withIntermediateDirectories: true)
@@ -36,12 +36,16 @@ import Testing
             try FileManager.default.createDirectory(atPath: directory + "/tmp", withIntermediateDirectories: true)
             try Data(config.utf8).write(to: URL(fileURLWithPath: directory + "/nginx.conf"))
             process = try Programs.start("/usr/sbin/nginx", ["-p", directory, "-c", directory + "/nginx.conf"])
-            for _ in 0..<250 {
-                if (try? Programs.run("/usr/bin/env", ["curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:\(port)/small"]))?.status == 0 { return }
-                if let exited = process.exited() { throw PeerProcess.Failure(description: "nginx exited: \(exited.stderr)") }
-                Thread.sleep(forTimeInterval: 0.02)
+            // nginx writes its pid file once its listening sockets are open (ngx_init_cycle, then ngx_create_pidfile).
+            do {
+                _ = try await process.until("nginx listening", timeout: .seconds(10), also: [.directory(directory)]) { exited -> Bool? in
+                    if FileManager.default.fileExists(atPath: directory + "/nginx.pid") { return true }
+                    if let exited { throw PeerProcess.Failure(description: "nginx exited: \(exited.stderr)") }
+                    return nil
+                }
+            } catch {
+                throw PeerProcess.Failure(description: "nginx did not start: \(error) \(process.stderr)")
             }
-            throw PeerProcess.Failure(description: "nginx did not start: \(process.stderr)")
         }
 
         deinit {
@@ -60,7 +64,7 @@ import Testing
 
         init(largeFileMiB: Int = 0) async throws {
             dir = try TemporaryDirectory("caid-load")
-            nginx = try Nginx(directory: dir.path, largeFileMiB: largeFileMiB)
+            nginx = try await Nginx(directory: dir.path, largeFileMiB: largeFileMiB)
             trustee = try await TrusteePeer(dialect: "current", resources: [:], directory: dir.path, options: [])
             var configuration = GatewayConfiguration(mode: .mapping, listenPort: UInt16(Programs.unusedPort()), servicePort: UInt16(nginx.port))
             configuration.listenHost = "127.0.0.1"

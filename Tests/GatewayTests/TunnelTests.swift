@@ -16,12 +16,11 @@ import Testing
             let port = Programs.unusedPort()
             process = try Programs.start(Programs.caid, ["tunnel", "--listen", "127.0.0.1:\(port)", "--as-addr", asAddress] + policies.flatMap { ["--policy", $0] } + (allowSample ? ["--allow-sample"] : []) + extra)
             self.port = port
-            for _ in 0..<500 {
-                if process.stdout.contains("proxy listening") { return }
-                if let exited = process.exited() { throw PeerProcess.Failure(description: "caid tunnel exited: \(exited.stderr)") }
-                try await Task.sleep(for: .milliseconds(20))
+            do {
+                try await process.waitForOutput("proxy listening")
+            } catch {
+                throw PeerProcess.Failure(description: "caid tunnel did not start: \(error)")
             }
-            throw PeerProcess.Failure(description: "caid tunnel did not start: \(process.stderr)")
         }
 
         func curl(_ url: String, connect: Bool = false) throws -> Programs.Result {
@@ -116,6 +115,34 @@ import Testing
         #expect(asked == 0)
     }
 
+    /// A TLS 1.3 server offering h2 with the given certificate (OpenSSL through Python's ssl), started once it
+    /// listens: it says so (`openssl s_server -quiet` says nothing, and without -quiet it ends at stdin's EOF).
+    static func tlsServer(port: Int, certificate: String, key: String) async throws -> Programs.Running {
+        let server = try Programs.start("/usr/bin/env", ["python3", "-c", """
+            import socket, ssl, sys, threading
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+            context.set_alpn_protocols(["h2"])
+            context.load_cert_chain(sys.argv[2], sys.argv[3])
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", int(sys.argv[1])))
+            listener.listen(16)
+            print("listening", flush=True)
+            def serve(connection):
+                try:
+                    with context.wrap_socket(connection, server_side=True) as tls:
+                        while tls.recv(4096):
+                            pass
+                except (OSError, ssl.SSLError):
+                    pass
+            while True:
+                threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+            """, String(port), certificate, key])
+        try await server.waitForOutput("listening")
+        return server
+    }
+
     @Test func evidenceThatDoesNotBindTheKeyIsRefused() async throws {
         let setup = try await GatewayInteropTests.Setup()
         defer { Task { await setup.finish() } }
@@ -124,9 +151,8 @@ import Testing
         let forged = try Programs.run("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/forge_cert.py", String(setup.port), cert, key])
         try #require(forged.status == 0, "\(forged.stderr)")
         let port = Programs.unusedPort()
-        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", cert, "-key", key, "-tls1_3", "-alpn", "h2"])
+        let server = try await Self.tlsServer(port: port, certificate: cert, key: key)
         defer { server.signal(SIGKILL); _ = server.wait() }
-        try await Task.sleep(for: .milliseconds(500))
         let tunnel = try await Tunnel(asAddress: setup.asAddress)
         let result = try tunnel.curl("http://127.0.0.1:\(port)/index.html")
         #expect(result.stdout.contains("403"))
@@ -138,9 +164,8 @@ import Testing
         defer { dir.remove() }
         let plain = try PlainCertificate.make(in: dir.path)
         let port = Programs.unusedPort()
-        let server = try Programs.start("/usr/bin/env", ["openssl", "s_server", "-quiet", "-accept", "127.0.0.1:\(port)", "-cert", plain.certificate, "-key", plain.key, "-tls1_3", "-alpn", "h2"])
+        let server = try await Self.tlsServer(port: port, certificate: plain.certificate, key: plain.key)
         defer { server.signal(SIGKILL); _ = server.wait() }
-        try await Task.sleep(for: .milliseconds(500))
         let tunnel = try await Tunnel(asAddress: "http://127.0.0.1:1/as/")
         let result = try tunnel.curl("http://127.0.0.1:\(port)/")
         #expect(result.stdout.contains("403"))
