@@ -38,14 +38,17 @@ public struct Fetcher: Sendable {
     /// Objects downloaded at once behind a streaming mount: few, so that the parts in flight when a reader asks are
     /// few too, and its part does not share the bandwidth with dozens. The next one starts only once every part of
     /// the one before is under way (``fetchObjects(_:inOrder:manifest:model:report:)``), so the bandwidth goes to
-    /// the objects in the order a model loader reads them, and the second slot only fills the first's tail.
+    /// the objects in the order a model loader reads them (the one a reader jumped to first), and the second slot
+    /// only fills the first's tail.
     static let streamedObjectConcurrency = 2
 
     /// Whether an object is fetched whole before a streaming mount starts: the volume's config, directory IVs and
-    /// long names (the mount reads them whole as it starts), and anything up to 1 MiB (configs, tokenizers).
+    /// long names (the mount reads them whole as it starts), and anything up to 16 MiB: configs and tokenizers
+    /// (a `tokenizer.json` is 2–10 MB), which a model loader reads before the weights, so that its first wait is for
+    /// a shard. Together they are a few tens of MB at most.
     static func fetchedWhole(_ object: ObjectSummary) -> Bool {
         let name = object.key.split(separator: "/").last.map(String.init) ?? object.key
-        return object.size <= 1 << 20 || name == "gocryptfs.conf" || name == "gocryptfs.diriv" || name.hasSuffix(".name")
+        return object.size <= 16 << 20 || name == "gocryptfs.conf" || name == "gocryptfs.diriv" || name.hasSuffix(".name")
     }
 
     /// What a run did.

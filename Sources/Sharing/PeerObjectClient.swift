@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import NIOTLS
 
 /// Why a peer did not give a range: unreachable, not attested (the handshake failed), or an HTTP refusal.
 public struct PeerError: Error, Sendable, CustomStringConvertible {
@@ -29,27 +30,29 @@ public struct PeerObjectClient: Sendable {
         let expected = Int(range.upperBound - range.lowerBound + 1)
         let peers = peers
         do {
-            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connectTimeout(.seconds(5))
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            NIOSSLClientHandler(context: peers.clientContext, serverHostname: nil, customVerificationCallback: peers.verification(peer: peer)))
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    }
-                }
-                .connect(host: host, port: port).get()
-            let response = channel.eventLoop.makePromise(of: (HTTPResponseStatus, [UInt8]).self)
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let handshake = loop.makePromise(of: Void.self)
+            // Both handlers are in the pipeline before it connects, so neither can miss the connection's end.
+            let response = loop.makePromise(of: (HTTPResponseStatus, [UInt8]).self)
+            let channel: any Channel
             do {
-                try await channel.eventLoop.submit {
-                    try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: response, limit: expected + 4096))
-                }.get()
+                channel = try await Self.connect(
+                    on: loop, host: host, port: port, peers: peers, peer: peer, handshake: handshake, response: response, limit: expected + 4096)
             } catch {
-                // The peer closed first (a refused handshake does): the promise must still be completed, or NIO traps
-                // on a leaked promise in a debug build.
+                // Completed either way: NIO traps on a leaked promise in a debug build.
+                handshake.fail(error)
+                response.fail(error)
+                throw error
+            }
+            // The handshake's own outcome first: a peer that closes or resets while its certificate is checked, or
+            // after refusing ours, failed the attested handshake; that is what the error says, not the socket's end.
+            do {
+                try await handshake.futureResult.get()
+            } catch {
                 response.fail(error)
                 channel.close(promise: nil)
-                throw error
+                let cause = error is HandshakeOutcome.Closed ? "it closed the connection during the handshake" : "\(error)"
+                throw PeerError(peer: peer, status: nil, message: "TLS failed; the peer did not prove a trusted TEE or refused ours (\(cause))")
             }
             let encoded = key.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "?#"))) ?? key
             var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/v1/objects/" + encoded)
@@ -77,6 +80,68 @@ public struct PeerObjectClient: Sendable {
         } catch {
             throw PeerError(peer: peer, status: nil, message: "\(error)")
         }
+    }
+}
+
+extension PeerObjectClient {
+    /// A TLS connection to the peer, whose handshake's outcome completes `handshake` and whose one response (at
+    /// most `limit` bytes of body) completes `response`.
+    fileprivate static func connect(
+        on loop: any EventLoop, host: String, port: Int, peers: AttestedPeers, peer: String, handshake: EventLoopPromise<Void>,
+        response: EventLoopPromise<(HTTPResponseStatus, [UInt8])>, limit: Int
+    ) async throws -> any Channel {
+        try await ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(5))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOSSLClientHandler(context: peers.clientContext, serverHostname: nil, customVerificationCallback: peers.verification(peer: peer)))
+                    try channel.pipeline.syncOperations.addHandler(HandshakeOutcome(promise: handshake))
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: response, limit: limit))
+                }
+            }
+            .connect(host: host, port: port).get()
+    }
+}
+
+/// Completes `promise` when the TLS handshake completes, fails it with the handshake's error, or with ``Closed``
+/// when the connection ends first.
+private final class HandshakeOutcome: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    struct Closed: Error {}
+
+    let promise: EventLoopPromise<Void>
+    private var done = false
+
+    init(promise: EventLoopPromise<Void>) {
+        self.promise = promise
+    }
+
+    private func finish(_ result: Result<Void, any Error>) {
+        guard !done else { return }
+        done = true
+        promise.completeWith(result)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event { finish(.success(())) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        finish(.failure(error))
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        finish(.failure(Closed()))
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        finish(.failure(Closed()))
     }
 }
 
