@@ -19,6 +19,10 @@ public struct KBSError: Error, Sendable, CustomStringConvertible {
         /// Trustee did not accept the evidence (its policy or reference values, or a verifier it lacks): retried
         /// with backoff, since the fix is on Trustee's side.
         case rejected
+        /// The TLS handshake with Trustee failed: its certificate is not signed by a trusted CA (`CAID_TRUSTEE_CA`
+        /// or the system's), is not for `TRUSTEE_URL`'s host, or the two sides share no TLS version. Not retried: an
+        /// operator must change the CA, the URL or the server.
+        case untrusted
     }
 
     public var kind: Kind
@@ -69,6 +73,9 @@ public struct KBSError: Error, Sendable, CustomStringConvertible {
         case .rejected:
             advice = "; Trustee did not accept this host's evidence: its log names the reason (check the attestation policy "
                 + "and reference values); will retry"
+        case .untrusted:
+            advice = "; the TLS handshake with Trustee failed: set CAID_TRUSTEE_CA to the CA that signed Trustee's certificate, "
+                + "and check that TRUSTEE_URL names the host the certificate is for"
         }
         return "KBS \(step) failed\(code): \(detail)\(advice)"
     }

@@ -7,6 +7,7 @@ import KBSProtocol
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 
 /// The client side of a Trustee Key Broker Service: attests this host (RCAR) and fetches `kbs:///` resources.
 ///
@@ -292,6 +293,15 @@ public actor KBSClient {
         let response: HTTPClientResponse
         do {
             response = try await http.execute(request, timeout: TimeAmount(retry.requestTimeout))
+        } catch let error as NIOSSLError {
+            // BoringSSL refused the handshake (an alert, a certificate it cannot verify): trying again cannot help.
+            // A connection cut during the handshake is an I/O error, not this, and stays retried.
+            guard case .handshakeFailed = error else {
+                throw KBSError(.unavailable, step: step, detail: "cannot reach \(base)/kbs/v0/\(path): \(error)")
+            }
+            throw KBSError(.untrusted, step: step, detail: "\(base)/kbs/v0/\(path): \(error)")
+        } catch let error as NIOSSLExtraError where error == .failedToValidateHostname {
+            throw KBSError(.untrusted, step: step, detail: "\(base)/kbs/v0/\(path): \(error)")
         } catch {
             throw KBSError(.unavailable, step: step, detail: "cannot reach \(base)/kbs/v0/\(path): \(error)")
         }
