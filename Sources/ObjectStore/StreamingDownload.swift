@@ -208,10 +208,14 @@ public final class StreamingDownload: @unchecked Sendable {
 
     /// How often the lane woke (for tests: an idle lane must sleep, not spin).
     var laneWakeups: Int { doorbell.wakeups }
+
+    /// Whether the lane is parked on its doorbell now (for tests: the event that it sleeps).
+    var laneIsParked: Bool { doorbell.hasWaiter }
 }
 
 /// A bell that remembers one ring: ``wait()`` returns at once when it rang since the last wait, else at the next
-/// ring or when the task is cancelled. The urgent lane's wake-up, and ``CacheRepairs``.
+/// ring or when the task is cancelled. The urgent lane's wake-up, the in-order download's start of the next object,
+/// and ``CacheRepairs``.
 final class Doorbell: Sendable {
     private struct State {
         var rung = false
@@ -234,6 +238,9 @@ final class Doorbell: Sendable {
     }
 
     var wakeups: Int { state.withLock { $0.wakeups } }
+
+    /// Whether a task waits for the next ring now.
+    var hasWaiter: Bool { state.withLock { $0.waiter != nil } }
 
     func wait() async {
         defer { state.withLock { $0.wakeups += 1 } }

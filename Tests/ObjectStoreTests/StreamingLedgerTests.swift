@@ -135,10 +135,15 @@ import Testing
             http: HTTPClient.shared)
         let fetcher = Fetcher(client: client, prefix: "m", cacheDirectory: "/nonexistent", options: options, logger: Logger(label: "lane"))
         let lane = Task { await fetcher.serveWaitingReads() }
-        // Not a wait for a state: the time over which a spinning lane would wake thousands of times.
-        try await Task.sleep(for: .milliseconds(300))
+        defer { lane.cancel() }
+        // Parked on its doorbell is the event that it sleeps; a lane that rings its own bell never parks.
+        for _ in 0..<1_000_000 where !download.laneIsParked { await Task.yield() }
+        try #require(download.laneIsParked, "the idle lane never parked (it woke \(download.laneWakeups) times)")
+        // And stays parked while the rest of the pool runs: a spinning lane would wake again and again here.
+        let parkedAfter = download.laneWakeups
+        for _ in 0..<10_000 { await Task.yield() }
+        #expect(download.laneIsParked && download.laneWakeups == parkedAfter, "the idle lane woke \(download.laneWakeups - parkedAfter) more times")
         lane.cancel()
         await lane.value
-        #expect(download.laneWakeups <= 2, "the idle lane woke \(download.laneWakeups) times")
     }
 }
