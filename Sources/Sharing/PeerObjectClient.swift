@@ -44,13 +44,21 @@ public struct PeerObjectClient: Sendable {
                 response.fail(error)
                 throw error
             }
+            // One bound for the handshake and the answer together: a peer that stalls either is cut.
+            let scheduled = channel.eventLoop.scheduleTask(in: timeout) {
+                handshake.fail(ChannelError.connectTimeout(timeout))
+                response.fail(ChannelError.connectTimeout(timeout))
+            }
+            defer {
+                scheduled.cancel()
+                channel.close(promise: nil)
+            }
             // The handshake's own outcome first: a peer that closes or resets while its certificate is checked, or
             // after refusing ours, failed the attested handshake; that is what the error says, not the socket's end.
             do {
                 try await handshake.futureResult.get()
             } catch {
                 response.fail(error)
-                channel.close(promise: nil)
                 let cause = error is HandshakeOutcome.Closed ? "it closed the connection during the handshake" : "\(error)"
                 throw PeerError(peer: peer, status: nil, message: "TLS failed; the peer did not prove a trusted TEE or refused ours (\(cause))")
             }
@@ -62,11 +70,6 @@ public struct PeerObjectClient: Sendable {
             head.headers.add(name: "Connection", value: "close")
             channel.write(HTTPClientRequestPart.head(head), promise: nil)
             channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-            let scheduled = channel.eventLoop.scheduleTask(in: timeout) { response.fail(ChannelError.connectTimeout(timeout)) }
-            defer {
-                scheduled.cancel()
-                channel.close(promise: nil)
-            }
             let (status, body) = try await response.futureResult.get()
             guard status == .partialContent else {
                 throw PeerError(peer: peer, status: Int(status.code), message: "answered \(status.code): \(String(decoding: body.prefix(200), as: UTF8.self))")

@@ -4,6 +4,7 @@ import AttestationService
 import CaidTestSupport
 import Foundation
 import Logging
+import NIOCore
 import ObjectStore
 import OSSProtocol
 import RATLS
@@ -127,6 +128,30 @@ import Testing
         let result = try Programs.run("/usr/bin/env", ["python3", "-c", script, String(setup.port), plain.certificate, plain.key])
         #expect(result.stdout.hasPrefix("REFUSED") || result.stdout.hasPrefix("CLOSED"), "\(result.stdout) \(result.stderr)")
         #expect(!result.stdout.contains("SERVED"))
+    }
+
+    /// A "peer" whose kernel accepts the TCP connection and that never answers the ClientHello: the fetch ends at its
+    /// timeout (once it waited for the handshake without a bound).
+    @Test func aPeerThatNeverAnswersTheHandshakeIsCutAtTheTimeout() async throws {
+        let setup = try await Setup()
+        defer { setup.stopTrustee(); Task { await setup.finish() } }
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(listener >= 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) == 0 && getsockname(listener, $0, &length) == 0 }
+        }
+        try #require(bound && listen(listener, 8) == 0)
+        let client = PeerObjectClient(peers: try setup.peers(), port: Int(UInt16(bigEndian: address.sin_port)))
+        let start = ContinuousClock.now
+        let error = await #expect(throws: PeerError.self) {
+            try await client.fetch(host: "127.0.0.1", key: "shards/深 x/a.bin", etag: "\"E1\"", range: 0...9, timeout: .seconds(1))
+        }
+        #expect(ContinuousClock.now - start < .seconds(10), "\(String(describing: error))")
     }
 
     @Test func serverWithoutEvidenceIsRefusedByTheClient() async throws {
