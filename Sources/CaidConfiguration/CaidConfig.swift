@@ -122,6 +122,8 @@ public struct CaidConfig: Sendable {
         public var maxResets = 2_000
         public var idleTimeout: Duration = .seconds(600)
         public var certificateRefresh: Duration = .seconds(600)
+        /// How often the nat rules of `netfilter` mode are checked and put back when gone (a firewall reload).
+        public var ruleCheckInterval: Duration = .seconds(10)
         /// Whether caid closes `MODEL_SERVICE_PORT` to the network with filter rules of its own (`CAID_SERVICE_GUARD`),
         /// from start to a clean stop, whatever the gateway is doing.
         public var serviceGuard = true
@@ -202,7 +204,7 @@ public struct CaidConfig: Sendable {
         "CAID_TRUSTEE_CA", "CAID_TOKEN_CERTS", "CAID_TSM_REPORT_DIR", "CAID_CC_EVENTLOG", "CAID_NVML_LIBRARY", "CAID_RTMR_DIR", "CAID_TDX_GUEST_DEVICE", "CAID_EVENTLOG_FILE", "CAID_EVENTLOG_FORM", "CAID_MODEL_MANIFEST", "CAID_MODEL_ID",
         "CAID_MOUNT_OWNER", "CAID_MOUNT_MODE", "CAID_MOUNT_STREAMING", "CAID_MOUNT_READ_TIMEOUT",
         "CAID_GATEWAY_MODE", "CAID_GATEWAY_ATTESTATION_MODEL", "CAID_GATEWAY_PORT", "CAID_GATEWAY_MAX_CONNECTIONS", "CAID_GATEWAY_MAX_CONNECTIONS_PER_SOURCE", "CAID_GATEWAY_STREAM_BUDGET", "CAID_GATEWAY_STREAM_IDLE_TIMEOUT", "CAID_GATEWAY_CONNECTION_BUFFER", "CAID_GATEWAY_MAX_STREAMS", "CAID_GATEWAY_MAX_RESETS",
-        "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
+        "CAID_GATEWAY_FIRST_BYTES_TIMEOUT", "CAID_GATEWAY_HANDSHAKE_TIMEOUT", "CAID_GATEWAY_IDLE_TIMEOUT", "CAID_GATEWAY_CERT_REFRESH", "CAID_GATEWAY_RULE_CHECK", "CAID_SHARING_PORT", "CAID_LOG_LEVEL", "CAID_OSS_REGION", "CAID_OSS_SIGNATURE", "CAID_OSS_PROXY",
         "CAID_READ_TIMEOUT",
         "CAID_SERVICE_GUARD", "CAID_SHARING_MAX_CONNECTIONS", "CAID_SHARING_HANDSHAKE_TIMEOUT",
     ]
@@ -357,6 +359,7 @@ extension CaidConfig {
             ("CAID_GATEWAY_HANDSHAKE_TIMEOUT", String(gateway.handshakeTimeout.components.seconds)),
             ("CAID_GATEWAY_IDLE_TIMEOUT", String(gateway.idleTimeout.components.seconds)),
             ("CAID_GATEWAY_CERT_REFRESH", String(gateway.certificateRefresh.components.seconds)),
+            ("CAID_GATEWAY_RULE_CHECK", String(gateway.ruleCheckInterval.components.seconds)),
             ("CAID_SERVICE_GUARD", gateway.serviceGuard ? "on" : "off"),
             ("CAID_SHARING_MAX_CONNECTIONS", String(sharingMaxConnections)),
             ("CAID_SHARING_HANDSHAKE_TIMEOUT", String(sharingHandshakeTimeout.components.seconds)),
@@ -679,6 +682,7 @@ private struct Decoder {
         }
         gateway.idleTimeout = .seconds(count("CAID_GATEWAY_IDLE_TIMEOUT", default: 600))
         gateway.certificateRefresh = .seconds(count("CAID_GATEWAY_CERT_REFRESH", default: 600))
+        gateway.ruleCheckInterval = .seconds(count("CAID_GATEWAY_RULE_CHECK", default: 10))
         if let raw = text("CAID_SERVICE_GUARD") {
             switch raw.lowercased() {
             case "on", "true", "yes", "1": gateway.serviceGuard = true

@@ -39,6 +39,25 @@ public enum HealthRoutes {
         }
     }
 
+    /// Whether a request asks to watch: `GET /status?watch` answers with the current snapshot, then one more after
+    /// every change, each as one line of JSON (NDJSON), until the client closes. `caid health --watch` reads it.
+    public static func watches(method: String, path: String) -> Bool {
+        let parts = path.split(separator: "?", maxSplits: 1)
+        guard method == "GET", parts.first == "/status", parts.count == 2 else { return false }
+        return parts[1].split(separator: "&").contains { $0 == "watch" || $0 == "watch=1" }
+    }
+
+    /// One line of the watch stream: the `/status` JSON on a single line, newline-terminated.
+    public static func encodeLine(_ snapshot: HealthSnapshot) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return Array((try? encoder.encode(snapshot)) ?? Data("{}".utf8)) + [UInt8(ascii: "\n")]
+    }
+
+    /// The answer to a watch over the limit of concurrent watchers.
+    public static let tooManyWatchers = text(503, "too many watchers: at most \(HealthWatchers.limit) at once\n")
+
     /// The `/status` JSON: sorted keys and ISO 8601 dates, so it reads the same every time.
     public static func encode(_ snapshot: HealthSnapshot) -> Data {
         let encoder = JSONEncoder()

@@ -5,8 +5,9 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
-/// The health API over HTTP/1.1 on a Unix socket: `/healthz`, `/readyz`, `/status`, `/metrics`.
+/// The health API over HTTP/1.1 on a Unix socket: `/healthz`, `/readyz`, `/status`, `/status?watch`, `/metrics`.
 ///
 /// The socket is created with mode 0660 in a directory created 0750; a stale socket left by a dead caid is
 /// replaced, but a socket another process still answers on, or a file that is not a socket, is left alone. With a
@@ -36,6 +37,7 @@ public struct HealthServer: Service {
         try Self.prepare(path)
         let registry = self.registry
         let metrics = self.metrics
+        let watchers = HealthWatchers()
         let channel: any Channel
         // A thread of its own: probes are answered while the gateway's loops are saturated (a flood of connections
         // or thousands of streams); on the shared loops they waited behind that work for seconds.
@@ -46,7 +48,7 @@ public struct HealthServer: Service {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        try channel.pipeline.syncOperations.addHandler(HealthHTTPHandler(registry: registry, metrics: metrics))
+                        try channel.pipeline.syncOperations.addHandler(HealthHTTPHandler(registry: registry, metrics: metrics, watchers: watchers))
                     }
                 }
                 .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false)
@@ -114,18 +116,44 @@ public struct HealthServer: Service {
     }
 }
 
-/// Answers one HTTP request at a time on a health socket connection.
+/// The watch streams open at once (`/status?watch`): each holds a connection and a task, so they are bounded even
+/// though only root and `CAID_HEALTH_GROUP` reach the socket.
+public final class HealthWatchers: Sendable {
+    /// At most this many at once; more are answered 503.
+    public static let limit = 8
+    private let open = Atomic<Int>(0)
+
+    init() {}
+
+    func take() -> Bool {
+        if open.wrappingAdd(1, ordering: .relaxed).newValue <= Self.limit { return true }
+        open.wrappingSubtract(1, ordering: .relaxed)
+        return false
+    }
+
+    func giveBack() { open.wrappingSubtract(1, ordering: .relaxed) }
+}
+
+/// Answers one HTTP request at a time on a health socket connection, or streams the snapshots of a watch.
 private final class HealthHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let registry: HealthRegistry
     private let metrics: HealthMetrics
+    private let watchers: HealthWatchers
     private var head: HTTPRequestHead?
+    private var watch: Task<Void, Never>?
 
-    init(registry: HealthRegistry, metrics: HealthMetrics) {
+    init(registry: HealthRegistry, metrics: HealthMetrics, watchers: HealthWatchers) {
         self.registry = registry
         self.metrics = metrics
+        self.watchers = watchers
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        watch?.cancel()
+        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -135,8 +163,13 @@ private final class HealthHTTPHandler: ChannelInboundHandler {
         case .body:
             break
         case .end:
-            guard let head else { return }
+            guard let head, watch == nil else { return }
             self.head = nil
+            if HealthRoutes.watches(method: head.method.rawValue, path: head.uri) {
+                guard watchers.take() else { return Self.write(HealthRoutes.tooManyWatchers, for: head, context: context) }
+                startWatch(head, context: context)
+                return
+            }
             let registry = self.registry
             let metrics = self.metrics
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
@@ -148,6 +181,29 @@ private final class HealthHTTPHandler: ChannelInboundHandler {
             }.whenSuccess { response in
                 Self.write(response, for: head, context: loopBound.value)
             }
+        }
+    }
+
+    /// The head, then a line per snapshot, each written once the one before has gone out: a slow reader is sent
+    /// the latest snapshot, not a backlog (``HealthRegistry/updates()`` keeps only the newest).
+    private func startWatch(_ request: HTTPRequestHead, context: ChannelHandlerContext) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/x-ndjson")
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "Connection", value: "close")
+        // No length: the body ends when the connection does (HTTP/1.0), or is chunked (HTTP/1.1).
+        let head = HTTPResponseHead(version: request.version, status: .ok, headers: headers)
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
+        let channel = context.channel
+        let registry = self.registry
+        let watchers = self.watchers
+        watch = Task {
+            defer { watchers.giveBack() }
+            for await snapshot in await registry.updates() {
+                let line = ByteBuffer(bytes: HealthRoutes.encodeLine(snapshot))
+                do { try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(line))) } catch { break }
+            }
+            channel.close(promise: nil)
         }
     }
 

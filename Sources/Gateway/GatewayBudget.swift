@@ -23,6 +23,8 @@ struct AdmissionLedger: Sendable, Equatable {
     let maxStreams: Int
     private(set) var connections = 0
     private(set) var streams = 0
+    /// Streams admitted since start.
+    private(set) var streamsAdmitted = 0
     private(set) var perSource: [String: Int] = [:]
     private(set) var refused: [Refusal: Int] = [:]
 
@@ -51,6 +53,7 @@ struct AdmissionLedger: Sendable, Equatable {
     mutating func admitStream() -> Refusal? {
         if streams >= maxStreams { return refuse(.streams) }
         streams += 1
+        streamsAdmitted += 1
         return nil
     }
 
@@ -74,6 +77,8 @@ public final class GatewayBudget: Sendable {
         public var sources: Int
         /// Refusals since start, by reason (`connections`, `source`, `streams`).
         public var refused: [String: Int]
+        /// Streams admitted since start.
+        public var streamsAdmitted = 0
 
         /// "3 connections from 2 sources, 17 streams; refused 5 (source cap)", for the gateway's health detail.
         public var summary: String {
@@ -88,7 +93,31 @@ public final class GatewayBudget: Sendable {
         private static let words = ["connections": "connection cap", "source": "per-source cap", "streams": "stream budget"]
     }
 
-    private let ledger: Mutex<AdmissionLedger>
+    /// The ledger and whoever watches it change, behind one lock, so that a watcher's newest snapshot is never
+    /// older than the last change.
+    private struct State {
+        var ledger: AdmissionLedger
+        var watchers: [UInt64: AsyncStream<Snapshot>.Continuation] = [:]
+        var nextWatcher: UInt64 = 0
+
+        var snapshot: Snapshot {
+            Snapshot(
+                connections: ledger.connections, streams: ledger.streams, sources: ledger.perSource.count,
+                refused: Dictionary(uniqueKeysWithValues: ledger.refused.map { ($0.key.rawValue, $0.value) }),
+                streamsAdmitted: ledger.streamsAdmitted)
+        }
+
+        mutating func changed() {
+            guard !watchers.isEmpty else { return }
+            let current = snapshot
+            // A watcher whose reader has gone is dropped here, on the next change.
+            for (id, watcher) in watchers {
+                if case .terminated = watcher.yield(current) { watchers[id] = nil }
+            }
+        }
+    }
+
+    private let state: Mutex<State>
     private let openConnections = Gauge(label: "caid_gateway_open", dimensions: [("kind", "connections")])
     private let openStreams = Gauge(label: "caid_gateway_open", dimensions: [("kind", "streams")])
     private let refusals: [AdmissionLedger.Refusal: Counter] = Dictionary(uniqueKeysWithValues: AdmissionLedger.Refusal.allCases.map {
@@ -96,40 +125,54 @@ public final class GatewayBudget: Sendable {
     })
 
     init(maxConnections: Int, maxPerSource: Int, maxStreams: Int) {
-        ledger = Mutex(AdmissionLedger(maxConnections: maxConnections, maxPerSource: maxPerSource, maxStreams: maxStreams))
+        state = Mutex(State(ledger: AdmissionLedger(maxConnections: maxConnections, maxPerSource: maxPerSource, maxStreams: maxStreams)))
     }
 
     func admitConnection(from source: String) -> AdmissionLedger.Refusal? {
-        let (refusal, open) = ledger.withLock { ledger in (ledger.admitConnection(from: source), ledger.connections) }
+        let (refusal, open) = change { ($0.admitConnection(from: source), $0.connections) }
         record(refusal, open: open, in: openConnections)
         return refusal
     }
 
     func releaseConnection(from source: String) {
-        openConnections.record(ledger.withLock { ledger in
+        openConnections.record(change { ledger in
             ledger.releaseConnection(from: source)
             return ledger.connections
         })
     }
 
     func admitStream() -> AdmissionLedger.Refusal? {
-        let (refusal, open) = ledger.withLock { ledger in (ledger.admitStream(), ledger.streams) }
+        let (refusal, open) = change { ($0.admitStream(), $0.streams) }
         record(refusal, open: open, in: openStreams)
         return refusal
     }
 
     func releaseStream() {
-        openStreams.record(ledger.withLock { ledger in
+        openStreams.record(change { ledger in
             ledger.releaseStream()
             return ledger.streams
         })
     }
 
-    public var snapshot: Snapshot {
-        ledger.withLock { ledger in
-            Snapshot(
-                connections: ledger.connections, streams: ledger.streams, sources: ledger.perSource.count,
-                refused: Dictionary(uniqueKeysWithValues: ledger.refused.map { ($0.key.rawValue, $0.value) }))
+    public var snapshot: Snapshot { state.withLock { $0.snapshot } }
+
+    /// The snapshot now, then the newest one after every change, until the reader stops: for whoever waits for a
+    /// count (tests wait on it instead of polling).
+    public func changes() -> AsyncStream<Snapshot> {
+        let (stream, continuation) = AsyncStream.makeStream(of: Snapshot.self, bufferingPolicy: .bufferingNewest(1))
+        state.withLock { state in
+            state.watchers[state.nextWatcher] = continuation
+            state.nextWatcher += 1
+            continuation.yield(state.snapshot)
+        }
+        return stream
+    }
+
+    private func change<T>(_ body: (inout AdmissionLedger) -> T) -> T {
+        state.withLock { state in
+            let result = body(&state.ledger)
+            state.changed()
+            return result
         }
     }
 

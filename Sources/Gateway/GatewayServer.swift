@@ -71,6 +71,8 @@ public struct GatewayConfiguration: Sendable {
     public var resetWindow: Duration = .seconds(10)
     /// A new certificate with fresh evidence this often (TNG's default).
     public var certificateLifetime: Duration = .seconds(600)
+    /// How often `netfilter` mode's nat rules are checked and put back when gone (`CAID_GATEWAY_RULE_CHECK`).
+    public var ruleCheckInterval: Duration = .seconds(10)
     /// What the certificate carries for TNG clients (`CAID_GATEWAY_ATTESTATION_MODEL`).
     public var attestationModel: AttestationModel = .backgroundCheck
 

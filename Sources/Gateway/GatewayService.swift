@@ -72,7 +72,7 @@ public struct GatewayService: Service {
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 if let rules = installed {
-                    group.addTask { await Self.watch(rules, every: Self.ruleCheckInterval, logger: logger) }
+                    group.addTask { await Self.watch(rules, every: configuration.ruleCheckInterval, logger: logger) }
                 }
                 let renewer = CertificateRenewer(purpose: "gateway", refresh: configuration.certificateLifetime, logger: logger) {
                     try await self.certificate()
@@ -88,9 +88,6 @@ public struct GatewayService: Service {
         }
         await server.stop()
     }
-
-    /// How often the nat rules are checked (a firewall reload flushes them).
-    public static let ruleCheckInterval: Duration = .seconds(10)
 
     /// Checks the nat rules until cancelled and puts them back when they are gone. Without them clients of the
     /// service port meet the guard (``ServiceGuard``), so nothing leaks meanwhile, but nothing is served either.

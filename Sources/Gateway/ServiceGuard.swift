@@ -167,7 +167,7 @@ public struct ServiceGuard: Sendable {
     }
 
     /// Checks the guard every `interval` until cancelled, restoring and logging what a firewall reload flushed.
-    public func watch(every interval: Duration = .seconds(10), logger: Logger, onRestore: @Sendable (String) -> Void = { _ in }) async {
+    public func watch(every interval: Duration, logger: Logger, onRestore: @Sendable (String) -> Void = { _ in }) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { return }

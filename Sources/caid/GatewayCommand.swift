@@ -57,7 +57,7 @@ struct GatewayCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
         ]
-        if let serviceGuard { services.append(.init(service: ServiceGuardWatch(serviceGuard: serviceGuard, logger: logger))) }
+        if let serviceGuard { services.append(.init(service: ServiceGuardWatch(serviceGuard: serviceGuard, interval: config.gateway.ruleCheckInterval, logger: logger))) }
         let group = ServiceGroup(configuration: .init(
             services: services,
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

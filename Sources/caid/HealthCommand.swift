@@ -8,7 +8,10 @@ struct HealthCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "health",
         abstract: "Show the daemon's health.",
-        discussion: "Exit status: 0 ready, 1 alive but not ready, 2 not reachable."
+        discussion: """
+            Exit status: 0 ready, 1 alive but not ready, 2 not reachable. With --watch it prints the health again \
+            after every change until interrupted, and exits 2 when caid stops answering.
+            """
     )
 
     @Option(help: ArgumentHelp(
@@ -16,11 +19,15 @@ struct HealthCommand: ParsableCommand {
         valueName: "path"))
     var socket: String?
 
-    @Flag(help: "Print the raw /status JSON.")
+    @Flag(help: "Print the raw /status JSON (with --watch: one line per change).")
     var json = false
+
+    @Flag(help: "Print the health again after every change (GET /status?watch), until interrupted.")
+    var watch = false
 
     func run() throws {
         let path = socket ?? ProcessInfo.processInfo.environment["CAID_HEALTH_SOCKET"] ?? CaidConfig.Defaults.healthSocket
+        if watch { try Self.watch(path, json: json) }
         let response: HealthClient.Response
         do {
             response = try HealthClient(socketPath: path).get("/status")
@@ -38,6 +45,28 @@ struct HealthCommand: ParsableCommand {
             print(Self.table(snapshot))
         }
         if !snapshot.ready { throw ExitCode(1) }
+    }
+
+    /// Prints every snapshot caid sends; throws exit 2 once the stream ends (caid stopped) or cannot be had.
+    static func watch(_ path: String, json: Bool) throws -> Never {
+        let refused: Int?
+        do {
+            refused = try HealthClient(socketPath: path).watch { line in
+                // Written at once, not through print's buffer: a reader of a pipe or file sees each change as it comes.
+                if json {
+                    FileHandle.standardOutput.write(Data(line + [UInt8(ascii: "\n")]))
+                } else if let snapshot = try? HealthRoutes.decode(Data(line)) {
+                    FileHandle.standardOutput.write(Data((table(snapshot) + "\n\n").utf8))
+                }
+                return true
+            }
+        } catch {
+            printError("caid health: \(error)")
+            throw ExitCode(2)
+        }
+        printError(refused.map { "caid health: \(path) answered \($0) to the watch (at most \(HealthWatchers.limit) at once)" }
+            ?? "caid health: \(path) closed the watch: caid stopped")
+        throw ExitCode(2)
     }
 
     /// A table an operator reads at a glance.

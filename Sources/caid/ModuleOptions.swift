@@ -52,6 +52,7 @@ extension GatewayConfiguration {
         handshakeTimeout = config.gateway.handshakeTimeout
         idleTimeout = config.gateway.idleTimeout
         certificateLifetime = config.gateway.certificateRefresh
+        ruleCheckInterval = config.gateway.ruleCheckInterval
         switch config.gateway.attestationModel {
         case .backgroundCheck: attestationModel = .backgroundCheck
         case .passport: attestationModel = .passport

@@ -72,7 +72,7 @@ struct RunCommand: AsyncParsableCommand {
             .init(service: notifier, serviceName: "systemd"),
         ]
         if let serviceGuard {
-            services.append(.init(service: ServiceGuardWatch(serviceGuard: serviceGuard, logger: logger), serviceName: "guard"))
+            services.append(.init(service: ServiceGuardWatch(serviceGuard: serviceGuard, interval: config.gateway.ruleCheckInterval, logger: logger), serviceName: "guard"))
         }
         var groupConfig = ServiceGroupConfiguration(
             services: services,

@@ -24,14 +24,15 @@ enum ServiceGuardSetup {
     }
 }
 
-/// Checks the guard every 10 s while caid runs and restores what a firewall reload flushed.
+/// Checks the guard every `CAID_GATEWAY_RULE_CHECK` while caid runs and restores what a firewall reload flushed.
 struct ServiceGuardWatch: Service {
     let serviceGuard: ServiceGuard
+    let interval: Duration
     let logger: Logger
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
-            await serviceGuard.watch(logger: logger)
+            await serviceGuard.watch(every: interval, logger: logger)
         }
     }
 }

@@ -1,4 +1,5 @@
 import CaidControl
+import CaidCore
 import CaidTestSupport
 import Foundation
 import Testing
@@ -66,15 +67,15 @@ import Testing
         // Host 3 asks only host 2: the bad object fails OSS's CRC-64, host 2 is avoided, OSS supplies that object.
         let (third, p3) = try start(2, peers: [a[1]])
         defer { third.signal(SIGKILL); _ = third.wait() }
-        var health3 = try await waitReady(2, third, p3.socket)
+        _ = try await waitReady(2, third, p3.socket)
         #expect(sameAsPlain(p3.mountpoint))
-        // The sharing detail is refreshed twice a second.
-        for _ in 0..<20 where !health3.contains("avoided") {
-            try await Task.sleep(for: .milliseconds(250))
-            health3 = try network.run(in: network.hosts[2], Programs.caid, ["health", "--socket", p3.socket]).stdout
+        // The sharing detail is refreshed twice a second; each change reaches the watch.
+        let watch = try HealthWatch(socket: p3.socket)
+        let sharing = try? await watch.until("host 3 naming the peer it avoided", timeout: .seconds(10)) { snapshot -> String? in
+            let detail = snapshot.services.first { $0.name == "sharing" }?.detail ?? ""
+            return detail.contains("avoided") ? detail : nil
         }
-        #expect(health3.contains("avoided"), "\(health3)")
-        #expect(health3.contains("did not verify"), "\(health3)")
+        #expect(sharing?.contains("did not verify") == true, "\(watch.latest.map(\.summary) ?? "no health") \(String(describing: sharing))")
         let total = try host.ossServedBytes()
         #expect(total - 3 * manifestBytes < 2 * modelBytes, "OSS served \(total) bytes for a \(modelBytes)-byte model")
 

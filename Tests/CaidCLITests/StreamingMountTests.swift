@@ -66,14 +66,10 @@ import Glibc
             return daemon
         }
 
-        /// Waits until `condition` holds for health, at most `seconds`.
+        /// Waits until `condition` holds for health, at most `seconds`, checking at each change caid announces.
         func wait(seconds: Int = 90, until condition: (HealthSnapshot) -> Bool) async throws -> HealthSnapshot? {
-            let deadline = ContinuousClock.now + .seconds(seconds)
-            while ContinuousClock.now < deadline {
-                if let snapshot = health(), condition(snapshot) { return snapshot }
-                try await Task.sleep(for: .milliseconds(200))
-            }
-            return nil
+            let watch = try HealthWatch(socket: host.socket)
+            return try? await watch.until("the health state", timeout: .seconds(seconds)) { condition($0) ? $0 : nil }
         }
 
         func stop(_ daemon: Programs.Running) async -> Programs.Result? {
@@ -128,7 +124,8 @@ import Glibc
     /// mount shows the file at its full size at once. Then caid is stopped while another read waits for bytes that
     /// are slow to come: the read fails instead of hanging, caid exits cleanly and the mount is gone.
     @Test func aReadThatRacesTheDownloadGetsTheRightBytesAndAStopMidReadUnmounts() async throws {
-        let setup = try await Setup(delayMilliseconds: 1500)
+        // Each GET of the shard takes 3 s: the mount and the first health probe come well before its bytes.
+        let setup = try await Setup(delayMilliseconds: 3000)
         defer { setup.remove() }
         let daemon = try await setup.start()
         defer { if daemon.exited() == nil { daemon.signal(SIGKILL); _ = daemon.wait() } }
@@ -160,6 +157,14 @@ import Glibc
         #expect(read.errno != 0 && read.bytes.isEmpty, "the waiting read got \(read.bytes.count) bytes, errno \(read.errno)")
         #expect(ContinuousClock.now - started < .seconds(25))
         #expect(!FuseMountPoint.isMounted(stopping.host.mountpoint), "the mount is still there after caid stopped")
+    }
+
+    /// Waits until `daemon` logs `text` once more than in `earlier` (its log so far).
+    static func untilLogged(_ text: String, after earlier: String, by daemon: Programs.Running) async throws {
+        let before = earlier.components(separatedBy: text).count
+        _ = try await daemon.until("'\(text)' logged again", timeout: .seconds(90)) { _ -> Bool? in
+            daemon.stderr.components(separatedBy: text).count > before ? true : nil
+        }
     }
 
     /// A byte changed in transit in one block of the shard: reads of that block get EIO, never its bytes, and every
@@ -214,13 +219,13 @@ import Glibc
                     continuation.resume(returning: n == buffer.count ? Data(buffer) : Data())
                 }.start()
             }
-            if head.isEmpty { try await Task.sleep(for: .milliseconds(200)) }
+            // The next copy starts once this one has failed its check, which caid logs.
+            if head.isEmpty { try await Self.untilLogged(mismatch, after: daemon.stderr, by: daemon) }
         }
         defer { if fd >= 0 { close(fd) } }
         #expect(head == (try setup.expected(0..<(1 << 20))))
         // Every copy fails while the fault lasts: one failing after the open means the handle's copy has failed.
-        let failedBefore = daemon.stderr.components(separatedBy: mismatch).count
-        let failed = try await setup.wait { _ in daemon.stderr.components(separatedBy: mismatch).count > failedBefore }
+        let failed: Void? = try? await Self.untilLogged(mismatch, after: daemon.stderr, by: daemon)
         #expect(failed != nil, "no copy failed its check: \(daemon.stderr)")
         let refetching = try await setup.wait { !(setup.cachefs($0)?.streaming?.refetching.isEmpty ?? true) }
         #expect(setup.cachefs(refetching)?.streaming?.refetching == [setup.shardKey], "health did not name the object fetched again")

@@ -67,4 +67,21 @@ import Testing
         snapshot.ready = false
         #expect(respond("/readyz").status == 503)
     }
+
+    @Test func onlyAGetOfStatusWithWatchIsAWatch() {
+        #expect(HealthRoutes.watches(method: "GET", path: "/status?watch"))
+        #expect(HealthRoutes.watches(method: "GET", path: "/status?pretty&watch=1"))
+        #expect(!HealthRoutes.watches(method: "GET", path: "/status"))
+        #expect(!HealthRoutes.watches(method: "HEAD", path: "/status?watch"))
+        #expect(!HealthRoutes.watches(method: "GET", path: "/readyz?watch"))
+        #expect(!HealthRoutes.watches(method: "GET", path: "/status?watcher"))
+    }
+
+    @Test func aWatchLineIsTheStatusOnOneLine() throws {
+        let snapshot = HealthSnapshot(state: "ready", ready: true, services: [], summary: "ready: no services")
+        let line = HealthRoutes.encodeLine(snapshot)
+        #expect(line.last == UInt8(ascii: "\n"))
+        #expect(line.dropLast().contains(UInt8(ascii: "\n")) == false)
+        #expect(try HealthRoutes.decode(Data(line)) == snapshot)
+    }
 }

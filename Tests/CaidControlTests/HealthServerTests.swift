@@ -53,6 +53,61 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: path))
     }
 
+    /// Starts a blocking watch on a thread of its own: each line, decoded, goes to `lines`; how it ended to `ended`.
+    static func watch(
+        _ path: String, lines: AsyncStream<HealthSnapshot>.Continuation? = nil,
+        ended: AsyncStream<Result<Int?, HealthClient.Unreachable>>.Continuation
+    ) {
+        Thread {
+            let outcome = Result { () throws(HealthClient.Unreachable) in
+                try HealthClient(socketPath: path).watch { bytes in
+                    if let snapshot = try? HealthRoutes.decode(Data(bytes)) { lines?.yield(snapshot) }
+                    return true
+                }
+            }
+            lines?.finish()
+            ended.yield(outcome)
+        }.start()
+    }
+
+    @Test func aWatchGetsTheSnapshotThenEveryChangeAndEndsWithTheServer() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let path = dir.path + "/caid.sock"
+        let registry = HealthRegistry()
+        await registry.register("mount", required: true)
+        let (lines, line) = AsyncStream.makeStream(of: HealthSnapshot.self)
+        let (endings, ended) = AsyncStream.makeStream(of: Result<Int?, HealthClient.Unreachable>.self)
+        try await withServer(at: path, registry: registry) {
+            Self.watch(path, lines: line, ended: ended)
+            var iterator = lines.makeAsyncIterator()
+            let first = await iterator.next()
+            #expect(first?.ready == false)
+            await registry.set("mount", .running, detail: "at /models")
+            let second = await iterator.next()
+            #expect(second?.ready == true)
+            #expect(second?.services.first?.detail == "at /models")
+            // Seven more fill the slots (each has its first line once it holds one); the ninth is turned away.
+            for _ in 0..<HealthWatchers.limit - 1 {
+                let (other, otherLine) = AsyncStream.makeStream(of: HealthSnapshot.self)
+                Self.watch(path, lines: otherLine, ended: ended)
+                _ = await other.first { _ in true }
+            }
+            let (refusals, refused) = AsyncStream.makeStream(of: Result<Int?, HealthClient.Unreachable>.self)
+            Self.watch(path, ended: refused)
+            let refusal = try await refusals.first { _ in true }?.get()
+            #expect(refusal == 503)
+        }
+        // The server stopped: all eight watches saw the stream close, none an error.
+        var closed = 0
+        for await ending in endings {
+            let status = try ending.get()
+            #expect(status == nil)
+            closed += 1
+            if closed == HealthWatchers.limit { break }
+        }
+    }
+
     @Test func replacesAStaleSocket() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

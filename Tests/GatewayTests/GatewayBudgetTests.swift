@@ -63,7 +63,7 @@ import Testing
         #expect(refused.count == 2, "\(report)")
         #expect(setup.server.budget.snapshot.refused["streams"] == 2)
         // Served streams gave their budget back.
-        try await Self.waitUntil { setup.server.budget.snapshot.streams == 0 }
+        await Self.waitUntil(setup.server.budget) { $0.streams == 0 }
     }
 
     @Test func anIdleStreamIsResetWhileItsConnectionStaysOpen() async throws {
@@ -87,7 +87,7 @@ import Testing
             try Programs.start("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/tng_client.py", "--port", String(setup.port), "--stall", "8", "--silent"])
         }
         defer { for holder in holders { holder.signal(SIGKILL); _ = holder.wait() } }
-        try await Self.waitUntil { setup.server.budget.snapshot.connections == 2 }
+        await Self.waitUntil(setup.server.budget) { $0.connections == 2 }
         let third = try setup.client(["--stall", "3", "--silent"])
         #expect(third.report["closed_by_server"] as? Bool == true, "\(third.report)")
         #expect((third.report["after"] as? Double ?? 99) < 1, "\(third.report)")
@@ -99,13 +99,9 @@ import Testing
         #expect(setup.server.budget.snapshot.refused["source"] == 1)
     }
 
-    /// Polls a condition that an event elsewhere makes true, for at most 5 s.
-    static func waitUntil(_ condition: () -> Bool) async throws {
-        let clock = ContinuousClock()
-        let deadline = clock.now + .seconds(5)
-        while !condition() {
-            guard clock.now < deadline else { Issue.record("the condition did not become true in 5 s"); return }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+    /// Waits, at most 5 s, until the budget's snapshot meets `condition`, checking at each change.
+    static func waitUntil(_ budget: GatewayBudget, _ condition: @escaping @Sendable (GatewayBudget.Snapshot) -> Bool) async {
+        let met = await Awaiting.first(of: budget.changes(), timeout: .seconds(5), where: condition)
+        #expect(met != nil, "the budget did not get there in 5 s: \(budget.snapshot)")
     }
 }

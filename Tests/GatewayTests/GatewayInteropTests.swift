@@ -190,13 +190,13 @@ import Testing
             try Programs.start("/usr/bin/env", ["python3", Programs.packageRoot + "/Tests/peers/tng_client.py", "--port", String(setup.port), "--stall", "8"])
         }
         // The gateway counts a connection once it has accepted it (no event for it: its budget is polled).
-        try await GatewayBudgetTests.waitUntil { setup.server.budget.snapshot.connections == 2 }
+        await GatewayBudgetTests.waitUntil(setup.server.budget) { $0.connections == 2 }
         let (_, report) = try setup.client(["--stall", "3"])
         #expect(report["closed_by_server"] as? Bool == true)
         #expect((report["after"] as? Double ?? 99) < 1)
         for process in stalled { process.signal(SIGKILL); _ = process.wait() }
         // Places are given back when connections close.
-        try await GatewayBudgetTests.waitUntil { setup.server.budget.snapshot.connections == 0 }
+        await GatewayBudgetTests.waitUntil(setup.server.budget) { $0.connections == 0 }
         let (status, after) = try setup.client(["--as-addr", setup.asAddress, "--path", "/index.html"])
         #expect(status == 0, "\(after)")
     }

@@ -47,6 +47,7 @@ import Testing
                 MODEL_SERVICE_PORT=8080
                 CAID_ATTESTER=sample
                 CAID_GATEWAY_MODE=netfilter
+                CAID_GATEWAY_RULE_CHECK=1
                 CAID_GATEWAY_PORT=41001
                 """)
         }

@@ -93,38 +93,56 @@ import Testing
         }
     }
 
-    @Test func twoThousandSequentialRequestsWithConnectionClose() async throws {
+    /// Requests per load test: 2,000 by default, ten times the 200 after which the tunnel stalled (half that for the
+    /// sequential one); CAID_TEST_LOAD_REQUESTS=20000 gives the volume of issue #14's runs.
+    static let requests = Int(ProcessInfo.processInfo.environment["CAID_TEST_LOAD_REQUESTS"] ?? "") ?? 2000
+
+    @Test func sequentialRequestsWithConnectionClose() async throws {
         let setup = try await Setup()
         defer { Task { await setup.finish() } }
         // Before: every exchange ended with RST_STREAM, and after 200 the gateway said GOAWAY and every later request hung.
-        let run = try setup.ab(["-n", "2000", "-c", "1", "-H", "Connection: close"])
-        #expect(run.complete == 2000, "\(run.output)")
+        let run = try setup.ab(["-n", String(Self.requests / 2), "-c", "1", "-H", "Connection: close"])
+        #expect(run.complete == Self.requests / 2, "\(run.output)")
         #expect(run.failed == 0 && run.non2xx == 0, "\(run.output)")
     }
 
-    @Test func twentyThousandRequestsFrom64KeepAliveClients() async throws {
+    @Test func manyRequestsFrom64KeepAliveClients() async throws {
         let setup = try await Setup()
         defer { Task { await setup.finish() } }
-        let run = try setup.ab(["-k", "-n", "20000", "-c", "64"])
-        #expect(run.complete == 20000, "\(run.output)")
+        let run = try setup.ab(["-k", "-n", String(Self.requests), "-c", "64"])
+        #expect(run.complete == Self.requests, "\(run.output)")
         #expect(run.failed == 0 && run.non2xx == 0, "\(run.output)")
-        #expect(run.keepAlive == 20000, "\(run.output)")
+        #expect(run.keepAlive == Self.requests, "\(run.output)")
     }
 
     @Test func goAwayMidLoadCostsNoRequest() async throws {
         let setup = try await Setup()
         defer { Task { await setup.finish() } }
-        let ab = try Programs.start("/usr/bin/env", ["ab", "-q", "-s", "20", "-k", "-n", "20000", "-c", "64", "-X", "127.0.0.1:\(setup.tunnel.port)", "http://127.0.0.1:\(setup.port)/small"])
-        var goAways = 0
-        while ab.exited() == nil, goAways < 40 {
-            try await Task.sleep(for: .milliseconds(250))
-            setup.server.sendGoAway()
-            goAways += 1
+        let ab = try Programs.start("/usr/bin/env", ["ab", "-q", "-s", "20", "-k", "-n", String(Self.requests), "-c", "64", "-X", "127.0.0.1:\(setup.tunnel.port)", "http://127.0.0.1:\(setup.port)/small"])
+        // A GOAWAY after every 200 streams the gateway admits (each proxied request is one), until ab is done.
+        let goAways = await withTaskGroup(of: Int?.self) { group in
+            group.addTask {
+                var sent = 0
+                var next = 200
+                for await snapshot in setup.server.budget.changes() where snapshot.streamsAdmitted >= next {
+                    setup.server.sendGoAway()
+                    sent += 1
+                    next = snapshot.streamsAdmitted + 200
+                }
+                return sent
+            }
+            group.addTask {
+                _ = await ab.wait(timeout: .seconds(120))
+                return nil
+            }
+            _ = await group.next()
+            group.cancelAll()
+            return await group.compactMap { $0 }.reduce(0, +)
         }
         let result = ab.wait()
         let run = Setup.parse(result.stdout + result.stderr)
         #expect(goAways >= 3, "the load ended before the gateway said GOAWAY three times")
-        #expect(run.complete == 20000, "\(run.output)\n\(setup.tunnel.process.stderr)")
+        #expect(run.complete == Self.requests, "\(run.output)\n\(setup.tunnel.process.stderr)")
         let warnings = setup.tunnel.process.stderr.components(separatedBy: "\n").filter { !$0.contains("GOAWAY") && !$0.contains("verified") }
         #expect(run.failed == 0 && run.non2xx == 0, "\(run.output)\n\(warnings.prefix(5).joined(separator: "\n"))")
         // Each GOAWAY cost a new connection, not a new attestation: the verdict for the same certificate is reused.
