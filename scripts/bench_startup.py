@@ -465,6 +465,17 @@ def curl_rate(port, key, size, parts, signed):
 # ---------------------------------------------------------------------------------------------------------------------
 # The whole benchmark.
 
+def client_cpu():
+    """(busy, total) jiffies of CPU 0, where the clients and the reader run with PIN (/proc/stat, proc(5))."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu0 "):
+                fields = [int(x) for x in line.split()[1:9]]  # guest time is already in user
+                idle = fields[3] + fields[4]  # idle + iowait
+                return sum(fields) - idle, sum(fields)
+    return 0, 0
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -535,6 +546,7 @@ def bench(args):
             order = rates if round_ % 2 == 0 else rates[::-1]
             for r in order:
                 for setup in (setups if round_ % 2 == 0 else setups[::-1]):
+                    cpu_before = client_cpu()
                     if setup == "fetch":
                         out = run_fetch(w, args.caid, r["env_off"], args.timeout)
                     elif setup.startswith("caid"):
@@ -542,6 +554,10 @@ def bench(args):
                         out = run_caid(run, w, args.caid, env, expected, args.timeout)
                     else:
                         out = run_s3fs(run, w, r["s3"], S3FS_OPTIONS[setup], password, expected, args.timeout)
+                    cpu_after = client_cpu()
+                    # How busy the client CPU was from the start of the setup to its stop (a little after the last
+                    # byte): near 100 % means the clients had no CPU to spare for overlapping work.
+                    out["client_busy"] = (cpu_after[0] - cpu_before[0]) / max(1, cpu_after[1] - cpu_before[1])
                     out.update(setup=setup, rate=r["rate"], round=round_ + 1)
                     results.append(out)
                     with open(os.path.join(work, "results.jsonl"), "a") as f:
@@ -595,8 +611,8 @@ def report(args, results, checks, total, streaming_known):
                                  "stands in for a remote OSS)" % SERVER_CPUS if PIN else "all processes share every CPU (PIN=0)"))
     lines.append("Seconds from start (medians of %d rounds); ciphertext %d bytes." % (args.rounds, total))
     lines.append("")
-    lines.append("| rate | setup | key | files listed | first byte | last byte | last / download | MB/s to last byte |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("| rate | setup | key | files listed | first byte | last byte | last / download | MB/s to last byte | client CPU busy |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     summary = {}
     for rate in args.rate:
         label = "%d MB/s" % rate if rate else "unthrottled"
@@ -605,15 +621,16 @@ def report(args, results, checks, total, streaming_known):
         for setup in [s for s in SETUPS if s in args.setups]:
             rs = [r for r in results if r["rate"] == rate and r["setup"] == setup and not r.get("errors")]
             if not rs:
-                lines.append("| %s | %s | failed | | | | | |" % (label, setup))
+                lines.append("| %s | %s | failed | | | | | | |" % (label, setup))
                 continue
-            m = {k: median(r.get(k) for r in rs) for k in ("key", "files", "first", "last")}
+            m = {k: median(r.get(k) for r in rs) for k in ("key", "files", "first", "last", "client_busy")}
             summary[rate][setup] = m
             ratio = "%.2fx" % (m["last"] / fetch) if fetch and setup != "fetch" else ""
             name = "fetch (download alone)" if setup == "fetch" else setup
-            lines.append("| %s | %s | %s | %s | %s | %s | %s | %.0f |" % (
+            busy = "%.0f %%" % (100 * m["client_busy"]) if PIN and m.get("client_busy") is not None else ""
+            lines.append("| %s | %s | %s | %s | %s | %s | %s | %.0f | %s |" % (
                 label, name, fmt(m["key"]), fmt(m["files"]), fmt(m["first"]), fmt(m["last"]), ratio,
-                total / m["last"] / 1e6))
+                total / m["last"] / 1e6, busy))
     lines.append("")
     # The targets of issue #18.
     for rate in args.rate:

@@ -124,8 +124,9 @@ import Glibc
     /// mount shows the file at its full size at once. Then caid is stopped while another read waits for bytes that
     /// are slow to come: the read fails instead of hanging, caid exits cleanly and the mount is gone.
     @Test func aReadThatRacesTheDownloadGetsTheRightBytesAndAStopMidReadUnmounts() async throws {
-        // Each GET of the shard takes 3 s: the mount and the first health probe come well before its bytes.
-        let setup = try await Setup(delayMilliseconds: 3000)
+        // Each GET of the shard takes 5 s: the mount and the first health probe come well before its bytes, even on a
+        // loaded machine.
+        let setup = try await Setup(delayMilliseconds: 5000)
         defer { setup.remove() }
         let daemon = try await setup.start()
         defer { if daemon.exited() == nil { daemon.signal(SIGKILL); _ = daemon.wait() } }
