@@ -64,8 +64,11 @@ struct HealthCommand: ParsableCommand {
             printError("caid health: \(error)")
             throw ExitCode(2)
         }
-        printError(refused.map { "caid health: \(path) answered \($0) to the watch (at most \(HealthWatchers.limit) at once)" }
-            ?? "caid health: \(path) closed the watch: caid stopped")
+        switch refused {
+        case nil: printError("caid health: \(path) closed the watch: caid stopped")
+        case 503: printError("caid health: \(path) refused the watch: at most \(HealthWatchers.limit) may watch at once")
+        case let status?: printError("caid health: \(path) answered \(status) to the watch; is this caid's health socket?")
+        }
         throw ExitCode(2)
     }
 

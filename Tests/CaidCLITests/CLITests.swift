@@ -129,6 +129,10 @@ import Testing
         #expect(!health.stdout.contains(ModelHost.password))
         let json = try Programs.run(Programs.caid, ["health", "--json", "--socket", host.socket])
         #expect(try HealthRoutes.decode(Data(json.stdout.utf8)).ready)
+        // A watch prints the table at once and is there to see the stop.
+        let watch = try Programs.start(Programs.caid, ["health", "--watch", "--socket", host.socket])
+        defer { if watch.exited() == nil { watch.signal(SIGKILL); _ = watch.wait() } }
+        try await watch.waitForOutput("SERVICE")
 
         // The mounted model is the plaintext, byte for byte.
         for name in ["model.safetensors", "config.json", "tokenizer.json"] {
@@ -154,6 +158,10 @@ import Testing
         let result = await daemon.wait(timeout: .seconds(15))
         #expect(result?.status == 0, "\(result?.stderr ?? "killed after 15 s")")
         #expect(ContinuousClock.now - started < .seconds(15))
+        // caid closed the watch as it stopped, and the watch says why it ended.
+        let watched = await watch.wait(timeout: .seconds(10))
+        #expect(watched?.status == 2, "\(watched?.stderr ?? "still watching 10 s after the stop")")
+        #expect(watched?.stderr.contains("caid stopped") == true)
         notify.receive(into: &messages, timeout: .seconds(2)) { $0.contains { $0.hasPrefix("STOPPING=1") } }
         #expect(messages.contains { $0.hasPrefix("STOPPING=1") })
         #expect(!FileManager.default.fileExists(atPath: host.socket))
