@@ -43,7 +43,7 @@ struct GatewayCommand: AsyncParsableCommand {
         }
         let serviceGuard: ServiceGuard?
         do {
-            serviceGuard = try ServiceGuardSetup.install(for: config, logger: logger)
+            serviceGuard = try await ServiceGuardSetup.installOffThePool(for: config, logger: logger)
         } catch {
             printError("caid gateway: \(error)")
             throw ExitCode.failure
@@ -64,7 +64,7 @@ struct GatewayCommand: AsyncParsableCommand {
         do {
             try await group.run()
             try? await http?.shutdown()
-            serviceGuard?.remove()
+            if let serviceGuard { await ServiceGuardSetup.removeOffThePool(serviceGuard) }
         } catch {
             try? await http?.shutdown()
             printError("caid gateway: \(error)")

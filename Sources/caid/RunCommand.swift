@@ -53,7 +53,7 @@ struct RunCommand: AsyncParsableCommand {
         // clean stop, whatever the gateway does (and after a crash, until the next caid adopts the rules).
         let serviceGuard: ServiceGuard?
         do {
-            serviceGuard = try ServiceGuardSetup.install(for: config, logger: logger)
+            serviceGuard = try await ServiceGuardSetup.installOffThePool(for: config, logger: logger)
         } catch {
             logger.critical("caid cannot start: \(error)")
             printError("caid run: \(error)")
@@ -90,7 +90,7 @@ struct RunCommand: AsyncParsableCommand {
         }
         await catalog.shutdown()
         if let serviceGuard {
-            serviceGuard.remove()
+            await ServiceGuardSetup.removeOffThePool(serviceGuard)
             logger.notice("guard of port \(serviceGuard.servicePort) removed (clean stop)")
         }
         logger.info("caid stopped")

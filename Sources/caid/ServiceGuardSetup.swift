@@ -1,3 +1,4 @@
+import CaidBase
 import CaidConfiguration
 import Gateway
 import Logging
@@ -21,6 +22,16 @@ enum ServiceGuardSetup {
             "\(adopted ? "adopted the guard left by an earlier caid" : "guard installed"): TCP to port \(config.modelServicePort) from the network is refused (IPv4 and IPv6) unless it comes through the gateway",
             metadata: ["chains": "\(ServiceGuardRules.inputChain) \(ServiceGuardRules.forwardChain)"])
         return serviceGuard
+    }
+
+    /// ``install(for:logger:)`` on a thread of its own: it runs `iptables` and waits for each run.
+    static func installOffThePool(for config: CaidConfig, logger: Logger) async throws(ServiceGuardError) -> ServiceGuard? {
+        try await Blocking.run { () throws(ServiceGuardError) in try install(for: config, logger: logger) }
+    }
+
+    /// ``ServiceGuard/remove()`` on a thread of its own, for the same reason.
+    static func removeOffThePool(_ serviceGuard: ServiceGuard) async {
+        await Blocking.run { serviceGuard.remove() }
     }
 }
 
