@@ -27,8 +27,7 @@ public enum HealthRoutes {
         case "/readyz":
             // `?local`: ready and the whole model on disk, for an orchestrator that would rather wait for the
             // download than have the model loader's reads wait for it.
-            let query = path.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
-            let wantsLocal = query.split(separator: "&").contains { $0 == "local" || $0 == "local=1" }
+            let wantsLocal = flag("local", in: path)
             guard snapshot.ready else { return text(503, "not ready: \(snapshot.summary)\n") }
             if wantsLocal, !snapshot.modelLocal { return text(503, "ready, but the model is still arriving: \(snapshot.summary)\n") }
             return text(200, snapshot.modelLocal ? "ready\n" : "ready (the model is still arriving; /readyz?local waits for all of it)\n")
@@ -42,26 +41,21 @@ public enum HealthRoutes {
     /// Whether a request asks to watch: `GET /status?watch` answers with the current snapshot, then one more after
     /// every change, each as one line of JSON (NDJSON), until the client closes. `caid health --watch` reads it.
     public static func watches(method: String, path: String) -> Bool {
-        let parts = path.split(separator: "?", maxSplits: 1)
-        guard method == "GET", parts.first == "/status", parts.count == 2 else { return false }
-        return parts[1].split(separator: "&").contains { $0 == "watch" || $0 == "watch=1" }
+        method == "GET" && path.split(separator: "?", maxSplits: 1).first == "/status" && flag("watch", in: path)
     }
 
     /// One line of the watch stream: the `/status` JSON on a single line, newline-terminated.
     public static func encodeLine(_ snapshot: HealthSnapshot) -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        return Array((try? encoder.encode(snapshot)) ?? Data("{}".utf8)) + [UInt8(ascii: "\n")]
+        Array(encode(snapshot, pretty: false)) + [UInt8(ascii: "\n")]
     }
 
     /// The answer to a watch over the limit of concurrent watchers.
     public static let tooManyWatchers = text(503, "too many watchers: at most \(HealthWatchers.limit) at once\n")
 
     /// The `/status` JSON: sorted keys and ISO 8601 dates, so it reads the same every time.
-    public static func encode(_ snapshot: HealthSnapshot) -> Data {
+    public static func encode(_ snapshot: HealthSnapshot, pretty: Bool = true) -> Data {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
         return (try? encoder.encode(snapshot)) ?? Data("{}".utf8)
     }
@@ -71,6 +65,12 @@ public enum HealthRoutes {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         return try decoder.decode(HealthSnapshot.self, from: data)
+    }
+
+    /// Whether the query of `path` holds `name` as a flag (`name` or `name=1`).
+    private static func flag(_ name: String, in path: String) -> Bool {
+        guard let query = path.split(separator: "?", maxSplits: 1).dropFirst().first else { return false }
+        return query.split(separator: "&").contains { $0 == name || $0 == "\(name)=1" }
     }
 
     private static func text(_ status: Int, _ body: String) -> Response {
