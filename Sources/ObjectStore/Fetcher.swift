@@ -566,10 +566,18 @@ public struct Fetcher: Sendable {
         let file = UInt64(info.st_ino)
         var linked = stat()
         if lstat(paths.final, &linked) != 0 || UInt64(linked.st_ino) != file {
-            // Not verified (it is pending): whatever holds the name is stale.
-            unlink(paths.final)
-            guard link(paths.staging, paths.final) == 0 else {
-                throw FetchError.cache("cannot link \(paths.staging) to \(paths.final): \(String(cString: strerror(errno)))")
+            // Not verified (it is pending): whatever holds the name is stale. The new link replaces it by a rename,
+            // so that a lookup through the mount never finds the name missing (a copy fetched again after a failed
+            // check is listed all along).
+            let linking = paths.staging + ".link"
+            unlink(linking)
+            guard link(paths.staging, linking) == 0 else {
+                throw FetchError.cache("cannot link \(paths.staging) to \(linking): \(String(cString: strerror(errno)))")
+            }
+            guard rename(linking, paths.final) == 0 else {
+                let reason = String(cString: strerror(errno))
+                unlink(linking)
+                throw FetchError.cache("cannot move \(linking) to \(paths.final): \(reason)")
             }
         }
         _ = streaming.stream(
