@@ -24,8 +24,9 @@ public final class FuseMount: Sendable {
         /// The kernel readahead for the mount, in KiB (model files are read sequentially).
         public var readAheadKiB = 2048
         /// How long ``FuseMount/unmount()`` waits for the kernel to let go after the detach, before it ends the FUSE
-        /// connection; and again after. Two of these fit well in the 10 s caid has to stop.
-        public var unmountGrace: Duration = .seconds(2)
+        /// connection; and again after. A mount nobody holds lets go within milliseconds; one that is held never does,
+        /// so a longer grace only delays the stop (caid has 10 s for all of it, on a slow host too).
+        public var unmountGrace: Duration = .seconds(1)
 
         public init() {}
     }

@@ -61,6 +61,7 @@ public struct NatRules: Sendable {
 
     /// Removes caid's chain and the jumps to it; what is not there is skipped.
     public func remove() {
+        if IPTables(iptables).removeChains(table: "nat", [Self.chain]) { return }
         for hook in ["PREROUTING", "OUTPUT"] {
             var removed = 0
             while removed < 16, run(["-t", "nat", "-D", hook, "-p", "tcp", "-j", Self.chain]).status == 0 { removed += 1 }
