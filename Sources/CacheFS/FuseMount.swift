@@ -155,7 +155,14 @@ public final class FuseMount: Sendable {
             return
         }
         let holders = MountHolders.scan(device: identity.device, ownMountIDs: identity.mountIDs)
-        let who = holders.isEmpty ? "no process found (a reference from the kernel, or a process that just exited)" : holders.map(\.description).joined(separator: "; ")
+        let who: String
+        if !holders.isEmpty {
+            who = holders.map(\.description).joined(separator: "; ")
+        } else if !MountHolders.canInspectOtherProcesses() {
+            who = "caid cannot see which processes hold it (reading other processes' open files needs CAP_SYS_PTRACE, which caid's unit leaves out)"
+        } else {
+            who = "no process found (a reference from the kernel, or a process that just exited)"
+        }
         logger.warning("\(mountpoint) is still in use after the unmount: \(who); ending its FUSE connection, so those readers get ENOTCONN (a container that bound the mount must be restarted, or bind its parent with rslave propagation: see docs/operations.md)", metadata: [
             "holders": "\(holders.map { "\($0.pid)" }.joined(separator: ","))",
         ])

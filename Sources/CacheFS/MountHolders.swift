@@ -103,6 +103,16 @@ public enum MountHolders {
         return holders
     }
 
+    /// Whether this process may read other processes' open files: init's, which every host has and which holds every
+    /// capability. A process without CAP_SYS_PTRACE may not read those of one with capabilities it lacks (the
+    /// kernel's `cap_ptrace_access_check`), so under caid's unit ``scan(device:ownMountIDs:procRoot:limit:)`` sees
+    /// no holder even when there is one.
+    public static func canInspectOtherProcesses(procRoot: String = "/proc") -> Bool {
+        guard let directory = opendir(procRoot + "/1/fdinfo") else { return false }
+        closedir(directory)
+        return true
+    }
+
     private static func namespace(_ base: String) -> String? {
         try? FileManager.default.destinationOfSymbolicLink(atPath: base + "/ns/mnt")
     }

@@ -129,6 +129,16 @@ import Testing
         #expect(try read(privateView).stderr.contains("Transport endpoint is not connected"))
     }
 
+    /// Whether init's open files can be listed decides it: a /proc where they can, and one where they cannot. (The
+    /// real answer depends on the host: a test runner short of one of init's capabilities gets false.)
+    @Test func whetherOtherProcessesCanBeInspected() throws {
+        let proc = try TemporaryDirectory("caid-proc")
+        defer { proc.remove() }
+        #expect(!MountHolders.canInspectOtherProcesses(procRoot: proc.path))
+        try FileManager.default.createDirectory(atPath: proc.path + "/1/fdinfo", withIntermediateDirectories: true)
+        #expect(MountHolders.canInspectOtherProcesses(procRoot: proc.path))
+    }
+
     @Test func holderScanParsing() {
         let device = MountHolders.Device(major: 0, minor: 57)
         // glibc's makedev(0, 57) and makedev(259, 300).
