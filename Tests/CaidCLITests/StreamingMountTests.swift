@@ -207,27 +207,31 @@ import Glibc
         let mismatch = "does not match OSS's"
 
         // A handle on a copy still arriving, whose first MiB reads right. A copy already refused opens as EIO until
-        // the next one starts, after the download's backoff: so each try waits until health shows a copy arriving.
+        // the next one starts after the download's backoff. Each start of a copy logs "the mount may start" (health
+        // lags by up to a second, too late to tell one copy from the next), so a try that got EIO waits for the next.
+        let copyStarts = "the mount may start"
         var fd: Int32 = -1
         var head = Data()
+        var tries: [String] = []
         for _ in 0..<10 where head.isEmpty {
             if fd >= 0 { close(fd) }
-            let arriving = try await setup.wait { snapshot in
-                setup.cachefs(snapshot)?.streaming.map { $0.arriving > 0 && $0.refetching.isEmpty } == true
-            }
-            #expect(arriving != nil, "no copy of the shard arrived: \(daemon.stderr)")
+            let before = daemon.stderr
             fd = open(setup.mountedShard, O_RDONLY)
             let opened = fd
-            head = await withCheckedContinuation { continuation in
+            let openErrno = errno
+            let (data, readErrno) = await withCheckedContinuation { continuation in
                 Thread {
                     var buffer = [UInt8](repeating: 0, count: 1 << 20)
                     let n = opened < 0 ? -1 : buffer.withUnsafeMutableBytes { pread(opened, $0.baseAddress, $0.count, 0) }
-                    continuation.resume(returning: n == buffer.count ? Data(buffer) : Data())
+                    continuation.resume(returning: (n == buffer.count ? Data(buffer) : Data(), n < 0 ? errno : 0))
                 }.start()
             }
+            head = data
+            tries.append(opened < 0 ? "open errno \(openErrno)" : "read errno \(readErrno), \(data.count) bytes")
+            if head.isEmpty { try await Self.untilLogged(copyStarts, after: before, by: daemon) }
         }
         defer { if fd >= 0 { close(fd) } }
-        #expect(head == (try setup.expected(0..<(1 << 20))))
+        #expect(head == (try setup.expected(0..<(1 << 20))), "tries: \(tries); \(daemon.stderr.suffix(4000))")
         // Every copy fails while the fault lasts: one failing after the open means the handle's copy has failed.
         let failed: Void? = try? await Self.untilLogged(mismatch, after: daemon.stderr, by: daemon)
         #expect(failed != nil, "no copy failed its check: \(daemon.stderr)")
