@@ -111,14 +111,14 @@ public struct IPTables: Sendable {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = stderr ? pipe : FileHandle.nullDevice
-        let stdin = input.map { _ in Pipe() }
-        if let stdin { process.standardInput = stdin } else { process.standardInput = FileHandle.nullDevice }
+        let stdin = Pipe()
+        process.standardInput = input == nil ? FileHandle.nullDevice : stdin
         do { try process.run() } catch { return (127, "cannot run \(tool): \(error)") }
-        if let stdin, let input {
+        if let input {
             // A restore script is a few hundred bytes: well under the pipe's buffer, so this cannot block.
             stdin.fileHandleForWriting.write(Data(input.utf8))
-            try? stdin.fileHandleForWriting.close()
         }
+        try? stdin.fileHandleForWriting.close()
         let output = pipe.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         return (process.terminationStatus, String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
