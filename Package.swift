@@ -40,9 +40,9 @@ let package = Package(
         // CRC-64 folded with carry-less multiplication (x86-64's PCLMULQDQ; compiler intrinsics only): OSS's checksum
         // of every downloaded and cached byte at the disk's speed.
         .systemLibrary(name: "CCRC64"),
-        // OpenSSL's libcrypto, loaded at run time (3 or 1.1; not linked): AES-256-GCM with one key schedule for a run of
-        // gocryptfs blocks (the mount's reads). Building needs its header only (Debian: libssl-dev).
-        .systemLibrary(name: "CLibcrypto"),
+        // BoringSSL's AES-256-GCM AEAD, from the copy swift-crypto links in: one key schedule for a run of gocryptfs
+        // blocks (the mount's reads). Declarations only; the code comes with the Crypto product.
+        .systemLibrary(name: "CBoringAEAD"),
         // NVML's confidential-computing structs and the types of the entry points the GPU attester resolves (nvml.h's
         // definitions; libnvidia-ml is loaded at run time, so building needs no NVIDIA header or driver).
         .systemLibrary(name: "CNVML"),
@@ -97,7 +97,7 @@ let package = Package(
         .target(
             name: "Gocryptfs",
             dependencies: [
-                "CLibcrypto", "CaidBase",
+                "CBoringAEAD", "CaidBase",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in pkg-config libsystemd-dev libfuse3-dev libssl-dev fuse3 libfuse2 gocryptfs systemd gcc binutils iptables iproute2 curl openssl nginx-light apache2-utils stunnel4 linux-perf rpm; do
+for pkg in pkg-config libsystemd-dev libfuse3-dev fuse3 libfuse2 gocryptfs systemd gcc binutils iptables iproute2 curl openssl nginx-light apache2-utils stunnel4 linux-perf rpm; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

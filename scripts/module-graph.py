@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first. Within a tier, modules do not depend on each other.
 TIERS = [
-    ("C shims", ["CCRC64", "CFuse3", "CGNU", "CLibcrypto", "CLibFuzzer", "CNVML", "CSystemd", "CTDXGuest"]),
+    ("C shims", ["CBoringAEAD", "CCRC64", "CFuse3", "CGNU", "CLibFuzzer", "CNVML", "CSystemd", "CTDXGuest"]),
     ("foundation", ["CaidBase"]),
     ("service runtime", ["CaidCore"]),
     ("formats and evidence", ["Attestation", "Gocryptfs"]),

@@ -139,7 +139,7 @@ Architecture: amd64
 Maintainer: caid maintainers <caid@localhost>
 Installed-Size: $installed_size
 Depends: $deb_depends
-Recommends: fuse3, iptables, libssl3 | libssl1.1
+Recommends: fuse3, iptables
 Section: admin
 Priority: optional
 Homepage: https://github.com/caid/caid
@@ -201,7 +201,7 @@ License: Apache-2.0
 BuildArch: x86_64
 AutoReqProv: no
 Requires: $rpm_requires
-Recommends: fuse3, iptables, (libcrypto.so.3()(64bit) or libcrypto.so.1.1()(64bit))
+Recommends: fuse3, iptables
 %define _build_id_links none
 %define __os_install_post %{nil}
 %define __strip /bin/true

@@ -92,11 +92,6 @@ public final class FuseMount: Sendable {
         // Only now: stat on the mount point waits for the loop to answer the kernel's INIT.
         mount.recordIdentity()
         mount.setReadAhead(kibibytes: options.readAheadKiB)
-        if let openSSL = ContentCipher.openSSL {
-            logger.info("the mount decrypts with OpenSSL's AES-GCM (\(openSSL))")
-        } else {
-            logger.warning("neither libcrypto.so.3 nor libcrypto.so.1.1 is installed: the mount decrypts with swift-crypto, about half as fast; install libssl3 (Debian) or openssl-libs (RPM)")
-        }
         return mount
     }
 

@@ -1,5 +1,5 @@
 import CaidBase
-import CLibcrypto
+import CBoringAEAD
 import Crypto
 import Foundation
 
@@ -99,25 +99,18 @@ public struct ContentCipher: Sendable {
     }
 
     /// A context that opens block after block under this key (one key schedule for all of them), for a reader of a
-    /// run of blocks. One per thread.
+    /// run of blocks.
     public func blockOpener() -> BlockOpener {
         BlockOpener(cipher: self)
     }
 
-    /// The libcrypto the mount's reads use ("libcrypto.so.3"), or nil when neither OpenSSL 3 nor 1.1 is installed:
-    /// then blocks are opened with swift-crypto, which gives the same bytes more slowly.
-    public static var openSSL: String? { caid_libcrypto_soname().map { String(cString: $0) } }
-
-    /// Opens gocryptfs content blocks with OpenSSL's AES-256-GCM, its key schedule set up once (see CLibcrypto), or
-    /// with swift-crypto where no libcrypto is installed.
+    /// Opens gocryptfs content blocks with BoringSSL's AES-256-GCM (the copy in swift-crypto), its key schedule set up
+    /// once for all of them (see CBoringAEAD). One per reader of a run of blocks.
     public final class BlockOpener {
         private let context: OpaquePointer?
-        private let cipher: ContentCipher
 
-        /// - Parameter openSSL: false to take the swift-crypto path even where libcrypto is installed (tests).
-        init(cipher: ContentCipher, openSSL: Bool = true) {
-            self.cipher = cipher
-            context = openSSL ? cipher.key.withUnsafeBytes { caid_gcm_new($0.baseAddress?.assumingMemoryBound(to: UInt8.self)) } : nil
+        init(cipher: ContentCipher) {
+            context = cipher.key.withUnsafeBytes { caid_gcm_new($0.baseAddress?.assumingMemoryBound(to: UInt8.self)) }
         }
 
         deinit { caid_gcm_free(context) }
@@ -149,23 +142,17 @@ public struct ContentCipher: Sendable {
             guard ContentCipher.isZero(UnsafeRawBufferPointer(rebasing: block[0..<ContentCipher.nonceSize])) == false else {
                 throw GocryptfsError(.corruptBlock, "block \(number) has an all-zero nonce (a damaged block)")
             }
-            let authentic: Bool
-            if let context {
-                // The associated data, as gocryptfs's contentenc builds it: the block number (big-endian) ‖ the file ID.
-                var aad: (UInt64, UInt64, UInt64) = (number.bigEndian, 0, 0)
-                authentic = withUnsafeMutableBytes(of: &aad) { aadBytes in
-                    fileID.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: aadBytes[8...]).copyMemory(from: $0) }
-                    return caid_gcm_open_block(
-                        context, source.assumingMemoryBound(to: UInt8.self), block.count,
-                        aadBytes.baseAddress?.assumingMemoryBound(to: UInt8.self), aadBytes.count, target.assumingMemoryBound(to: UInt8.self)) == 1
-                }
-            } else if let plain = try? cipher.open(
-                nonce: block[0..<ContentCipher.nonceSize], ciphertext: block[ContentCipher.nonceSize..<(block.count - ContentCipher.tagSize)],
-                tag: block[(block.count - ContentCipher.tagSize)...], blockNumber: number, fileID: fileID), plain.count == length {
-                UnsafeMutableRawBufferPointer(start: target, count: length).copyBytes(from: plain)
-                authentic = true
-            } else {
-                authentic = false
+            guard let context else {
+                // Only out of memory: BoringSSL takes every 32-byte key.
+                throw GocryptfsError(.io, "block \(number): BoringSSL could not set up the AES-256-GCM key (out of memory?)")
+            }
+            // The associated data, as gocryptfs's contentenc builds it: the block number (big-endian) ‖ the file ID.
+            var aad: (UInt64, UInt64, UInt64) = (number.bigEndian, 0, 0)
+            let authentic = withUnsafeMutableBytes(of: &aad) { aadBytes in
+                fileID.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: aadBytes[8...]).copyMemory(from: $0) }
+                return caid_gcm_open_block(
+                    context, source.assumingMemoryBound(to: UInt8.self), block.count,
+                    aadBytes.baseAddress?.assumingMemoryBound(to: UInt8.self), aadBytes.count, target.assumingMemoryBound(to: UInt8.self)) == 1
             }
             guard authentic else {
                 throw GocryptfsError(.corruptBlock, "block \(number) fails authentication (damaged, swapped or moved)")
