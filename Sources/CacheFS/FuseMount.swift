@@ -63,6 +63,8 @@ public final class FuseMount: Sendable {
 
     /// Mounts `fileSystem` read-only at `mountpoint`, first clearing a stale mount a killed process left there.
     public static func mount(_ fileSystem: CacheFileSystem, at mountpoint: String, options: Options = Options(), logger: Logger) throws(MountError) -> FuseMount {
+        // Absolute, so that the checks walk up to "/" and the unmount does not depend on the working directory.
+        let mountpoint = PathText.absolute(mountpoint)
         try prepareMountpoint(mountpoint, logger: logger)
         var mountOptions = "ro,default_permissions,fsname=caid,subtype=caid"
         if options.allowOther { mountOptions += ",allow_other" }
@@ -231,7 +233,7 @@ public final class FuseMount: Sendable {
                 throw MountError(description: "\(mountpoint) is owned by uid \(info.st_uid), not by caid (uid \(me)); another user may have prepared it: remove it (caid creates it) or chown it to uid \(me)")
             }
         }
-        var parent = (mountpoint as NSString).deletingLastPathComponent
+        var parent = PathText.parent(of: mountpoint)
         while !parent.isEmpty {
             var up = stat()
             if stat(parent, &up) == 0 {
@@ -241,7 +243,7 @@ public final class FuseMount: Sendable {
                 }
             }
             if parent == "/" { break }
-            parent = (parent as NSString).deletingLastPathComponent
+            parent = PathText.parent(of: parent)
         }
     }
 

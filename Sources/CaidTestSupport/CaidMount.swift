@@ -6,9 +6,16 @@ public final class CaidMount: @unchecked Sendable {
     public let process: Programs.Running
 
     /// Starts `caid mount` and waits until it says it is ready.
-    public init(cipher: String, at mountpoint: String, passfile: String, extra: [String] = []) async throws {
-        self.mountpoint = mountpoint
-        process = try Programs.start(Programs.caid, ["mount", "--cipher", cipher, "--mountpoint", mountpoint, "--passfile", passfile] + extra)
+    /// - Parameter directory: the working directory to start it in, for relative `cipher` and `mountpoint` paths.
+    public init(cipher: String, at mountpoint: String, passfile: String, extra: [String] = [], in directory: String? = nil) async throws {
+        let arguments = ["mount", "--cipher", cipher, "--mountpoint", mountpoint, "--passfile", passfile] + extra
+        if let directory {
+            self.mountpoint = mountpoint.hasPrefix("/") ? mountpoint : directory + "/" + mountpoint
+            process = try Programs.start("/bin/sh", ["-c", "cd \"$1\" && shift && exec \"$@\"", "sh", directory, Programs.caid] + arguments)
+        } else {
+            self.mountpoint = mountpoint
+            process = try Programs.start(Programs.caid, arguments)
+        }
         do {
             try await process.waitForOutput("ready")
         } catch {

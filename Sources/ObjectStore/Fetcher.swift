@@ -383,9 +383,9 @@ public struct Fetcher: Sendable {
         for key in keys {
             guard let path = try? localPath(key) else { continue }
             expected.insert(path)
-            var parent = (path as NSString).deletingLastPathComponent
+            var parent = PathText.parent(of: path)
             while parent.count > cache.count, directories.insert(parent).inserted {
-                parent = (parent as NSString).deletingLastPathComponent
+                parent = PathText.parent(of: parent)
             }
         }
         var removed: [String] = []
@@ -502,8 +502,8 @@ public struct Fetcher: Sendable {
     private func stagingPaths(_ object: ObjectSummary) throws -> (final: String, staging: String, checkpoint: String) {
         let finalPath = try localPath(object.key)
         let stagingPath = stagingRoot + "/" + String(object.key.dropFirst(prefix.count))
-        try makeDirectory((stagingPath as NSString).deletingLastPathComponent)
-        try makeDirectory((finalPath as NSString).deletingLastPathComponent)
+        try makeDirectory(PathText.parent(of: stagingPath))
+        try makeDirectory(PathText.parent(of: finalPath))
         return (finalPath, stagingPath, stagingPath + ".parts")
     }
 

@@ -67,6 +67,18 @@ import Testing
         await second.stop()
     }
 
+    /// A relative one-letter mount point once trapped in Foundation's `deletingLastPathComponent` (PathText).
+    @Test func relativePathsMountUnderTheWorkingDirectory() async throws {
+        let ws = try Workspace()
+        defer { ws.remove() }
+        _ = try ws.gocryptfsVolume(largeSize: 0, manyFiles: 3)
+        let mount = try await CaidMount(cipher: "cipher", at: "m", passfile: ws.passfile, in: ws.dir.path)
+        #expect(try String(contentsOfFile: ws.path("m/dir1/dir2/nested.txt"), encoding: .utf8) == "nested\n")
+        let stopped = await mount.stop()
+        #expect(stopped?.status == 0, "\(stopped?.stderr ?? "")")
+        #expect(!GocryptfsTool.isMounted(ws.path("m")))
+    }
+
     @Test func refusesAWrongPasswordWithGocryptfsExitCode() throws {
         let ws = try Workspace()
         defer { ws.remove() }

@@ -8,6 +8,26 @@ import Glibc
 
 /// The foundation's pure pieces: each written once, for every module.
 @Suite struct FoundationTests {
+    @Test func pathParentsAsDeletingLastPathComponentMeansThemWithoutItsTrap() {
+        let cases: [(String, String)] = [
+            ("/a/b", "/a"), ("/a/b/", "/a"), ("/a//b", "/a"), ("/a", "/"), ("/", "/"), ("//m", "/"),
+            ("a/b", "a"), ("a", ""), ("m", ""), ("m/", ""), ("", ""), ("./m", "."),
+        ]
+        for (path, parent) in cases {
+            let got = PathText.parent(of: path)
+            #expect(got == parent, "parent of '\(path)'")
+        }
+        // Every walk up ends: at "/" for an absolute path, at "" for a relative one.
+        for start in ["/x/y/z", "m/n", "m"] {
+            var path = start, steps = 0
+            while !path.isEmpty, path != "/", steps < 10 { path = PathText.parent(of: path); steps += 1 }
+            #expect(steps < 10, "\(start)")
+        }
+        #expect(PathText.absolute("/abs") == "/abs")
+        let relative = PathText.absolute("m")
+        #expect(relative.hasPrefix("/") && relative.hasSuffix("/m"))
+    }
+
     @Test func aRetryScheduleDoublesUpToItsCapAndEnds() {
         let plain = RetrySchedule(attempts: 5, firstDelay: .milliseconds(500), maximumDelay: .seconds(1), jitter: .none)
         #expect((1...5).map { plain.delay(after: $0, random: 0.9) } == [.milliseconds(500), .seconds(1), .seconds(1), .seconds(1), nil])
