@@ -51,7 +51,7 @@ let package = Package(
 
         // The foundation every module may use: secrets in wipeable memory, the base64url codec, the positioned read
         // and write loops, resource URIs, signals, the failure classification. No configuration, no services.
-        .target(name: "CaidBase", swiftSettings: strict),
+        .target(name: "CaidBase", dependencies: ["CGNU"], swiftSettings: strict),
         // The service runtime: the supervisor with its restart policy, service status and the health registry.
         .target(
             name: "CaidCore",
@@ -284,7 +284,7 @@ let package = Package(
         .testTarget(
             name: "CaidCoreTests",
             dependencies: [
-                "CaidBase", "CaidCore", "CaidConfiguration", "CaidTestSupport",
+                "CaidBase", "CaidCore", "CaidConfiguration", "CaidTestSupport", "CGNU",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

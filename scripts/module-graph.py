@@ -43,11 +43,12 @@ def targets():
     text = open(os.path.join(ROOT, "Package.swift")).read()
     local = set(os.listdir(os.path.join(ROOT, "Sources")))
     out = []
-    for match in re.finditer(r'\.(systemLibrary|target|executableTarget|testTarget)\(\s*name: "([^"]+)"(.*?)swiftSettings|\.(systemLibrary)\(name: "([^"]+)"', text, re.S):
-        if match.group(4):
-            out.append((match.group(5), "systemLibrary", []))
-            continue
-        kind, name, rest = match.group(1), match.group(2), match.group(3)
+    # One piece per declaration, from its `.kind(` to the next one, so that no declaration's text runs into another's.
+    starts = list(re.finditer(r"\.(systemLibrary|target|executableTarget|testTarget)\(\s*name: \"([^\"]+)\"", text))
+    for index, match in enumerate(starts):
+        kind, name = match.group(1), match.group(2)
+        end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
+        rest = text[match.end():end]
         deps_match = re.search(r"dependencies: \[(.*?)\]\s*,", rest, re.S)
         deps = deps_match.group(1) if deps_match else ""
         deps = re.sub(r"\.product\([^)]*\)", "", deps)

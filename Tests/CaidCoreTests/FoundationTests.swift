@@ -1,4 +1,5 @@
 import CaidBase
+import CGNU
 import Foundation
 import Testing
 
@@ -71,8 +72,12 @@ import Glibc
     }
 
     @Test func blockingWorkRunsOnAThreadOfItsOwnAndItsErrorComesBack() async {
-        let name = await Blocking.run { Thread.current.name }
-        #expect(name == "caid-blocking")
+        let name = await Blocking.run { () -> String in
+            var buffer = [CChar](repeating: 0, count: 16)
+            _ = caid_thread_name(&buffer, buffer.count)
+            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        #expect(name == Blocking.threadName)
         struct Refused: Error {}
         await #expect(throws: Refused.self) { try await Blocking.run { () throws(Refused) -> Int in throw Refused() } }
     }
