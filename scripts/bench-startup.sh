@@ -14,6 +14,7 @@
 #   --rate 0 (or max) is the unthrottled loopback rate; default: --rate 200 --rate max. MB = 10^6 bytes.
 #   CAID=path chooses the binary (default .build/release/caid). The encrypted model is kept in
 #   .cache/bench-startup/model-N between runs (FRESH=1 makes it again).
+#   BENCH_PERF=PREFIX profiles CPU 0 (perf record -g) from each caid run's start to its last byte read, into PREFIX-<env>.data.
 # Needs root (FUSE, drop_caches), s3fs, gocryptfs, curl (apt-get install s3fs gocryptfs curl) and
 # pip install 'moto[server]' boto3 alibabacloud-oss-v2.
 set -euo pipefail

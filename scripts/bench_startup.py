@@ -257,6 +257,14 @@ def run_caid(run, w, caid, env, expected, timeout):
     drop_caches()
     stamps = []
     logfile = open(os.path.join(w["dir"], "caid-run.log"), "w")
+    # BENCH_PERF=PREFIX: a profile of CPU 0 (the clients' CPU) from caid's start to the last byte read, written to
+    # PREFIX-<env file name>.data, to compare where the CPU goes with and without streaming.
+    perf = None
+    if os.environ.get("BENCH_PERF"):
+        target = "%s-%s.data" % (os.environ["BENCH_PERF"], os.path.splitext(os.path.basename(env))[0])
+        perf = subprocess.Popen(["perf", "record", "-C", "0", "-F", "999", "-g", "-o", target],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # perf needs a moment before it samples
     t0 = time.monotonic()
     p = run.spawn([caid, "run", "--env", env], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -272,6 +280,9 @@ def run_caid(run, w, caid, env, expected, timeout):
     except Exception as e:
         out = {"errors": [str(e)]}
     finally:
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(30)
         run.stop(p)
         reader.join(5)
         logfile.close()
