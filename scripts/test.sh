@@ -15,8 +15,9 @@ fi
 # Two lanes, each running its suites one at a time. Most of a run waits on peers, timeouts and mounts (about 290
 # CPU-seconds in 385 s on 2 cores), so two lanes nearly halve it. Lane A holds what runs caid end to end and what
 # mounts (CaidCLITests, CacheFSTests, GocryptfsTests, SharingTests); lane B the rest. The split by target keeps each
-# lane at about half of the serial time (README.md, "Run the tests"). No suite shares state with another: namespaces, ports,
-# directories and mounts are each test's own; iptables rules are made only inside a test's namespaces.
+# lane at about half of the serial time (README.md, "Run the tests"). No suite shares state with another:
+# namespaces, directories and mounts are each test's own, ports come from a range per lane (below), and iptables
+# rules are made only inside a test's namespaces.
 #
 # The lanes call the test bundle itself: two `swift test` processes would queue on the lock of .build.
 bundle=.build/debug/caidPackageTests.xctest
@@ -26,8 +27,11 @@ logs=$(mktemp -d /tmp/caid-test-lanes.XXXXXX)
 trap 'rm -rf "$logs"' EXIT
 
 started=$(date +%s)
-"$bundle" --testing-library swift-testing --no-parallel "${lane_a[@]}" > "$logs/a" 2>&1 & pid_a=$!
-"$bundle" --testing-library swift-testing --no-parallel "${lane_b[@]}" > "$logs/b" 2>&1 & pid_b=$!
+# Each lane draws the ports its servers need from a range of its own (Programs.unusedPort).
+CAID_TEST_PORTS=20000-25999 "$bundle" --testing-library swift-testing --no-parallel "${lane_a[@]}" > "$logs/a" 2>&1 & pid_a=$!
+CAID_TEST_PORTS=26000-32000 "$bundle" --testing-library swift-testing --no-parallel "${lane_b[@]}" > "$logs/b" 2>&1 & pid_b=$!
+# Commands started with & ignore SIGINT: on an interrupt or a CI cancel, stop the lanes rather than leave them running.
+trap 'kill -TERM $pid_a $pid_b 2>/dev/null; wait; exit 130' INT TERM
 status=0
 for lane in a b; do
     pid_var=pid_$lane

@@ -2,7 +2,8 @@ import Foundation
 
 /// Path arithmetic on strings for the places that walk up a path. swift-corelibs-foundation of Swift 6.3.1 traps in
 /// `NSString.deletingLastPathComponent` on a relative path of one one-character component ("m", "m/"), which
-/// `caid mount --mountpoint m` reached; caid does not call it.
+/// `caid mount --mountpoint m` reached. Where a path may come from the command line, caid uses this instead (the
+/// remaining calls take paths the configuration has checked to be absolute).
 public enum PathText {
     /// The directory part of `path`, as `deletingLastPathComponent` means it: "/a" for "/a/b" and "/a/b/", "/" for
     /// "/a" and "/", "a" for "a/b", and "" for a relative path of one component.

@@ -16,9 +16,12 @@ public enum Programs {
 
     /// A loopback TCP port nobody listens on, below the kernel's ephemeral range (32768 and up) so that no outgoing
     /// connection can be handed it meanwhile: for servers whose port must be fixed before they start.
+    /// `CAID_TEST_PORTS=LOW-HIGH` narrows the range: scripts/test.sh gives each of its parallel lanes its own, so that
+    /// two lanes never pick the same port between its check here and its use.
     public static func unusedPort() -> Int {
+        let range = portRange
         while true {
-            let port = Int.random(in: 20000...32000)
+            let port = Int.random(in: range)
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
@@ -31,6 +34,12 @@ public enum Programs {
             if bound == 0 { return port }
         }
     }
+
+    private static let portRange: ClosedRange<Int> = {
+        let parts = (ProcessInfo.processInfo.environment["CAID_TEST_PORTS"] ?? "").split(separator: "-").compactMap { Int($0) }
+        guard parts.count == 2, 1024 <= parts[0], parts[0] < parts[1], parts[1] < 32768 else { return 20000...32000 }
+        return parts[0]...parts[1]
+    }()
 
     /// The built `caid` executable.
     public static var caid: String { buildDirectory + "/caid" }
