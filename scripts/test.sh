@@ -27,7 +27,6 @@ logs=$(mktemp -d /tmp/caid-test-lanes.XXXXXX)
 trap 'rm -rf "$logs"' EXIT
 
 started=$(date +%s)
-# Each lane draws the ports its servers need from a range of its own (Programs.unusedPort).
 CAID_TEST_PORTS=20000-25999 "$bundle" --testing-library swift-testing --no-parallel "${lane_a[@]}" > "$logs/a" 2>&1 & pid_a=$!
 CAID_TEST_PORTS=26000-32000 "$bundle" --testing-library swift-testing --no-parallel "${lane_b[@]}" > "$logs/b" 2>&1 & pid_b=$!
 # Commands started with & ignore SIGINT: on an interrupt or a CI cancel, stop the lanes rather than leave them running.

@@ -49,16 +49,11 @@ public struct GatewayService: Service {
             rules = nat
             logger.info("nat rules installed: TCP to port \(configuration.servicePort) from other hosts goes to the gateway on \(configuration.listenPort)")
         }
-        defer {
-            if let rules {
-                rules.remove()
-                logger.info("nat rules removed")
-            }
-        }
         let port: Int
         do {
             port = try await server.start()
         } catch {
+            await Self.remove(rules, logger: logger)
             throw ServiceFailure("cannot listen on \(configuration.listenHost):\(configuration.listenPort): \(error)")
         }
         let route = configuration.mode == .netfilter
@@ -87,6 +82,14 @@ public struct GatewayService: Service {
             }
         }
         await server.stop()
+        await Self.remove(rules, logger: logger)
+    }
+
+    /// Removes the nat rules, if any: iptables processes to wait for, so off the cooperative pool.
+    private static func remove(_ rules: NatRules?, logger: Logger) async {
+        guard let rules else { return }
+        await Blocking.run { rules.remove() }
+        logger.info("nat rules removed")
     }
 
     /// Checks the nat rules until cancelled and puts them back when they are gone. Without them clients of the
